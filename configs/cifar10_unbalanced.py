@@ -1,0 +1,23 @@
+r"""Unbalanced CIFAR-10: one normal class plus labelled anomalies (5 % of the normal count).
+
+Run (CPU preset):
+  TFDS_DATA_DIR=../shared/tfds python -m mscm_jax.main \
+      --config=configs/cifar10_unbalanced.py:cpu --config.dataset.normal_class=1 \
+      --config.anomaly_ratio=0.05 --workdir=workdirs/c10_unb_auto
+
+Unseen anomaly types: `--config.anomaly_classes="('cat','dog')"` draws the labelled
+anomalies from those classes only; the test still holds every class.
+
+Expected result: stages 1-2 are not implemented yet; the data stage gives 5,000 normal
++ 250 labelled anomalies for training and the full 10,000-image test split.
+"""
+
+from mscm_jax import config as config_lib
+
+
+def get_config(preset: str = ""):
+  c = config_lib.base_config()
+  c.dataset.name = "cifar10"
+  c.setting = "unbalanced"
+  c.anomaly_ratio = 0.05
+  return config_lib.apply_preset(c, preset)

@@ -1,0 +1,187 @@
+"""The one config schema every experiment family shares, its presets and its checks.
+
+Config files in `configs/` call `base_config()`, set the few fields that define their
+experiment family, and apply a preset chosen by the config-string argument
+(`--config=configs/cifar10_oneclass.py:cpu`). Fields the paper leaves open are here
+with the default our ablations chose (see SPEC.md and `experiments/results/`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+from mscm_jax.errors import ConfigError
+
+SETTINGS = ("oneclass", "unbalanced")
+SCALES = ("res1", "res2", "res3", "res4", "pooled")
+MEMORY_MODES = ("replace", "residual", "branch")
+MEMORY_TRAIN = ("contrastive", "codebook")
+OPTIMIZERS = ("lars", "sgd", "adam")
+DTYPES = ("float32", "bfloat16")
+PRESETS = ("", "full", "cpu", "smoke")
+
+
+def _any(value: Any) -> ml_collections.FieldReference:
+  # `object` fields take an index, a name or a tuple of either from the command line.
+  return ml_collections.FieldReference(value, field_type=object)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Paper-scale defaults (SPEC sections 2-4); presets shrink them."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.setting = "oneclass"
+  # Unbalanced setting: labelled anomalies = anomaly_ratio x the normal training count,
+  # drawn from the training split of `anomaly_classes` (empty: every non-normal class).
+  c.anomaly_ratio = 0.05
+  c.anomaly_classes = _any(())
+
+  c.dataset = ml_collections.ConfigDict()
+  c.dataset.name = "cifar10"  # a tfds name, or "folder" for a {train,test}/<class>/ tree
+  c.dataset.data_dir = ""  # tfds data dir or folder root; "" = $TFDS_DATA_DIR, else tfds' default
+  c.dataset.download = False  # let tfds download and prepare (needs network)
+  c.dataset.normal_class = _any(0)  # index or name, or a tuple of them
+  c.dataset.label_key = "label"  # "coarse_label" for the CIFAR-100 super-classes
+  c.dataset.train_split = "train"
+  c.dataset.test_split = "test"
+  c.dataset.image_size = 32  # folder images are resized to this square size
+
+  # SimCLR CIFAR augmentation set (SPEC section 2).
+  c.augment = ml_collections.ConfigDict()
+  c.augment.crop_scale = (0.08, 1.0)
+  c.augment.crop_ratio = (3.0 / 4.0, 4.0 / 3.0)
+  c.augment.flip_prob = 0.5
+  c.augment.brightness = 0.4
+  c.augment.contrast = 0.4
+  c.augment.saturation = 0.4
+  c.augment.hue = 0.1
+  c.augment.jitter_prob = 0.8
+  c.augment.grayscale_prob = 0.2
+
+  c.model = ml_collections.ConfigDict()
+  c.model.stage_sizes = (2, 2, 2, 2)  # ResNet-18
+  c.model.widths = (64, 128, 256, 512)
+  c.model.head_dims = (512, 128)
+  c.model.dtype = "float32"  # compute dtype; parameters stay float32
+
+  c.memory = ml_collections.ConfigDict()
+  c.memory.scales = ("res2", "res3", "res4")
+  c.memory.mode = "branch"
+  c.memory.train = "contrastive"
+  c.memory.num_prototypes = 256
+  c.memory.proto_dim = 128
+  c.memory.beta = 0.0  # 0 = 1/sqrt(proto_dim)
+  c.memory.learnable_beta = False
+  c.memory.shrink_threshold = 0.0  # MemAE hard shrinkage; 0 disables
+  c.memory.retrieval_steps = 1
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.temperature = 0.5
+  c.loss.scale_weight = 1.0  # lambda_s for per-scale NT-Xent (branch mode)
+  c.loss.variance_weight = 1.0  # lambda_var for the prototype variance hinge
+  c.loss.alignment_weight = 0.0  # ||stopgrad(f) - r||^2
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = "lars"
+  c.optim.learning_rate = 0.3  # per 256 images; scaled linearly with the batch size
+  c.optim.warmup_epochs = 10
+  c.optim.weight_decay = 1e-6
+  c.optim.momentum = 0.9
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 512  # global batch, in images (two views each)
+  c.train.epochs = 500  # epochs of the normal training set
+  c.train.log_every_steps = 50
+  c.train.checkpoint_every_steps = 1000
+  c.train.num_devices = 0  # 0 = every local device
+
+  c.preview = ml_collections.ConfigDict()
+  c.preview.num_images = 16  # augmented views written to workdir/preview/ by `main`
+  return c
+
+
+def apply_preset(c: ml_collections.ConfigDict, preset: str | None) -> ml_collections.ConfigDict:
+  """Shrinks the paper-scale schedule for a CPU (`cpu`) or for tests (`smoke`)."""
+  preset = (preset or "").strip()
+  if preset not in PRESETS:
+    raise ConfigError(f"unknown preset {preset!r}; choose one of {PRESETS[1:]}")
+  if preset == "cpu":
+    # About 10 minutes for one CIFAR class on 2 CPU cores (SPEC section 7).
+    c.model.stage_sizes = (1, 1, 1, 1)
+    c.model.widths = (16, 32, 64, 128)
+    c.model.head_dims = (128, 64)
+    c.memory.num_prototypes = 64
+    c.memory.proto_dim = 64
+    c.loss.temperature = 0.2
+    c.optim.name = "sgd"
+    c.optim.learning_rate = 0.1
+    c.optim.warmup_epochs = 2
+    c.optim.weight_decay = 5e-4
+    c.train.batch_size = 256
+    c.train.epochs = 30
+    c.train.log_every_steps = 20
+    c.train.checkpoint_every_steps = 200
+  elif preset == "smoke":
+    # Seconds, for tests and a first look at a new dataset.
+    c.model.stage_sizes = (1, 1, 1, 1)
+    c.model.widths = (8, 8, 16, 16)
+    c.model.head_dims = (32, 16)
+    c.memory.num_prototypes = 8
+    c.memory.proto_dim = 16
+    c.optim.name = "sgd"
+    c.optim.learning_rate = 0.05
+    c.optim.warmup_epochs = 0
+    c.train.batch_size = 16
+    c.train.epochs = 1
+    c.train.log_every_steps = 1
+    c.train.checkpoint_every_steps = 2
+    c.preview.num_images = 4
+  return c
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+  if value not in choices:
+    raise ConfigError(f"{name}={value!r} is not one of {choices}")
+
+
+def _check_range(name: str, value: float, lo: float, hi: float) -> None:
+  if not lo <= value <= hi:
+    raise ConfigError(f"{name}={value!r} must lie in [{lo}, {hi}]")
+
+
+def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Rejects values that would fail later, deep inside a jitted step, with a one-line error."""
+  _check_choice("setting", c.setting, SETTINGS)
+  if c.setting == "unbalanced":
+    _check_range("anomaly_ratio", c.anomaly_ratio, 0.0, 10.0)
+    if c.anomaly_ratio <= 0:
+      raise ConfigError("anomaly_ratio must be > 0 in the unbalanced setting")
+  _check_choice("memory.mode", c.memory.mode, MEMORY_MODES)
+  _check_choice("memory.train", c.memory.train, MEMORY_TRAIN)
+  if c.memory.train == "codebook" and c.memory.mode != "branch":
+    raise ConfigError("memory.train='codebook' needs memory.mode='branch'")
+  for s in c.memory.scales:
+    _check_choice("memory.scales entry", s, SCALES)
+  _check_choice("optim.name", c.optim.name, OPTIMIZERS)
+  _check_choice("model.dtype", c.model.dtype, DTYPES)
+  if len(c.model.stage_sizes) != 4 or len(c.model.widths) != 4:
+    raise ConfigError("model.stage_sizes and model.widths need 4 entries (res1..res4)")
+  a = c.augment
+  for name in ("crop_scale", "crop_ratio"):
+    lo, hi = getattr(a, name)
+    if not 0 < lo <= hi:
+      raise ConfigError(f"augment.{name}={getattr(a, name)} needs 0 < low <= high")
+  if a.crop_scale[1] > 1:
+    raise ConfigError("augment.crop_scale cannot exceed 1 (the whole image)")
+  for name in ("flip_prob", "jitter_prob", "grayscale_prob"):
+    _check_range(f"augment.{name}", getattr(a, name), 0.0, 1.0)
+  for name in ("brightness", "contrast", "saturation"):
+    _check_range(f"augment.{name}", getattr(a, name), 0.0, 1.0)
+  _check_range("augment.hue", a.hue, 0.0, 0.5)
+  if c.train.batch_size < 2:
+    raise ConfigError("train.batch_size must be >= 2 (contrastive negatives)")
+  if c.dataset.image_size < 8:
+    raise ConfigError("dataset.image_size must be >= 8")
+  return c

@@ -1,0 +1,14 @@
+"""Data: sources (tfds, folders, arrays), protocols (one-class, unbalanced), device placement
+and JAX augmentations."""
+
+from mscm_jax.data.augment import AugmentParams, augment_batch, two_views
+from mscm_jax.data.device import DeviceDataset, draw_batch, put_on_device, sample_indices
+from mscm_jax.data.protocols import ADSplit, make_split, one_class_split, unbalanced_split
+from mscm_jax.data.sources import (LabelledImages, from_arrays, load_folder, load_splits,
+                                   load_tfds)
+
+__all__ = [
+    "ADSplit", "AugmentParams", "DeviceDataset", "LabelledImages", "augment_batch", "draw_batch",
+    "from_arrays", "load_folder", "load_splits", "load_tfds", "make_split",
+    "one_class_split", "put_on_device", "sample_indices", "two_views", "unbalanced_split",
+]

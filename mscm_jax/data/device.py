@@ -1,0 +1,87 @@
+"""The training set lives on the accelerator; batches are drawn there by index.
+
+The uint8 images are copied to the devices once, split over the `data` mesh axis. A
+training step then draws its batch with `jax.random` inside `jax.jit`: no host work
+and no host-to-device copy per step. Batches depend only on (key, step), not on the
+number of devices, so a run resumes identically and gives the same batches on 1 or
+8 devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from mscm_jax import sharding
+from mscm_jax.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceDataset:
+  """Images and per-image flags on device; rows past `size` are padding, never drawn."""
+
+  images: jax.Array  # uint8 [N_padded, H, W, 3], sharded on `data`
+  is_anomaly: jax.Array  # bool [N_padded], sharded on `data`
+  size: int  # number of real images
+
+
+def put_on_device(images: np.ndarray, is_anomaly: np.ndarray, mesh: Mesh) -> DeviceDataset:
+  """Copies a training set to the mesh once, padded to split evenly over devices."""
+  n_dev = mesh.devices.size
+  spec = sharding.data_sharding(mesh)
+  return DeviceDataset(
+      images=jax.device_put(sharding.pad_to_multiple(images, n_dev), spec),
+      is_anomaly=jax.device_put(
+          sharding.pad_to_multiple(np.asarray(is_anomaly, bool), n_dev), spec),
+      size=len(images),
+  )
+
+
+def sample_indices(key: jax.Array, step: jax.Array, size: int, batch_size: int) -> jax.Array:
+  """Indices of batch `step`: epochs are seeded permutations, no repeat within an epoch.
+
+  Sample j of the stream (j = step * batch_size + i) is element j mod size of the
+  permutation of epoch j // size, so batches tile every epoch exactly once.
+  """
+  # A batch spans at most this many epochs (static, so the shapes are fixed).
+  span = batch_size // size + 2
+  j = jnp.asarray(step, jnp.int32) * batch_size + jnp.arange(batch_size)  # < 2**31 samples
+  epoch, pos = j // size, j % size
+  first = epoch[0]
+  perms = jax.vmap(lambda e: jax.random.permutation(jax.random.fold_in(key, e), size))(
+      first + jnp.arange(span))
+  return perms[epoch - first, pos]
+
+
+@functools.lru_cache(maxsize=None)
+def _batch_fn(mesh: Mesh, size: int, batch_size: int):
+  spec = sharding.data_sharding(mesh)
+
+  def gather(images, is_anomaly, key, step):
+    idx = sample_indices(key, step, size, batch_size)
+    return images[idx], is_anomaly[idx]
+
+  return jax.jit(gather, out_shardings=(spec, spec))
+
+
+def draw_batch(data: DeviceDataset, key: jax.Array, step: int | jax.Array, batch_size: int,
+               mesh: Mesh) -> tuple[jax.Array, jax.Array]:
+  """The batch of `step` (uint8 images, is_anomaly), sharded over `data`.
+
+  Standalone for previews and tests; a training step calls `sample_indices` inside
+  its own jitted function instead.
+  """
+  n_dev = mesh.devices.size
+  if batch_size % n_dev:
+    raise ConfigError(f"train.batch_size={batch_size} must be divisible by the "
+                      f"{n_dev} devices of the mesh")
+  images, flags = _batch_fn(mesh, data.size, batch_size)(
+      data.images, data.is_anomaly, key, jnp.asarray(step, jnp.int32))
+  chex.assert_shape(images, (batch_size,) + data.images.shape[1:])
+  return images, flags

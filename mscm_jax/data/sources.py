@@ -1,0 +1,217 @@
+"""Image sources: a tfds dataset by name, a class-folder tree, or in-memory arrays.
+
+Every source decodes once to a uint8 array [N, H, W, 3] plus integer class labels and
+the class names; everything downstream (protocols, device placement, augmentation)
+works on that one form.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import glob
+import importlib.util
+import logging
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from mscm_jax.errors import DatasetNotFoundError, UserError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+TFDS_DEFAULT_DIR = os.path.join("~", "tensorflow_datasets")
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelledImages:
+  """Decoded images with their class labels: the common currency of every source."""
+
+  images: np.ndarray  # uint8 [N, H, W, 3]
+  labels: np.ndarray  # int64 [N], indices into class_names
+  class_names: tuple[str, ...]
+
+  def __post_init__(self):
+    if self.images.ndim != 4 or self.images.shape[-1] != 3 or self.images.dtype != np.uint8:
+      raise UserError(
+          f"images must be uint8 [N, H, W, 3], got {self.images.dtype} {self.images.shape}")
+    if self.labels.shape != (len(self.images),):
+      raise UserError(f"labels must have shape ({len(self.images)},), got {self.labels.shape}")
+    if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.class_names)):
+      raise UserError(f"labels must lie in [0, {len(self.class_names)}) (one per class name)")
+
+  def __len__(self) -> int:
+    return len(self.images)
+
+
+def from_arrays(images: np.ndarray, labels: np.ndarray,
+                class_names: Sequence[str] | None = None) -> LabelledImages:
+  """Wraps in-memory images (uint8, or float in [0, 1]; gray or RGB) as a source."""
+  images = np.asarray(images)
+  labels = np.asarray(labels).astype(np.int64).reshape(-1)
+  if images.ndim == 3:
+    images = images[..., None]
+  if images.ndim != 4 or images.shape[-1] not in (1, 3):
+    raise UserError(f"images must be [N, H, W] or [N, H, W, 1|3], got shape {images.shape}")
+  if images.shape[-1] == 1:
+    images = np.repeat(images, 3, axis=-1)
+  if images.dtype != np.uint8:
+    if not np.issubdtype(images.dtype, np.floating):
+      raise UserError(f"images must be uint8 or float in [0, 1], got {images.dtype}")
+    if not np.isfinite(images).all():
+      raise UserError("images contain NaN or Inf")
+    if images.min() < 0 or images.max() > 1:
+      raise UserError(
+          f"float images must lie in [0, 1], got [{images.min():.3g}, {images.max():.3g}]")
+    images = np.round(images * 255).astype(np.uint8)
+  if class_names is None:
+    class_names = [str(i) for i in range(int(labels.max(initial=-1)) + 1)]
+  return LabelledImages(images, labels, tuple(class_names))
+
+
+# ----------------------------------------------------------------------------- tfds
+
+
+def resolve_tfds_dir(data_dir: str) -> tuple[str, str]:
+  """The directory tfds will read, and where that choice came from (for error messages)."""
+  if data_dir:
+    return os.path.expanduser(data_dir), "config dataset.data_dir"
+  if os.environ.get("TFDS_DATA_DIR"):
+    return os.path.expanduser(os.environ["TFDS_DATA_DIR"]), "environment TFDS_DATA_DIR"
+  return os.path.expanduser(TFDS_DEFAULT_DIR), "tfds' default"
+
+
+def find_prepared(name: str, data_dir: str) -> str | None:
+  """Path of a prepared tfds copy of `name` ('cifar10', 'cifar10:3.0.2', 'ds/config') or None.
+
+  Checked on the file system before tfds is touched: with no prepared copy, tfds
+  would otherwise spend minutes retrying the network for metadata.
+  """
+  base, _, version = name.partition(":")
+  pattern = os.path.join(data_dir, base, version or "*", "dataset_info.json")
+  hits = sorted(glob.glob(pattern))
+  return os.path.dirname(hits[-1]) if hits else None
+
+
+def load_tfds(name: str, split: str, *, data_dir: str = "", label_key: str = "label",
+              download: bool = False) -> LabelledImages:
+  """Reads a whole tfds split into memory; fails fast when the data is not prepared."""
+  resolved, origin = resolve_tfds_dir(data_dir)
+  if not download and find_prepared(name, resolved) is None:
+    raise DatasetNotFoundError(
+        f"no prepared tfds dataset '{name}' in {resolved} (from {origin}); point "
+        f"--config.dataset.data_dir or TFDS_DATA_DIR at a dir that holds one (made by "
+        f"`tfds build {name.partition(':')[0]} --data_dir=DIR`), or set "
+        f"--config.dataset.download=True on a machine with network")
+  if importlib.util.find_spec("tensorflow") is None:
+    raise UserError(
+        f"reading the tfds dataset '{name}' needs TensorFlow: pip install -e '.[tf]' "
+        f"(or use dataset.name='folder' for a class-folder tree, which does not)")
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  builder = tfds.builder(name, data_dir=resolved)
+  if download:
+    builder.download_and_prepare()
+  features = builder.info.features
+  if label_key not in features:
+    raise UserError(f"tfds dataset '{name}' has no feature '{label_key}' "
+                    f"(features: {', '.join(features.keys())}); set dataset.label_key")
+  known = builder.info.splits
+  if known and split.split("[")[0] not in known and "+" not in split:
+    raise UserError(f"tfds dataset '{name}' has no split '{split}' "
+                    f"(splits: {', '.join(known.keys())})")
+  logging.info("Reading tfds %s[%s] from %s", name, split, resolved)
+  ds = builder.as_dataset(split=split, batch_size=4096, shuffle_files=False)
+  images, labels = [], []
+  for batch in tfds.as_numpy(ds):
+    images.append(batch["image"])
+    labels.append(batch[label_key])
+  if not images:
+    raise UserError(f"tfds split {name}[{split}] is empty")
+  images = np.concatenate(images)
+  if images.shape[-1] == 1:
+    images = np.repeat(images, 3, axis=-1)
+  return LabelledImages(images.astype(np.uint8), np.concatenate(labels).astype(np.int64),
+                        tuple(features[label_key].names))
+
+
+# --------------------------------------------------------------------------- folders
+
+
+def _subdirs(path: str) -> list[str]:
+  return sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
+
+
+def folder_class_names(root: str, splits: Sequence[str] = ("train", "test")) -> tuple[str, ...]:
+  """Class names shared by every split: the first split's folders, then unseen test-only ones."""
+  root = os.path.expanduser(root)
+  if not os.path.isdir(root):
+    raise DatasetNotFoundError(
+        f"no image folder tree at {root!r}; expected {root}/{{train,test}}/<class>/<image>; "
+        f"set --config.dataset.data_dir")
+  names: list[str] = []
+  for split in splits:
+    split_dir = os.path.join(root, split)
+    if not os.path.isdir(split_dir):
+      raise DatasetNotFoundError(f"missing split folder {split_dir}; expected "
+                                 f"{root}/{split}/<class>/<image>")
+    names += [n for n in _subdirs(split_dir) if n not in names]
+  if not names:
+    raise DatasetNotFoundError(f"no class folders under {root}/{splits[0]}")
+  return tuple(names)
+
+
+def _decode(path: str, size: int) -> np.ndarray:
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  try:
+    with Image.open(path) as im:
+      im = im.convert("RGB")
+      if im.size != (size, size):
+        im = im.resize((size, size), Image.Resampling.BICUBIC)
+      return np.asarray(im, np.uint8)
+  except (OSError, ValueError) as e:
+    raise UserError(f"cannot decode image {path}: {e}") from None
+
+
+def load_folder(root: str, split: str, *, image_size: int = 32,
+                class_names: Sequence[str] | None = None, workers: int = 8) -> LabelledImages:
+  """Decodes `root/split/<class>/<image>` with Pillow (no TensorFlow), resized to a square."""
+  root = os.path.expanduser(root)
+  class_names = tuple(class_names or folder_class_names(root, (split,)))
+  split_dir = os.path.join(root, split)
+  if not os.path.isdir(split_dir):
+    raise DatasetNotFoundError(f"missing split folder {split_dir}")
+  paths, labels = [], []
+  for name in _subdirs(split_dir):
+    if name not in class_names:
+      raise UserError(f"class folder {split_dir}/{name} is not among {class_names}")
+    files = sorted(f for f in os.listdir(os.path.join(split_dir, name))
+                   if f.lower().endswith(IMAGE_EXTENSIONS))
+    paths += [os.path.join(split_dir, name, f) for f in files]
+    labels += [class_names.index(name)] * len(files)
+  if not paths:
+    raise DatasetNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {split_dir}")
+  logging.info("Decoding %d images from %s", len(paths), split_dir)
+  # Pillow releases the GIL while decoding, so threads give a real speed-up.
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    images = np.stack(list(pool.map(lambda p: _decode(p, image_size), paths, chunksize=256)))
+  return LabelledImages(images, np.asarray(labels, np.int64), class_names)
+
+
+# --------------------------------------------------------------------------- dispatch
+
+
+def load_splits(dataset) -> tuple[LabelledImages, LabelledImages]:
+  """(train, test) for a `config.dataset` section, from tfds or a folder tree."""
+  if dataset.name == "folder":
+    if not dataset.data_dir:
+      raise UserError("dataset.name='folder' needs --config.dataset.data_dir=ROOT "
+                      "(a tree ROOT/{train,test}/<class>/<image>)")
+    names = folder_class_names(dataset.data_dir, (dataset.train_split, dataset.test_split))
+    return tuple(load_folder(dataset.data_dir, s, image_size=dataset.image_size,
+                             class_names=names)
+                 for s in (dataset.train_split, dataset.test_split))
+  return tuple(load_tfds(dataset.name, s, data_dir=dataset.data_dir,
+                         label_key=dataset.label_key, download=dataset.download)
+               for s in (dataset.train_split, dataset.test_split))

@@ -1,0 +1,36 @@
+"""Shared fixtures. Eight emulated CPU devices, so that sharding is tested for real.
+
+XLA reads the flag when JAX first initialises its backend, so it is set here, before any
+test module imports jax; an explicit XLA_FLAGS in the environment wins.
+"""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+
+def write_folder_tree(root, counts: dict[str, dict[str, int]], size: int = 16,
+                      seed: int = 0) -> None:
+  """root/<split>/<class>/<i>.png with class-coloured noise images (class k: channel k%3)."""
+  rng = np.random.default_rng(seed)
+  for split, per_class in counts.items():
+    for k, (name, n) in enumerate(sorted(per_class.items())):
+      d = root / split / name
+      d.mkdir(parents=True, exist_ok=True)
+      for i in range(n):
+        im = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+        im[..., k % 3] += 150
+        Image.fromarray(im).save(d / f"{i:03d}.png")
+
+
+@pytest.fixture
+def folder_tree(tmp_path):
+  """A small three-class tree: train 6/5/4 images, test 3/3/2 (16x16 PNGs)."""
+  counts = {"train": {"apple": 6, "berry": 5, "cherry": 4},
+            "test": {"apple": 3, "berry": 3, "cherry": 2}}
+  write_folder_tree(tmp_path / "tree", counts)
+  return tmp_path / "tree"

@@ -1,0 +1,73 @@
+"""Config files, presets and validation."""
+
+import importlib.util
+import pathlib
+
+import pytest
+
+from mscm_jax import config as config_lib
+from mscm_jax.errors import ConfigError
+
+CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
+CONFIG_FILES = sorted(CONFIG_DIR.glob("*.py"))
+
+
+def _load(path):
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_the_four_families_exist():
+  assert {p.stem for p in CONFIG_FILES} >= {
+      "cifar10_oneclass", "cifar10_unbalanced", "cifar100_oneclass", "folder_oneclass"}
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("preset", ["", "cpu", "smoke"])
+def test_every_config_and_preset_validates(path, preset):
+  module = _load(path)
+  assert "python -m mscm_jax.main" in module.__doc__  # each config states its command
+  assert "Expected result" in module.__doc__
+  c = config_lib.validate(module.get_config(preset))
+  for field in ("dataset.name", "dataset.data_dir", "dataset.normal_class", "setting",
+                "anomaly_ratio", "anomaly_classes", "seed", "model.widths", "memory.mode",
+                "loss.temperature", "optim.name", "train.batch_size"):
+    section, _, name = field.rpartition(".")
+    assert name in (c[section] if section else c), field
+
+
+def test_presets_shrink_the_schedule():
+  full = config_lib.apply_preset(config_lib.base_config(), "")
+  cpu = config_lib.apply_preset(config_lib.base_config(), "cpu")
+  smoke = config_lib.apply_preset(config_lib.base_config(), "smoke")
+  assert full.model.widths == (64, 128, 256, 512) and full.train.epochs == 500
+  assert cpu.model.widths[-1] < full.model.widths[-1] and cpu.train.epochs < full.train.epochs
+  assert smoke.train.batch_size < cpu.train.batch_size
+  with pytest.raises(ConfigError, match="unknown preset"):
+    config_lib.apply_preset(config_lib.base_config(), "huge")
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("setting", "twoclass", "setting"),
+    ("memory.mode", "sideways", "memory.mode"),
+    ("memory.scales", ("res2", "res9"), "memory.scales"),
+    ("augment.crop_scale", (0.5, 0.2), "crop_scale"),
+    ("augment.jitter_prob", 1.5, "jitter_prob"),
+    ("optim.name", "rmsprop", "optim.name"),
+    ("train.batch_size", 1, "batch_size"),
+])
+def test_validation_names_the_bad_field(field, value, match):
+  c = config_lib.base_config()
+  section, _, name = field.rpartition(".")
+  (c[section] if section else c)[name] = value
+  with pytest.raises(ConfigError, match=match):
+    config_lib.validate(c)
+
+
+def test_codebook_training_needs_branch_mode():
+  c = config_lib.base_config()
+  c.memory.train, c.memory.mode = "codebook", "replace"
+  with pytest.raises(ConfigError, match="codebook"):
+    config_lib.validate(c)

@@ -1,0 +1,76 @@
+"""The on-device training set and the batches drawn from it."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mscm_jax import sharding
+from mscm_jax.data import device
+from mscm_jax.errors import ConfigError
+
+
+def _images(n):
+  x = np.zeros((n, 4, 4, 3), np.uint8)
+  x[:, 0, 0, 0] = np.arange(n) % 256  # the row index, readable from the pixels
+  x[:, 0, 0, 1] = np.arange(n) // 256
+  return x
+
+
+def _ids(images):
+  images = np.asarray(images)
+  return images[:, 0, 0, 0].astype(int) + 256 * images[:, 0, 0, 1].astype(int)
+
+
+def test_eight_emulated_devices_are_visible():
+  assert jax.device_count() == 8, "tests/conftest.py should emulate 8 CPU devices"
+
+
+@pytest.mark.parametrize("size,batch", [(50, 8), (7, 16), (64, 64)])
+def test_every_epoch_is_a_permutation(size, batch):
+  key = jax.random.key(0)
+  steps = 3 * size // batch + 2
+  idx = np.concatenate([np.asarray(device.sample_indices(key, jnp.asarray(s), size, batch))
+                        for s in range(steps)])
+  for e in range(len(idx) // size):
+    assert sorted(idx[e * size:(e + 1) * size]) == list(range(size))
+  assert not np.array_equal(idx[:size], idx[size:2 * size])  # epochs reshuffle
+
+
+def test_put_on_device_pads_and_shards():
+  mesh = sharding.make_mesh()
+  data = device.put_on_device(_images(50), np.arange(50) % 5 == 0, mesh)
+  assert data.size == 50 and data.images.shape[0] == 56
+  assert data.images.sharding.spec == jax.sharding.PartitionSpec("data")
+  assert len(data.images.addressable_shards) == 8
+
+
+def test_batches_are_sharded_deterministic_and_mesh_independent():
+  images, flags = _images(50), np.arange(50) % 5 == 0
+  key = jax.random.key(1)
+  mesh8, mesh1 = sharding.make_mesh(8), sharding.make_mesh(1)
+  d8 = device.put_on_device(images, flags, mesh8)
+  d1 = device.put_on_device(images, flags, mesh1)
+  b8, f8 = device.draw_batch(d8, key, 3, 16, mesh8)
+  b1, f1 = device.draw_batch(d1, key, 3, 16, mesh1)
+  assert b8.sharding.spec == jax.sharding.PartitionSpec("data")
+  np.testing.assert_array_equal(b8, b1)
+  ids = _ids(b8)
+  assert (ids < 50).all()  # padding rows are never drawn
+  np.testing.assert_array_equal(np.asarray(f8), flags[ids])
+  again, _ = device.draw_batch(d8, key, 3, 16, mesh8)
+  np.testing.assert_array_equal(again, b8)
+  other, _ = device.draw_batch(d8, key, 4, 16, mesh8)
+  assert not np.array_equal(other, b8)
+
+
+def test_batch_must_split_over_devices():
+  mesh = sharding.make_mesh(8)
+  data = device.put_on_device(_images(16), np.zeros(16, bool), mesh)
+  with pytest.raises(ConfigError, match="divisible"):
+    device.draw_batch(data, jax.random.key(0), 0, 12, mesh)
+
+
+def test_mesh_size_errors():
+  with pytest.raises(ConfigError, match="only 8"):
+    sharding.make_mesh(16)

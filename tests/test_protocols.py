@@ -1,0 +1,95 @@
+"""One-class and unbalanced protocols: counts, label semantics, seeding."""
+
+import numpy as np
+import pytest
+
+from mscm_jax import config as config_lib
+from mscm_jax.data import protocols, sources
+from mscm_jax.errors import ConfigError
+
+NAMES = tuple(f"c{i}" for i in range(5))
+
+
+def _source(per_class: int, seed: int) -> sources.LabelledImages:
+  rng = np.random.default_rng(seed)
+  labels = np.repeat(np.arange(5), per_class)
+  rng.shuffle(labels)
+  images = np.zeros((len(labels), 4, 4, 3), np.uint8)
+  images[..., 0] = labels[:, None, None]  # the class is readable from the pixels
+  images[..., 1] = np.arange(len(labels))[:, None, None] % 256
+  return sources.LabelledImages(images, labels.astype(np.int64), NAMES)
+
+
+TRAIN, TEST = _source(40, 0), _source(10, 1)
+
+
+def test_one_class_split_counts_and_labels():
+  split = protocols.one_class_split(TRAIN, TEST, (2,))
+  assert split.n_train == 40 and (split.train_classes == 2).all()
+  assert (split.train_images[..., 0] == 2).all()
+  assert not split.train_is_anomaly.any()
+  assert split.n_test == 50 and split.n_test_anomalous == 40
+  # label 1 = anomaly: exactly the test images of the other classes
+  np.testing.assert_array_equal(split.test_is_anomaly, TEST.labels != 2)
+  assert split.summary()["normal_classes"] == ["c2"]
+
+
+def test_several_normal_classes():
+  split = protocols.one_class_split(TRAIN, TEST, (0, 3))
+  assert split.n_train == 80 and split.n_test_anomalous == 30
+
+
+def test_unbalanced_ratio_and_anomaly_origin():
+  split = protocols.unbalanced_split(TRAIN, TEST, (1,), anomaly_ratio=0.25, seed=0)
+  assert split.n_train == 40 + 10 and split.n_train_anomalies == 10
+  anomalies = split.train_is_anomaly
+  assert (split.train_classes[anomalies] != 1).all()
+  assert (split.train_classes[~anomalies] == 1).all()
+  # images travel with their flags and classes
+  np.testing.assert_array_equal(split.train_images[..., 0, 0, 0], split.train_classes)
+  assert split.n_test == 50  # the test split is untouched
+
+
+def test_unbalanced_is_seeded():
+  a = protocols.unbalanced_split(TRAIN, TEST, (1,), 0.25, seed=0)
+  b = protocols.unbalanced_split(TRAIN, TEST, (1,), 0.25, seed=0)
+  c = protocols.unbalanced_split(TRAIN, TEST, (1,), 0.25, seed=1)
+  np.testing.assert_array_equal(a.train_images, b.train_images)
+  assert not np.array_equal(a.train_images, c.train_images)
+
+
+def test_unbalanced_anomaly_classes_restrict_the_pool():
+  split = protocols.unbalanced_split(TRAIN, TEST, (1,), 0.5, seed=0, anomaly_classes=(3,))
+  assert set(split.train_classes[split.train_is_anomaly]) == {3}
+  assert split.n_test_anomalous == 40  # unseen anomaly types still tested
+  with pytest.raises(ConfigError, match="pool holds 40"):
+    protocols.unbalanced_split(TRAIN, TEST, (1,), 1.5, seed=0, anomaly_classes=(3,))
+  with pytest.raises(ConfigError, match="must not include a normal class"):
+    protocols.unbalanced_split(TRAIN, TEST, (1,), 0.1, seed=0, anomaly_classes=(1,))
+  with pytest.raises(ConfigError, match="rounds to"):
+    protocols.unbalanced_split(TRAIN, TEST, (1,), 0.001, seed=0)
+
+
+@pytest.mark.parametrize("spec,expected", [
+    (3, (3,)), ("3", (3,)), ("c3", (3,)), (("c1", 4), (1, 4)), ("c4, c0", (0, 4)), ((2, 2), (2,)),
+])
+def test_resolve_classes(spec, expected):
+  assert protocols.resolve_classes(spec, NAMES, "f") == expected
+
+
+@pytest.mark.parametrize("spec", [7, -1, "dog", True])
+def test_resolve_classes_errors(spec):
+  with pytest.raises(ConfigError, match="f="):
+    protocols.resolve_classes(spec, NAMES, "f")
+
+
+def test_make_split_follows_the_config():
+  c = config_lib.base_config()
+  c.dataset.normal_class = "c4"
+  assert protocols.make_split(c, TRAIN, TEST).normal_classes == (4,)
+  c.setting = "unbalanced"
+  c.anomaly_ratio = 0.1
+  c.anomaly_classes = ("c0",)
+  split = protocols.make_split(c, TRAIN, TEST)
+  assert split.n_train_anomalies == 4
+  assert set(split.train_classes[split.train_is_anomaly]) == {0}

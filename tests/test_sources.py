@@ -1,0 +1,111 @@
+"""Data sources: tfds (mocked), class folders (generated) and arrays."""
+
+import os
+import time
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from mscm_jax.data import sources
+from mscm_jax.errors import DatasetNotFoundError, UserError
+
+
+def test_tfds_source_reads_images_labels_and_names():
+  # mock_data replaces download_and_prepare and as_dataset: nothing touches the network.
+  with tfds.testing.mock_data(num_examples=40):
+    data = sources.load_tfds("cifar10", "train", data_dir="/nonexistent-mock", download=True)
+  assert data.images.shape == (40, 32, 32, 3) and data.images.dtype == np.uint8
+  assert data.labels.shape == (40,) and data.labels.dtype == np.int64
+  assert len(data.class_names) == 10
+  assert data.labels.min() >= 0 and data.labels.max() < 10
+
+
+def test_tfds_source_coarse_labels():
+  with tfds.testing.mock_data(num_examples=30):
+    data = sources.load_tfds("cifar100", "test", data_dir="/nonexistent-mock", download=True,
+                             label_key="coarse_label")
+  assert len(data.class_names) == 20 and data.labels.max() < 20
+
+
+def test_tfds_unknown_label_key_is_a_clear_error():
+  with tfds.testing.mock_data(num_examples=8):
+    with pytest.raises(UserError, match="no feature 'fine'"):
+      sources.load_tfds("cifar10", "train", data_dir="/nonexistent-mock", download=True,
+                        label_key="fine")
+
+
+def test_missing_tfds_dataset_fails_fast_with_fix(tmp_path):
+  start = time.time()
+  with pytest.raises(DatasetNotFoundError) as err:
+    sources.load_tfds("cifar10", "train", data_dir=str(tmp_path), download=False)
+  assert time.time() - start < 5
+  msg = str(err.value)
+  assert "\n" not in msg and str(tmp_path) in msg and "download=True" in msg
+
+
+def test_tfds_dir_resolution_order(monkeypatch, tmp_path):
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "env"))
+  assert sources.resolve_tfds_dir("/from/config")[0] == "/from/config"
+  assert sources.resolve_tfds_dir("")[0] == str(tmp_path / "env")
+  monkeypatch.delenv("TFDS_DATA_DIR")
+  assert sources.resolve_tfds_dir("")[0] == os.path.expanduser("~/tensorflow_datasets")
+
+
+def test_find_prepared(tmp_path):
+  (tmp_path / "cifar10" / "3.0.2").mkdir(parents=True)
+  assert sources.find_prepared("cifar10", str(tmp_path)) is None
+  (tmp_path / "cifar10" / "3.0.2" / "dataset_info.json").write_text("{}")
+  assert sources.find_prepared("cifar10", str(tmp_path)).endswith("3.0.2")
+  assert sources.find_prepared("cifar10:3.0.2", str(tmp_path)).endswith("3.0.2")
+  assert sources.find_prepared("cifar10:9.9.9", str(tmp_path)) is None
+
+
+def test_folder_source(folder_tree):
+  names = sources.folder_class_names(str(folder_tree))
+  assert names == ("apple", "berry", "cherry")
+  train = sources.load_folder(str(folder_tree), "train", image_size=16, class_names=names)
+  assert train.images.shape == (15, 16, 16, 3) and train.images.dtype == np.uint8
+  assert np.bincount(train.labels).tolist() == [6, 5, 4]
+  # Class k was painted into channel k % 3: labels really follow the folders.
+  for k in range(3):
+    assert train.images[train.labels == k].mean(axis=(0, 1, 2)).argmax() == k
+
+
+def test_folder_source_resizes_and_ignores_non_images(folder_tree):
+  (folder_tree / "train" / "apple" / "notes.txt").write_text("not an image")
+  data = sources.load_folder(str(folder_tree), "train", image_size=8)
+  assert data.images.shape == (15, 8, 8, 3)
+
+
+def test_folder_source_test_only_class_gets_its_own_index(folder_tree):
+  from conftest import write_folder_tree
+  write_folder_tree(folder_tree, {"test": {"zzz_odd": 2}})
+  names = sources.folder_class_names(str(folder_tree))
+  assert names == ("apple", "berry", "cherry", "zzz_odd")
+  test = sources.load_folder(str(folder_tree), "test", image_size=16, class_names=names)
+  assert np.bincount(test.labels).tolist() == [3, 3, 2, 2]
+
+
+def test_folder_source_errors(folder_tree, tmp_path):
+  with pytest.raises(DatasetNotFoundError, match="no image folder tree"):
+    sources.folder_class_names(str(tmp_path / "missing"))
+  with pytest.raises(DatasetNotFoundError, match="missing split folder"):
+    sources.folder_class_names(str(folder_tree), ("train", "val"))
+  (folder_tree / "train" / "apple" / "broken.jpg").write_bytes(b"not a jpeg")
+  with pytest.raises(UserError, match="broken.jpg"):
+    sources.load_folder(str(folder_tree), "train")
+
+
+def test_from_arrays_converts_float_and_gray():
+  rng = np.random.default_rng(0)
+  gray = rng.random((5, 8, 8)).astype(np.float32)
+  data = sources.from_arrays(gray, [0, 1, 0, 1, 1], ("a", "b"))
+  assert data.images.shape == (5, 8, 8, 3) and data.images.dtype == np.uint8
+  np.testing.assert_array_equal(data.images[..., 0], np.round(gray * 255))
+  with pytest.raises(UserError, match=r"\[0, 1\]"):
+    sources.from_arrays(gray * 3, np.zeros(5))
+  with pytest.raises(UserError, match="NaN"):
+    sources.from_arrays(np.full((2, 4, 4, 3), np.nan), np.zeros(2))
+  with pytest.raises(UserError, match="labels must lie"):
+    sources.from_arrays(np.zeros((2, 4, 4, 3), np.uint8), [0, 5], ("a", "b"))
