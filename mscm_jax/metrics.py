@@ -13,164 +13,156 @@ from typing import Any, Callable
 
 import numpy as np
 
+from mscm_jax.data import device
+
 __all__ = ["auroc", "aupr", "fpr_at_tpr", "evaluate", "gather_scores"]
 
 
 def _validate(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Returns (float64 scores, bool labels), raising on anything that would skew a metric."""
-    s = np.asarray(scores, dtype=np.float64)
-    y = np.asarray(labels)
-    if s.ndim != 1 or y.ndim != 1:
-        raise ValueError(
-            f"scores and labels must be 1-D, got shapes {s.shape} and {y.shape}")
-    if s.shape[0] != y.shape[0]:
-        raise ValueError(
-            f"scores and labels differ in length: {s.shape[0]} vs {y.shape[0]}")
-    if y.dtype != np.bool_:
-        if not np.issubdtype(y.dtype, np.number):
-            raise ValueError(f"labels must be numeric or bool, got dtype {y.dtype}")
-        bad = ~((y == 0) | (y == 1))
-        if bad.any():
-            raise ValueError(
-                f"labels must be 0 (normal) or 1 (anomaly); {int(bad.sum())} of "
-                f"{y.shape[0]} are not, e.g. {y[bad][:5].tolist()}")
-    y = y.astype(bool)
-    n_bad = int((~np.isfinite(s)).sum())
-    if n_bad:
-        raise ValueError(
-            f"scores contain {n_bad} non-finite values (NaN or Inf) out of {s.shape[0]}")
-    n_pos = int(y.sum())
-    if n_pos == 0 or n_pos == y.shape[0]:
-        raise ValueError(
-            f"need both classes, got {n_pos} anomalies and {y.shape[0] - n_pos} "
-            f"normals; the metric is undefined")
-    return s, y
+  """Returns (float64 scores, bool labels), raising on anything that would skew a metric."""
+  s = np.asarray(scores, dtype=np.float64)
+  y = np.asarray(labels)
+  if s.ndim != 1 or y.ndim != 1:
+    raise ValueError(f"scores and labels must be 1-D, got shapes {s.shape} and {y.shape}")
+  if s.shape[0] != y.shape[0]:
+    raise ValueError(f"scores and labels differ in length: {s.shape[0]} vs {y.shape[0]}")
+  if y.dtype != np.bool_:
+    if not np.issubdtype(y.dtype, np.number):
+      raise ValueError(f"labels must be numeric or bool, got dtype {y.dtype}")
+    bad = ~((y == 0) | (y == 1))
+    if bad.any():
+      raise ValueError(
+        f"labels must be 0 (normal) or 1 (anomaly); {int(bad.sum())} of "
+        f"{y.shape[0]} are not, e.g. {y[bad][:5].tolist()}"
+      )
+  y = y.astype(bool)
+  n_bad = int((~np.isfinite(s)).sum())
+  if n_bad:
+    raise ValueError(f"scores contain {n_bad} non-finite values (NaN or Inf) out of {s.shape[0]}")
+  n_pos = int(y.sum())
+  if n_pos == 0 or n_pos == y.shape[0]:
+    raise ValueError(
+      f"need both classes, got {n_pos} anomalies and {y.shape[0] - n_pos} "
+      f"normals; the metric is undefined"
+    )
+  return s, y
 
 
 def _counts_by_threshold(s: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per distinct score, highest first: (anomaly count, normal count).
+  """Per distinct score, highest first: (anomaly count, normal count).
 
-    Grouping equal scores is what makes every metric below exact under ties:
-    a threshold can only ever take or leave a tied group whole.
-    """
-    _, inverse = np.unique(s, return_inverse=True)
-    k = int(inverse.max()) + 1
-    pos = np.bincount(inverse[y], minlength=k)[::-1]
-    neg = np.bincount(inverse[~y], minlength=k)[::-1]
-    return pos.astype(np.int64), neg.astype(np.int64)
+  Grouping equal scores is what makes every metric below exact under ties:
+  a threshold can only ever take or leave a tied group whole.
+  """
+  _, inverse = np.unique(s, return_inverse=True)
+  k = int(inverse.max()) + 1
+  pos = np.bincount(inverse[y], minlength=k)[::-1]
+  neg = np.bincount(inverse[~y], minlength=k)[::-1]
+  return pos.astype(np.int64), neg.astype(np.int64)
 
 
 def auroc(scores: Any, labels: Any) -> float:
-    """Area under the ROC curve, exactly, as the Mann-Whitney U statistic.
+  """Area under the ROC curve, exactly, as the Mann-Whitney U statistic.
 
-    Equals the mean over all (anomaly, normal) pairs of 1[s_a > s_n] + 0.5 * 1[s_a == s_n],
-    computed in O(n log n) from per-score counts (integer arithmetic until the end).
-    """
-    s, y = _validate(scores, labels)
-    pos, neg = _counts_by_threshold(s, y)
-    n_neg = int(neg.sum())
-    neg_below = n_neg - np.cumsum(neg)  # normals strictly lower than each group
-    u2 = int(np.sum(pos * (2 * neg_below + neg)))  # 2U, an integer
-    return u2 / (2.0 * int(pos.sum()) * n_neg)
+  Equals the mean over all (anomaly, normal) pairs of 1[s_a > s_n] + 0.5 * 1[s_a == s_n],
+  computed in O(n log n) from per-score counts (integer arithmetic until the end).
+  """
+  s, y = _validate(scores, labels)
+  pos, neg = _counts_by_threshold(s, y)
+  n_neg = int(neg.sum())
+  neg_below = n_neg - np.cumsum(neg)  # normals strictly lower than each group
+  u2 = int(np.sum(pos * (2 * neg_below + neg)))  # 2U, an integer
+  return u2 / (2.0 * int(pos.sum()) * n_neg)
 
 
 def aupr(scores: Any, labels: Any, positive: int = 1) -> float:
-    """Average precision with `positive` as the positive class.
+  """Average precision with `positive` as the positive class.
 
-    AP = sum_k (R_k - R_{k-1}) * P_k over distinct thresholds t_k, highest first,
-    predicting positive when score >= t_k, with R_0 = 0 (scikit-learn's
-    average_precision_score). positive=1 is AUPR-out (anomaly positive, score as
-    is); positive=0 is AUPR-in (normal positive, ranked by -score).
-    """
-    if positive not in (0, 1):
-        raise ValueError(f"positive must be 0 or 1, got {positive!r}")
-    s, y = _validate(scores, labels)
-    if positive == 0:
-        s, y = -s, ~y
-    pos, neg = _counts_by_threshold(s, y)
-    tps = np.cumsum(pos)
-    fps = np.cumsum(neg)
-    precision = tps / (tps + fps)
-    recall = tps / tps[-1]
-    return float(np.sum(np.diff(recall, prepend=0.0) * precision))
+  AP = sum_k (R_k - R_{k-1}) * P_k over distinct thresholds t_k, highest first,
+  predicting positive when score >= t_k, with R_0 = 0 (scikit-learn's
+  average_precision_score). positive=1 is AUPR-out (anomaly positive, score as
+  is); positive=0 is AUPR-in (normal positive, ranked by -score).
+  """
+  if positive not in (0, 1):
+    raise ValueError(f"positive must be 0 or 1, got {positive!r}")
+  s, y = _validate(scores, labels)
+  if positive == 0:
+    s, y = -s, ~y
+  pos, neg = _counts_by_threshold(s, y)
+  tps = np.cumsum(pos)
+  fps = np.cumsum(neg)
+  precision = tps / (tps + fps)
+  recall = tps / tps[-1]
+  return float(np.sum(np.diff(recall, prepend=0.0) * precision))
 
 
 def fpr_at_tpr(scores: Any, labels: Any, tpr: float = 0.95) -> float:
-    """False-positive rate on normals at the operating point where TPR first reaches `tpr`.
+  """False-positive rate on normals at the operating point where TPR first reaches `tpr`.
 
-    An image is flagged anomalous when score >= t. TPR(t) is the fraction of
-    anomalies flagged, FPR(t) the fraction of normals flagged. The result is
-    FPR(t*) with t* the highest threshold, among the distinct score values, with
-    TPR(t*) >= tpr; since FPR only grows as t falls, this is the lowest FPR of
-    any threshold meeting the TPR target. Tied scores are taken or left together,
-    so a tie straddling the target counts all its normals (no interpolation).
-    """
-    if not 0.0 < tpr <= 1.0:
-        raise ValueError(f"tpr must be in (0, 1], got {tpr!r}")
-    s, y = _validate(scores, labels)
-    pos, neg = _counts_by_threshold(s, y)
-    tps = np.cumsum(pos)
-    fps = np.cumsum(neg)
-    reached = tps / tps[-1] >= tpr  # monotone; last entry is TPR = 1 >= tpr
-    k = int(np.argmax(reached))
-    return float(fps[k] / fps[-1])
+  An image is flagged anomalous when score >= t. TPR(t) is the fraction of
+  anomalies flagged, FPR(t) the fraction of normals flagged. The result is
+  FPR(t*) with t* the highest threshold, among the distinct score values, with
+  TPR(t*) >= tpr; since FPR only grows as t falls, this is the lowest FPR of
+  any threshold meeting the TPR target. Tied scores are taken or left together,
+  so a tie straddling the target counts all its normals (no interpolation).
+  """
+  if not 0.0 < tpr <= 1.0:
+    raise ValueError(f"tpr must be in (0, 1], got {tpr!r}")
+  s, y = _validate(scores, labels)
+  pos, neg = _counts_by_threshold(s, y)
+  tps = np.cumsum(pos)
+  fps = np.cumsum(neg)
+  reached = tps / tps[-1] >= tpr  # monotone; last entry is TPR = 1 >= tpr
+  k = int(np.argmax(reached))
+  return float(fps[k] / fps[-1])
 
 
 def evaluate(scores: Any, labels: Any, mask: Any = None) -> dict[str, float]:
-    """All four metrics on the rows selected by `mask`.
+  """All four metrics on the rows selected by `mask`.
 
-    Scores come from padded batches; the mask drops the padding so every real
-    test image counts exactly once. Masked-out rows may hold anything (even NaN).
-    """
-    s = np.asarray(scores)
-    y = np.asarray(labels)
-    if mask is not None:
-        m = np.asarray(mask)
-        if m.dtype != np.bool_:
-            raise ValueError(
-                f"mask must be a bool array (an int array would index, not select); "
-                f"got dtype {m.dtype}")
-        if m.shape != s.shape or m.shape != y.shape:
-            raise ValueError(
-                f"mask, scores and labels must have one shape, got {m.shape}, "
-                f"{s.shape} and {y.shape}")
-        s, y = s[m], y[m]
-    s, y = _validate(s, y)
-    return {
-        "auroc": auroc(s, y),
-        "aupr_in": aupr(s, y, positive=0),
-        "aupr_out": aupr(s, y, positive=1),
-        "fpr95": fpr_at_tpr(s, y, tpr=0.95),
-    }
+  Scores come from padded batches; the mask drops the padding so every real
+  test image counts exactly once. Masked-out rows may hold anything (even NaN).
+  """
+  s = np.asarray(scores)
+  y = np.asarray(labels)
+  if mask is not None:
+    m = np.asarray(mask)
+    if m.dtype != np.bool_:
+      raise ValueError(
+        f"mask must be a bool array (an int array would index, not select); got dtype {m.dtype}"
+      )
+    if m.shape != s.shape or m.shape != y.shape:
+      raise ValueError(
+        f"mask, scores and labels must have one shape, got {m.shape}, {s.shape} and {y.shape}"
+      )
+    s, y = s[m], y[m]
+  s, y = _validate(s, y)
+  return {
+    "auroc": auroc(s, y),
+    "aupr_in": aupr(s, y, positive=0),
+    "aupr_out": aupr(s, y, positive=1),
+    "fpr95": fpr_at_tpr(s, y, tpr=0.95),
+  }
 
 
-def gather_scores(
-    score_fn: Callable[[Any], Any], images: Any, batch_size: int
-) -> np.ndarray:
-    """Scores of every image, in order, as float64, from fixed-size batches.
+def gather_scores(score_fn: Callable[[Any], Any], images: Any, batch_size: int) -> np.ndarray:
+  """Scores of every image, in order, as float64, from fixed-size batches.
 
-    The last batch is padded up to `batch_size` by repeating the final image
-    (in-distribution padding, so it cannot produce NaNs of its own), which keeps
-    a jitted `score_fn` at one compiled shape; the pad rows are then dropped.
-    Works for NumPy or JAX `images`; device calls are queued before any result
-    is read back, so batches overlap with dispatch.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    n = len(images)
-    if n == 0:
-        return np.zeros((0,), dtype=np.float64)
-    outputs = []
-    for start in range(0, n, batch_size):
-        if start + batch_size <= n:
-            batch = images[start:start + batch_size]
-        else:
-            batch = images[np.minimum(np.arange(start, start + batch_size), n - 1)]
-        outputs.append(score_fn(batch))
-    host = [np.asarray(o, dtype=np.float64) for o in outputs]
-    for o in host:
-        if o.shape != (batch_size,):
-            raise ValueError(
-                f"score_fn must return one score per image, shape ({batch_size},); "
-                f"got {o.shape}")
-    return np.concatenate(host)[:n]
+  The last batch is padded up to `batch_size` by repeating the final image
+  (in-distribution padding, so it cannot produce NaNs of its own), which keeps
+  a jitted `score_fn` at one compiled shape; the pad rows are then dropped.
+  Works for NumPy or JAX `images`; device calls are queued before any result
+  is read back, so batches overlap with dispatch.
+  """
+  if len(images) == 0:
+    return np.zeros((0,), dtype=np.float64)
+
+  def checked(batch):
+    out = score_fn(batch)
+    if np.shape(out) != (batch_size,):
+      raise ValueError(
+        f"score_fn must return one score per image, shape ({batch_size},); got {np.shape(out)}"
+      )
+    return out
+
+  return device.map_batches(checked, images, batch_size).astype(np.float64)

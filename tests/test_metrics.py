@@ -14,235 +14,244 @@ from mscm_jax import metrics
 
 # ---------------------------------------------------------------- references
 
+
 def ref_auroc(s: np.ndarray, y: np.ndarray) -> float:
-    """Mean over all (anomaly, normal) pairs of 1[s_a > s_n] + 0.5 * 1[s_a == s_n]."""
-    a, n = s[y == 1], s[y == 0]
-    total = 0.0
-    for sa, sn in itertools.product(a, n):
-        total += 1.0 if sa > sn else 0.5 if sa == sn else 0.0
-    return total / (len(a) * len(n))
+  """Mean over all (anomaly, normal) pairs of 1[s_a > s_n] + 0.5 * 1[s_a == s_n]."""
+  a, n = s[y == 1], s[y == 0]
+  total = 0.0
+  for sa, sn in itertools.product(a, n):
+    total += 1.0 if sa > sn else 0.5 if sa == sn else 0.0
+  return total / (len(a) * len(n))
 
 
 def ref_ap(s: np.ndarray, y: np.ndarray) -> float:
-    """Step-wise AP: loop over distinct thresholds, highest first, flag score >= t."""
-    n_pos = int(np.sum(y == 1))
-    ap, prev_recall = 0.0, 0.0
-    for t in sorted(set(s.tolist()), reverse=True):
-        flagged = s >= t
-        tp = int(np.sum(flagged & (y == 1)))
-        fp = int(np.sum(flagged & (y == 0)))
-        recall = tp / n_pos
-        ap += (recall - prev_recall) * (tp / (tp + fp))
-        prev_recall = recall
-    return ap
+  """Step-wise AP: loop over distinct thresholds, highest first, flag score >= t."""
+  n_pos = int(np.sum(y == 1))
+  ap, prev_recall = 0.0, 0.0
+  for t in sorted(set(s.tolist()), reverse=True):
+    flagged = s >= t
+    tp = int(np.sum(flagged & (y == 1)))
+    fp = int(np.sum(flagged & (y == 0)))
+    recall = tp / n_pos
+    ap += (recall - prev_recall) * (tp / (tp + fp))
+    prev_recall = recall
+  return ap
 
 
 def ref_fpr_at_tpr(s: np.ndarray, y: np.ndarray, tpr: float) -> float:
-    """Lowest FPR over thresholds t (score >= t) whose TPR reaches `tpr`."""
-    best = np.inf
-    for t in set(s.tolist()):
-        flagged = s >= t
-        if np.sum(flagged & (y == 1)) / np.sum(y == 1) >= tpr:
-            best = min(best, np.sum(flagged & (y == 0)) / np.sum(y == 0))
-    return float(best)
+  """Lowest FPR over thresholds t (score >= t) whose TPR reaches `tpr`."""
+  best = np.inf
+  for t in set(s.tolist()):
+    flagged = s >= t
+    if np.sum(flagged & (y == 1)) / np.sum(y == 1) >= tpr:
+      best = min(best, np.sum(flagged & (y == 0)) / np.sum(y == 0))
+  return float(best)
 
 
 def random_case(rng: np.random.Generator, n: int, ties: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Both classes guaranteed; anomalies shifted up so the metrics are not all trivial."""
-    y = rng.integers(0, 2, size=n)
-    y[0], y[1] = 0, 1
-    rng.shuffle(y)
-    s = rng.normal(size=n) + 0.8 * y
-    if ties:
-        s = np.round(s * 2) / 2  # few distinct values, many ties across classes
-    return s, y
+  """Both classes guaranteed; anomalies shifted up so the metrics are not all trivial."""
+  y = rng.integers(0, 2, size=n)
+  y[0], y[1] = 0, 1
+  rng.shuffle(y)
+  s = rng.normal(size=n) + 0.8 * y
+  if ties:
+    s = np.round(s * 2) / 2  # few distinct values, many ties across classes
+  return s, y
 
 
-CASES = [(n, ties, seed) for n in (2, 3, 7, 50, 301) for ties in (False, True)
-         for seed in range(3)]
+CASES = [(n, ties, seed) for n in (2, 3, 7, 50, 301) for ties in (False, True) for seed in range(3)]
 
 
 # ---------------------------------------------------------------- vs references
 
+
 @pytest.mark.parametrize("n,ties,seed", CASES)
 def test_auroc_matches_pairwise_reference(n, ties, seed):
-    s, y = random_case(np.random.default_rng(seed), n, ties)
-    assert metrics.auroc(s, y) == pytest.approx(ref_auroc(s, y), abs=1e-12)
+  s, y = random_case(np.random.default_rng(seed), n, ties)
+  assert metrics.auroc(s, y) == pytest.approx(ref_auroc(s, y), abs=1e-12)
 
 
 @pytest.mark.parametrize("n,ties,seed", CASES)
 def test_aupr_matches_threshold_loop(n, ties, seed):
-    s, y = random_case(np.random.default_rng(seed), n, ties)
-    assert metrics.aupr(s, y, positive=1) == pytest.approx(ref_ap(s, y), abs=1e-12)
-    assert metrics.aupr(s, y, positive=0) == pytest.approx(ref_ap(-s, 1 - y), abs=1e-12)
+  s, y = random_case(np.random.default_rng(seed), n, ties)
+  assert metrics.aupr(s, y, positive=1) == pytest.approx(ref_ap(s, y), abs=1e-12)
+  assert metrics.aupr(s, y, positive=0) == pytest.approx(ref_ap(-s, 1 - y), abs=1e-12)
 
 
 @pytest.mark.parametrize("n,ties,seed", CASES)
 @pytest.mark.parametrize("tpr", [0.5, 0.95, 1.0])
 def test_fpr_at_tpr_matches_threshold_loop(n, ties, seed, tpr):
-    s, y = random_case(np.random.default_rng(seed), n, ties)
-    assert metrics.fpr_at_tpr(s, y, tpr) == pytest.approx(ref_fpr_at_tpr(s, y, tpr), abs=1e-12)
+  s, y = random_case(np.random.default_rng(seed), n, ties)
+  assert metrics.fpr_at_tpr(s, y, tpr) == pytest.approx(ref_fpr_at_tpr(s, y, tpr), abs=1e-12)
 
 
 @pytest.mark.parametrize("seed", range(5))
 def test_aupr_in_out_symmetry(seed):
-    s, y = random_case(np.random.default_rng(seed), 80, ties=seed % 2 == 0)
-    assert metrics.aupr(s, y, positive=1) == pytest.approx(
-        metrics.aupr(-s, 1 - y, positive=0), abs=1e-12)
+  s, y = random_case(np.random.default_rng(seed), 80, ties=seed % 2 == 0)
+  assert metrics.aupr(s, y, positive=1) == pytest.approx(
+    metrics.aupr(-s, 1 - y, positive=0), abs=1e-12
+  )
 
 
 # ---------------------------------------------------------------- known values
 
+
 def test_known_values_from_sklearn_docs():
-    # average_precision_score and roc_auc_score docstring example.
-    s, y = np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])
-    assert metrics.aupr(s, y) == pytest.approx(5 / 6)
-    assert metrics.auroc(s, y) == pytest.approx(0.75)
+  # average_precision_score and roc_auc_score docstring example.
+  s, y = np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])
+  assert metrics.aupr(s, y) == pytest.approx(5 / 6)
+  assert metrics.auroc(s, y) == pytest.approx(0.75)
 
 
 def test_perfect_separation():
-    y = np.array([0] * 10 + [1] * 10)
-    s = np.arange(20.0)
-    assert metrics.auroc(s, y) == 1.0
-    assert metrics.fpr_at_tpr(s, y) == 0.0
-    assert metrics.aupr(s, y, 1) == 1.0 and metrics.aupr(s, y, 0) == 1.0
+  y = np.array([0] * 10 + [1] * 10)
+  s = np.arange(20.0)
+  assert metrics.auroc(s, y) == 1.0
+  assert metrics.fpr_at_tpr(s, y) == 0.0
+  assert metrics.aupr(s, y, 1) == 1.0 and metrics.aupr(s, y, 0) == 1.0
 
 
 def test_inverted_ranking():
-    y = np.array([0] * 10 + [1] * 10)
-    s = -np.arange(20.0)
-    assert metrics.auroc(s, y) == 0.0
-    assert metrics.fpr_at_tpr(s, y) == 1.0
+  y = np.array([0] * 10 + [1] * 10)
+  s = -np.arange(20.0)
+  assert metrics.auroc(s, y) == 0.0
+  assert metrics.fpr_at_tpr(s, y) == 1.0
 
 
 def test_constant_scores():
-    y = np.array([0, 0, 0, 1])
-    s = np.full(4, 3.0)
-    assert metrics.auroc(s, y) == 0.5
-    assert metrics.fpr_at_tpr(s, y) == 1.0
-    assert metrics.aupr(s, y, 1) == pytest.approx(0.25)  # prevalence
-    assert metrics.aupr(s, y, 0) == pytest.approx(0.75)
+  y = np.array([0, 0, 0, 1])
+  s = np.full(4, 3.0)
+  assert metrics.auroc(s, y) == 0.5
+  assert metrics.fpr_at_tpr(s, y) == 1.0
+  assert metrics.aupr(s, y, 1) == pytest.approx(0.25)  # prevalence
+  assert metrics.aupr(s, y, 0) == pytest.approx(0.75)
 
 
 def test_fpr_tie_straddling_target_counts_whole_tie():
-    # 20 anomalies: 18 at 5.0, 2 tied at 1.0 with 4 normals; 6 normals lower.
-    # 95% needs 19 anomalies, so the 1.0 group is taken whole: FPR = 4 / 10.
-    s = np.array([5.0] * 18 + [1.0] * 2 + [1.0] * 4 + [0.0] * 6)
-    y = np.array([1] * 20 + [0] * 10)
-    assert metrics.fpr_at_tpr(s, y, 0.95) == pytest.approx(0.4)
-    assert metrics.fpr_at_tpr(s, y, 0.90) == 0.0  # 18/20 reached before the tie
+  # 20 anomalies: 18 at 5.0, 2 tied at 1.0 with 4 normals; 6 normals lower.
+  # 95% needs 19 anomalies, so the 1.0 group is taken whole: FPR = 4 / 10.
+  s = np.array([5.0] * 18 + [1.0] * 2 + [1.0] * 4 + [0.0] * 6)
+  y = np.array([1] * 20 + [0] * 10)
+  assert metrics.fpr_at_tpr(s, y, 0.95) == pytest.approx(0.4)
+  assert metrics.fpr_at_tpr(s, y, 0.90) == 0.0  # 18/20 reached before the tie
 
 
 def test_two_items_and_bool_labels():
-    assert metrics.auroc([0.0, 1.0], np.array([False, True])) == 1.0
-    assert metrics.auroc([1.0, 1.0], [0, 1]) == 0.5
+  assert metrics.auroc([0.0, 1.0], np.array([False, True])) == 1.0
+  assert metrics.auroc([1.0, 1.0], [0, 1]) == 0.5
 
 
 def test_large_input_is_fast_and_exact():
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 2, size=200_000)
-    s = np.round(rng.normal(size=y.size) + y, 1)
-    got = metrics.auroc(s, y)
-    # Independent O(n log n) check via average ranks (Mann-Whitney).
-    order = np.argsort(s, kind="stable")
-    ranks = np.empty(s.size)
-    sorted_s = s[order]
-    _, first, counts = np.unique(sorted_s, return_index=True, return_counts=True)
-    ranks[order] = np.repeat(first + (counts + 1) / 2, counts)
-    n1, n0 = y.sum(), (1 - y).sum()
-    expected = (ranks[y == 1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0)
-    assert got == pytest.approx(expected, abs=1e-12)
+  rng = np.random.default_rng(0)
+  y = rng.integers(0, 2, size=200_000)
+  s = np.round(rng.normal(size=y.size) + y, 1)
+  got = metrics.auroc(s, y)
+  # Independent O(n log n) check via average ranks (Mann-Whitney).
+  order = np.argsort(s, kind="stable")
+  ranks = np.empty(s.size)
+  sorted_s = s[order]
+  _, first, counts = np.unique(sorted_s, return_index=True, return_counts=True)
+  ranks[order] = np.repeat(first + (counts + 1) / 2, counts)
+  n1, n0 = y.sum(), (1 - y).sum()
+  expected = (ranks[y == 1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0)
+  assert got == pytest.approx(expected, abs=1e-12)
 
 
 # ---------------------------------------------------------------- evaluate
 
+
 def test_evaluate_mask_equals_subset():
-    rng = np.random.default_rng(1)
-    s, y = random_case(rng, 64, ties=True)
-    mask = rng.random(64) < 0.7
-    mask[np.flatnonzero(y == 1)[0]] = mask[np.flatnonzero(y == 0)[0]] = True
-    s_padded = s.copy()
-    s_padded[~mask] = np.nan  # padding may be garbage; it must be ignored
-    y_padded = y.copy()
-    y_padded[~mask] = 7
-    got = metrics.evaluate(s_padded, y_padded, mask)
-    want = metrics.evaluate(s[mask], y[mask])
-    assert set(got) == {"auroc", "aupr_in", "aupr_out", "fpr95"}
-    assert got == want
-    assert want["auroc"] == pytest.approx(ref_auroc(s[mask], y[mask]))
-    assert want["fpr95"] == pytest.approx(ref_fpr_at_tpr(s[mask], y[mask], 0.95))
+  rng = np.random.default_rng(1)
+  s, y = random_case(rng, 64, ties=True)
+  mask = rng.random(64) < 0.7
+  mask[np.flatnonzero(y == 1)[0]] = mask[np.flatnonzero(y == 0)[0]] = True
+  s_padded = s.copy()
+  s_padded[~mask] = np.nan  # padding may be garbage; it must be ignored
+  y_padded = y.copy()
+  y_padded[~mask] = 7
+  got = metrics.evaluate(s_padded, y_padded, mask)
+  want = metrics.evaluate(s[mask], y[mask])
+  assert set(got) == {"auroc", "aupr_in", "aupr_out", "fpr95"}
+  assert got == want
+  assert want["auroc"] == pytest.approx(ref_auroc(s[mask], y[mask]))
+  assert want["fpr95"] == pytest.approx(ref_fpr_at_tpr(s[mask], y[mask], 0.95))
 
 
 def test_evaluate_rejects_non_bool_mask():
-    with pytest.raises(ValueError, match="bool"):
-        metrics.evaluate([0.1, 0.2], [0, 1], mask=np.array([1, 1]))
-    with pytest.raises(ValueError, match="shape"):
-        metrics.evaluate([0.1, 0.2], [0, 1], mask=np.array([True]))
+  with pytest.raises(ValueError, match="bool"):
+    metrics.evaluate([0.1, 0.2], [0, 1], mask=np.array([1, 1]))
+  with pytest.raises(ValueError, match="shape"):
+    metrics.evaluate([0.1, 0.2], [0, 1], mask=np.array([True]))
 
 
 # ---------------------------------------------------------------- errors
 
-@pytest.mark.parametrize("fn", [
+
+@pytest.mark.parametrize(
+  "fn",
+  [
     metrics.auroc,
     lambda s, y: metrics.aupr(s, y, 1),
     lambda s, y: metrics.aupr(s, y, 0),
     metrics.fpr_at_tpr,
     metrics.evaluate,
-])
+  ],
+)
 def test_errors(fn):
-    with pytest.raises(ValueError, match="length"):
-        fn([0.1, 0.2, 0.3], [0, 1])
-    with pytest.raises(ValueError, match="0 .normal. or 1"):
-        fn([0.1, 0.2, 0.3], [0, 1, 2])
-    with pytest.raises(ValueError, match="both classes"):
-        fn([0.1, 0.2, 0.3], [1, 1, 1])
-    with pytest.raises(ValueError, match="both classes"):
-        fn([0.1, 0.2], [0, 0])
-    with pytest.raises(ValueError, match="2 non-finite"):
-        fn([0.1, np.nan, np.inf, 0.3], [0, 1, 0, 1])
+  with pytest.raises(ValueError, match="length"):
+    fn([0.1, 0.2, 0.3], [0, 1])
+  with pytest.raises(ValueError, match="0 .normal. or 1"):
+    fn([0.1, 0.2, 0.3], [0, 1, 2])
+  with pytest.raises(ValueError, match="both classes"):
+    fn([0.1, 0.2, 0.3], [1, 1, 1])
+  with pytest.raises(ValueError, match="both classes"):
+    fn([0.1, 0.2], [0, 0])
+  with pytest.raises(ValueError, match="2 non-finite"):
+    fn([0.1, np.nan, np.inf, 0.3], [0, 1, 0, 1])
 
 
 def test_argument_errors():
-    with pytest.raises(ValueError, match="positive"):
-        metrics.aupr([0.1, 0.2], [0, 1], positive=2)
-    with pytest.raises(ValueError, match="tpr"):
-        metrics.fpr_at_tpr([0.1, 0.2], [0, 1], tpr=0.0)
-    with pytest.raises(ValueError, match="batch_size"):
-        metrics.gather_scores(lambda x: x, np.zeros((3, 2)), 0)
+  with pytest.raises(ValueError, match="positive"):
+    metrics.aupr([0.1, 0.2], [0, 1], positive=2)
+  with pytest.raises(ValueError, match="tpr"):
+    metrics.fpr_at_tpr([0.1, 0.2], [0, 1], tpr=0.0)
+  with pytest.raises(ValueError, match="batch_size"):
+    metrics.gather_scores(lambda x: x, np.zeros((3, 2)), 0)
 
 
 # ---------------------------------------------------------------- gather_scores
 
+
 @pytest.mark.parametrize("n,batch_size", [(10, 4), (7, 7), (3, 8), (1, 1), (13, 5)])
 def test_gather_scores_order_count_and_one_shape(n, batch_size):
-    images = (np.arange(n * 6) % 251).astype(np.uint8).reshape(n, 2, 3)
-    traces = []
+  images = (np.arange(n * 6) % 251).astype(np.uint8).reshape(n, 2, 3)
+  traces = []
 
-    @jax.jit
-    def score_fn(x):
-        traces.append(x.shape)  # runs once per compilation only
-        return jnp.sum(x.astype(jnp.float32), axis=(1, 2))
+  @jax.jit
+  def score_fn(x):
+    traces.append(x.shape)  # runs once per compilation only
+    return jnp.sum(x.astype(jnp.float32), axis=(1, 2))
 
-    got = metrics.gather_scores(score_fn, images, batch_size)
-    assert got.shape == (n,) and got.dtype == np.float64
-    np.testing.assert_array_equal(got, images.astype(np.float64).sum(axis=(1, 2)))
-    assert traces == [(batch_size, 2, 3)]
+  got = metrics.gather_scores(score_fn, images, batch_size)
+  assert got.shape == (n,) and got.dtype == np.float64
+  np.testing.assert_array_equal(got, images.astype(np.float64).sum(axis=(1, 2)))
+  assert traces == [(batch_size, 2, 3)]
 
 
 def test_gather_scores_shapes_seen_without_jit_and_jax_input():
-    seen = []
+  seen = []
 
-    def score_fn(x):
-        seen.append(x.shape)
-        return np.asarray(x)[:, 0]
+  def score_fn(x):
+    seen.append(x.shape)
+    return np.asarray(x)[:, 0]
 
-    images = jnp.arange(11, dtype=jnp.float32)[:, None] * jnp.ones((1, 4))
-    got = metrics.gather_scores(score_fn, images, 4)
-    np.testing.assert_array_equal(got, np.arange(11.0))
-    assert seen == [(4, 4)] * 3
+  images = jnp.arange(11, dtype=jnp.float32)[:, None] * jnp.ones((1, 4))
+  got = metrics.gather_scores(score_fn, images, 4)
+  np.testing.assert_array_equal(got, np.arange(11.0))
+  assert seen == [(4, 4)] * 3
 
 
 def test_gather_scores_empty_and_bad_output():
-    assert metrics.gather_scores(lambda x: x[:, 0], np.zeros((0, 3)), 4).shape == (0,)
-    with pytest.raises(ValueError, match="one score per image"):
-        metrics.gather_scores(lambda x: x, np.zeros((5, 3)), 4)
+  assert metrics.gather_scores(lambda x: x[:, 0], np.zeros((0, 3)), 4).shape == (0,)
+  with pytest.raises(ValueError, match="one score per image"):
+    metrics.gather_scores(lambda x: x, np.zeros((5, 3)), 4)

@@ -85,3 +85,26 @@ def draw_batch(data: DeviceDataset, key: jax.Array, step: int | jax.Array, batch
       data.images, data.is_anomaly, key, jnp.asarray(step, jnp.int32))
   chex.assert_shape(images, (batch_size,) + data.images.shape[1:])
   return images, flags
+
+
+def map_batches(fn, images, batch_size: int):
+  """`fn` over host or device images in fixed-size batches; outputs concatenated, in order.
+
+  The last batch is padded (repeating the final image) so a jitted `fn` compiles for one
+  shape, and the pad rows are dropped: every image counts exactly once. Returns NumPy
+  arrays with the structure of `fn`'s output.
+  """
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  n = len(images)
+  if n == 0:
+    raise ValueError("map_batches needs at least one image")
+  outputs = []
+  for start in range(0, n, batch_size):  # dispatch everything before reading anything back
+    if start + batch_size <= n:
+      batch = images[start:start + batch_size]
+    else:
+      batch = images[np.minimum(np.arange(start, start + batch_size), n - 1)]
+    outputs.append(fn(batch))
+  host = jax.tree.map(np.asarray, outputs)
+  return jax.tree.map(lambda *xs: np.concatenate(xs)[:n], *host)
