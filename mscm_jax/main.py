@@ -22,8 +22,11 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  # JAX logs an INFO line for every accelerator plugin it does not find; not news.
+  # JAX logs an INFO line for every accelerator plugin it does not find, orbax a dozen
+  # per checkpoint: not news. Their warnings and errors still show.
   py_logging.getLogger("jax._src.xla_bridge").setLevel(py_logging.WARNING)
+  logging.get_absl_handler().addFilter(
+      lambda r: r.levelno >= py_logging.WARNING or "/orbax/" not in r.pathname)
   from mscm_jax import pipeline  # pylint: disable=g-import-not-at-top
 
   try:

@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 
 from mscm_jax import config as config_lib
-from mscm_jax import sharding
+from mscm_jax import sharding, stage1
 from mscm_jax.data import augment, device, protocols, sources
 
 
@@ -95,10 +95,24 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   summary["preview"] = preview_augmentations(config, split, mesh,
                                              os.path.join(workdir, "preview"))
   logging.info("Augmented views written to %s", summary["preview"]["picture"])
-  summary["stages_run"] = ["data"]
-  summary["not_yet_implemented"] = ["stage1", "stage2", "evaluation"]
-  with open(os.path.join(workdir, "data_summary.json"), "w") as f:
+  if config.stop_after == "data":
+    return _finish(workdir, summary, ["data"], "stop_after='data'")
+  t1 = time.time()
+  result = stage1.train(config, split, workdir, mesh)
+  summary["stage1"] = {"steps": result.steps, "probe_knn_auroc": result.probe_auroc,
+                       "views_per_second": result.views_per_second,
+                       "seconds": round(time.time() - t1, 1)}
+  logging.info("Stage 1: %s", json.dumps(summary["stage1"]))
+  return _finish(workdir, summary, ["data", "stage1"], "stage 2 and evaluation are not "
+                 "implemented yet; the only score is the stage-1 k-NN health probe")
+
+
+def _finish(workdir: str, summary: dict[str, Any], stages: list[str],
+            why: str) -> dict[str, Any]:
+  summary["stages_run"] = stages
+  summary["not_run"] = [s for s in ("data", "stage1", "stage2", "evaluation") if s not in stages]
+  with open(os.path.join(workdir, "run_summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
-  logging.warning("Only data loading, splitting and augmentation exist so far: stage 1, "
-                  "stage 2 and evaluation are not implemented yet, so no scores are produced.")
+  logging.warning("Stopped after %s: %s. Summary: %s", stages[-1], why,
+                  os.path.join(workdir, "run_summary.json"))
   return summary

@@ -1,12 +1,18 @@
 """Shared fixtures. Eight emulated CPU devices, so that sharding is tested for real.
 
-XLA reads the flag when JAX first initialises its backend, so it is set here, before any
-test module imports jax; an explicit XLA_FLAGS in the environment wins.
+XLA reads its flags when JAX first initialises its backend, so they are set here, before
+any test module imports jax. Tests also ask XLA for cheap compilation: on 2 cores compile
+time, not run time, is what a test of a tiny model spends (about half of it is saved).
 """
 
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+_flags = os.environ.get("XLA_FLAGS", "")
+if "xla_force_host_platform_device_count" not in _flags:
+  _flags += " --xla_force_host_platform_device_count=8"
+if "xla_backend_optimization_level" not in _flags:
+  _flags += " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+os.environ["XLA_FLAGS"] = _flags.strip()
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

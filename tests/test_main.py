@@ -20,13 +20,14 @@ def test_overrides_reach_the_run(folder_tree, tmp_path):
   workdir = tmp_path / "w"
   r = _main("--config=configs/folder_oneclass.py:smoke",
             f"--config.dataset.data_dir={folder_tree}", "--config.dataset.normal_class=berry",
+            "--config.stop_after=data",
             "--config.dataset.image_size=12", "--config.seed=7", f"--workdir={workdir}")
   assert r.returncode == 0, r.stderr
-  summary = json.loads((workdir / "data_summary.json").read_text())
+  summary = json.loads((workdir / "run_summary.json").read_text())
   assert summary["normal_classes"] == ["berry"] and summary["seed"] == 7
   assert summary["n_train"] == 5 and summary["n_test"] == 8 and summary["n_test_anomalous"] == 5
   assert summary["image_shape"] == [12, 12, 3]
-  assert summary["not_yet_implemented"]  # no pretend results
+  assert summary["not_run"] == ["stage1", "stage2", "evaluation"]  # no pretend results
   saved = json.loads((workdir / "config.json").read_text())
   assert saved["dataset"]["normal_class"] == "berry" and saved["seed"] == 7
   assert (workdir / "preview" / "augmented_views.png").stat().st_size > 0
@@ -36,9 +37,9 @@ def test_unbalanced_override_through_the_cli(folder_tree, tmp_path):
   r = _main("--config=configs/folder_oneclass.py:smoke", "--config.setting=unbalanced",
             "--config.anomaly_ratio=0.5", "--config.anomaly_classes=('cherry',)",
             f"--config.dataset.data_dir={folder_tree}", "--config.dataset.normal_class=0",
-            f"--workdir={tmp_path / 'u'}")
+            "--config.stop_after=data", f"--workdir={tmp_path / 'u'}")
   assert r.returncode == 0, r.stderr
-  summary = json.loads((tmp_path / "u" / "data_summary.json").read_text())
+  summary = json.loads((tmp_path / "u" / "run_summary.json").read_text())
   assert summary["n_train_normal"] == 6 and summary["n_train_anomalies"] == 3
 
 
@@ -59,3 +60,34 @@ def test_bad_class_name_is_one_line(folder_tree, tmp_path):
             f"--workdir={tmp_path / 'y'}")
   assert r.returncode != 0 and "Traceback" not in r.stderr
   assert "durian" in r.stderr.strip().splitlines()[-1]
+
+
+def test_sigterm_saves_and_the_same_command_resumes(folder_tree, tmp_path):
+  import signal
+  workdir = tmp_path / "k"
+  args = ["--config=configs/folder_oneclass.py:smoke", f"--config.dataset.data_dir={folder_tree}",
+          "--config.dataset.normal_class=apple", "--config.dataset.image_size=16",
+          "--config.memory.scales=('res4',)", "--config.train.epochs=400",
+          "--config.train.checkpoint_every_steps=1000", f"--workdir={workdir}"]
+  proc = subprocess.Popen([sys.executable, "-m", "mscm_jax.main", *args], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  metrics = workdir / "metrics.jsonl"
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None:
+    if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+      break
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 2, err
+  assert "SIGTERM at step" in err and "Traceback" not in err
+  saved = int(err.split("SIGTERM at step ")[1].split(":")[0])
+  assert 3 <= saved < 400 and (workdir / "stage1" / str(saved)).is_dir()
+
+  r = _main(*args)
+  assert r.returncode == 0, r.stderr
+  assert f"resumes from step {saved}" in r.stderr
+  steps = [json.loads(l)["step"] for l in metrics.read_text().splitlines()
+           if "probe_knn_auroc" not in l]
+  assert steps == list(range(1, 401))  # one uninterrupted-looking record
+  assert json.loads((workdir / "stage1" / "FINISHED.json").read_text())["step"] == 400

@@ -1,0 +1,77 @@
+r"""Throughput of the stage-1 train step (views/s: two augmented views per image).
+
+  python experiments/bench_stage1.py --preset=cpu --steps=20
+  python experiments/bench_stage1.py --preset=full --batch_size=64 --steps=5   # ResNet-18
+
+Random uint8 images stand in for the data (the step's cost does not depend on pixel
+values). Prints compile time and steady-state views/s, and appends a JSON line to
+experiments/results/bench_stage1.jsonl.
+"""
+
+import json
+import os
+import platform
+import time
+
+from absl import app, flags
+
+_PRESET = flags.DEFINE_string("preset", "cpu", "config preset: cpu, smoke or full")
+_BATCH = flags.DEFINE_integer("batch_size", 0, "override train.batch_size (0: the preset's)")
+_STEPS = flags.DEFINE_integer("steps", 20, "timed steps after the compile step")
+_MODE = flags.DEFINE_string("mode", "", "override memory.mode")
+_DTYPE = flags.DEFINE_string("dtype", "", "override model.dtype")
+_OUT = flags.DEFINE_string("out", os.path.join(os.path.dirname(__file__), "results",
+                                               "bench_stage1.jsonl"), "JSONL to append to")
+
+
+def main(_):
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from mscm_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from mscm_jax import sharding, stage1  # pylint: disable=g-import-not-at-top
+  from mscm_jax.data import device  # pylint: disable=g-import-not-at-top
+
+  c = config_lib.apply_preset(config_lib.base_config(), "" if _PRESET.value == "full"
+                              else _PRESET.value)
+  if _BATCH.value:
+    c.train.batch_size = _BATCH.value
+  if _MODE.value:
+    c.memory.mode = _MODE.value
+  if _DTYPE.value:
+    c.model.dtype = _DTYPE.value
+  config_lib.validate(c)
+  mesh = sharding.make_mesh(c.train.num_devices)
+  n = 5000
+  images = np.random.default_rng(0).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+  parts = stage1.components(c, n, images.shape[1:], mesh)
+  state = parts.init_fn(jax.random.PRNGKey(c.seed))
+  data = device.put_on_device(images, np.zeros(n, bool), mesh)
+  step = parts.step_fn
+  t0 = time.time()
+  state, logged = step(state, data.images, data.is_anomaly)
+  jax.block_until_ready(logged)
+  compile_s = time.time() - t0
+  t0 = time.time()
+  for _ in range(_STEPS.value):
+    state, logged = step(state, data.images, data.is_anomaly)
+  jax.block_until_ready(logged)
+  dt = time.time() - t0
+  views = 2 * c.train.batch_size * _STEPS.value / dt
+  row = {
+      "preset": _PRESET.value, "batch_size": c.train.batch_size,
+      "widths": list(c.model.widths), "stage_sizes": list(c.model.stage_sizes),
+      "memory_mode": c.memory.mode, "memory_scales": list(c.memory.scales),
+      "dtype": c.model.dtype, "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+      "host": f"{platform.machine()} {os.cpu_count()} cpus", "compile_s": round(compile_s, 1),
+      "step_s": round(dt / _STEPS.value, 4), "views_per_s": round(views, 1),
+      "loss_after": float(logged["loss"]),
+  }
+  print(json.dumps(row))
+  os.makedirs(os.path.dirname(_OUT.value), exist_ok=True)
+  with open(_OUT.value, "a") as f:
+    f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+  app.run(main)

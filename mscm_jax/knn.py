@@ -1,0 +1,44 @@
+"""k-nearest-neighbour anomaly scores: cosine distance to the normal training set.
+
+The cheap, strong baseline (CSI-like) that every learned score is compared with, and
+the stage-1 health probe.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mscm_jax.data import device
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-8) -> jax.Array:
+  x = x.astype(jnp.float32)
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+@functools.partial(jax.jit, static_argnames=("k",))
+def _knn_distance(queries: jax.Array, bank: jax.Array, k: int) -> jax.Array:
+  sims = l2_normalize(queries) @ bank.T
+  return 1.0 - jnp.mean(jax.lax.top_k(sims, k)[0], axis=-1)
+
+
+def knn_scores(train_features: np.ndarray, test_features: np.ndarray, k: int = 5,
+               chunk: int = 1024, center: bool = False) -> np.ndarray:
+  """1 - mean cosine similarity to the k nearest training features (higher = anomalous).
+
+  `center` subtracts the training mean first (helps raw pixels, SPEC section 7).
+  """
+  train = np.asarray(train_features, np.float32).reshape(len(train_features), -1)
+  test = np.asarray(test_features, np.float32).reshape(len(test_features), -1)
+  if not 1 <= k <= len(train):
+    raise ValueError(f"k={k} needs 1 <= k <= {len(train)} training features")
+  if center:
+    mean = train.mean(axis=0, keepdims=True)
+    train, test = train - mean, test - mean
+  bank = l2_normalize(jnp.asarray(train))
+  return device.map_batches(lambda q: _knn_distance(q, bank, k), test,
+                            min(chunk, len(test))).astype(np.float64)

@@ -1,0 +1,379 @@
+"""Stage 1: memory-augmented contrastive training of the encoder and its memories.
+
+Reads top to bottom: model and optimiser from the config, the train state, the loss,
+the sharded train step, the loop (checkpoints, NaN guard, metrics, SIGTERM), the
+k-NN health probe. The state is replicated over the `data` mesh axis; the batch is
+drawn on device, sharded over `data`, augmented inside the step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import signal
+import time
+from typing import Any, Callable, NamedTuple
+
+import chex
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+
+from mscm_jax import checkpoints, knn, losses, metrics, monitoring, sharding
+from mscm_jax.data import augment, device, protocols
+from mscm_jax.errors import UserError
+from mscm_jax.models import AnoMem
+
+STAGE = "stage1"
+
+
+class NonFiniteError(UserError):
+  """The loss or the parameters became NaN/Inf: training stopped, nothing bad was saved."""
+
+
+class Interrupted(UserError):
+  """SIGTERM arrived: the state was saved and the run can be resumed with the same command."""
+
+
+# ------------------------------------------------------------------- model, optimiser
+
+
+def build_model(config: ml_collections.ConfigDict) -> AnoMem:
+  m, mem = config.model, config.memory
+  return AnoMem(
+      stage_sizes=tuple(m.stage_sizes), widths=tuple(m.widths),
+      dtype=jnp.dtype(m.dtype), memory_scales=tuple(mem.scales), memory_mode=mem.mode,
+      memory_train=mem.train, num_prototypes=mem.num_prototypes, proto_dim=mem.proto_dim,
+      beta=mem.beta or None, learnable_beta=mem.learnable_beta,
+      shrink_threshold=mem.shrink_threshold, retrieval_steps=mem.retrieval_steps,
+      head_dims=tuple(m.head_dims), scale_head_dims=tuple(m.head_dims))
+
+
+def num_steps(config: ml_collections.ConfigDict, n_train: int) -> tuple[int, int]:
+  """(total steps, steps per epoch) for `train.epochs` passes over the training set."""
+  per_epoch = max(1, -(-n_train // config.train.batch_size))
+  return max(1, int(round(config.train.epochs * per_epoch))), per_epoch
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict, total: int,
+                           per_epoch: int) -> optax.Schedule:
+  """Linear warm-up then cosine decay; the peak scales linearly with the batch (per 256)."""
+  peak = config.optim.learning_rate * config.train.batch_size / 256
+  warmup = min(int(config.optim.warmup_epochs * per_epoch), total - 1)
+  return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, total, end_value=0.0)
+
+
+def _decay_mask(params: Any) -> Any:
+  # Weight decay and LARS trust ratios apply to kernels and prototypes, not to BN/LN or biases.
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def build_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule):
+  o = config.optim
+  if o.name == "lars":
+    return optax.lars(schedule, weight_decay=o.weight_decay, weight_decay_mask=_decay_mask,
+                      trust_ratio_mask=_decay_mask, momentum=o.momentum)
+  if o.name == "sgd":
+    return optax.chain(optax.add_decayed_weights(o.weight_decay, _decay_mask),
+                       optax.sgd(schedule, momentum=o.momentum))
+  return optax.adamw(schedule, weight_decay=o.weight_decay, mask=_decay_mask)
+
+
+# ------------------------------------------------------------------------ train state
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a step reads and writes; a pytree of arrays, so orbax saves it whole."""
+
+  step: jax.Array  # int32 scalar
+  params: Any  # encoder, memories (prototypes included), heads
+  batch_stats: Any
+  opt_state: Any
+  rng: jax.Array  # uint32[2]: base key; step keys are folded from it, so resume is exact
+
+
+def make_init_fn(model: AnoMem, tx, image_shape, mesh) -> Callable[[jax.Array], TrainState]:
+  """Jitted seed -> fresh state, replicated over the mesh."""
+
+  def make(rng):
+    variables = model.init(jax.random.fold_in(rng, 2), jnp.zeros((2,) + tuple(image_shape)),
+                           train=False)
+    params = variables["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      batch_stats=variables.get("batch_stats", {}),
+                      opt_state=tx.init(params), rng=rng)
+
+  return jax.jit(make, out_shardings=sharding.replicated(mesh))
+
+
+# ------------------------------------------------------------------------------- loss
+
+
+def loss_terms(out: dict[str, Any], params: Any, is_anomaly: jax.Array,
+               config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
+  """Every term of the stage-1 objective, unweighted (SPEC section 2)."""
+  b = is_anomaly.shape[0]
+  anomaly = is_anomaly if config.setting == "unbalanced" else None
+  normal_rows = None if anomaly is None else ~jnp.concatenate([is_anomaly, is_anomaly])
+  tau = config.loss.temperature
+  terms = {"nt_xent": losses.nt_xent(out["projection"][:b], out["projection"][b:], tau,
+                                     anomaly)}
+  for scale, z in out.get("scale_projection", {}).items():
+    terms[f"nt_xent_{scale}"] = losses.nt_xent(z[:b], z[b:], tau, anomaly)
+  for scale in config.memory.scales:
+    terms[f"variance_{scale}"] = losses.variance_hinge(params[f"memory_{scale}"]["prototypes"])
+    f, r = out["features"][scale], out["readout"][scale]
+    if config.memory.train == "codebook":
+      terms[f"codebook_{scale}"] = losses.feature_alignment(f, r, normal_rows)
+    elif config.loss.alignment_weight > 0:
+      terms[f"alignment_{scale}"] = losses.feature_alignment(f, r, normal_rows)
+  return terms
+
+
+def term_weight(name: str, config: ml_collections.ConfigDict) -> float:
+  """The weight of a term named by `loss_terms`."""
+  if name == "nt_xent":
+    return 1.0
+  if name.startswith("nt_xent_"):
+    return config.loss.scale_weight
+  kind = name.split("_")[0]
+  return {"variance": config.loss.variance_weight, "codebook": config.loss.codebook_weight,
+          "alignment": config.loss.alignment_weight}[kind]
+
+
+def total_loss(terms: dict[str, jax.Array], config: ml_collections.ConfigDict) -> jax.Array:
+  return sum((term_weight(k, config) * v for k, v in terms.items()), jnp.zeros((), jnp.float32))
+
+
+# ------------------------------------------------------------------------- train step
+
+
+def make_train_step(config: ml_collections.ConfigDict, model: AnoMem, tx,
+                    schedule: optax.Schedule, data_size: int, mesh) -> Callable:
+  """One jitted step: draw the batch by index, augment twice, forward, update.
+
+  The state is replicated and donated; the data arrays are sharded on `data`. The
+  loss sees the global batch, so NT-Xent negatives and BatchNorm statistics span every
+  device (XLA inserts the collectives).
+  """
+  batch_size = config.train.batch_size
+  aug_params = augment.AugmentParams.from_config(config.augment)
+  data_spec, repl = sharding.data_sharding(mesh), sharding.replicated(mesh)
+  unbalanced = config.setting == "unbalanced"
+
+  def step_fn(state: TrainState, images: jax.Array, is_anomaly: jax.Array):
+    data_key = jax.random.fold_in(state.rng, 0)  # fixed: epochs are permutations of it
+    aug_key = jax.random.fold_in(jax.random.fold_in(state.rng, 1), state.step)
+    idx = device.sample_indices(data_key, state.step, data_size, batch_size)
+    batch = jax.lax.with_sharding_constraint(images[idx], data_spec)
+    flags = jax.lax.with_sharding_constraint(is_anomaly[idx], data_spec)
+    view1, view2 = augment.two_views(aug_key, batch, aug_params)
+    x = jnp.concatenate([view1, view2])
+    chex.assert_shape(x, (2 * batch_size,) + images.shape[1:])
+    anomaly_mask = jnp.concatenate([flags, flags]) if unbalanced else None
+
+    def loss_fn(params):
+      out, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, x,
+                                 train=True, anomaly_mask=anomaly_mask,
+                                 mutable=["batch_stats"])
+      terms = loss_terms(out, params, flags, config)
+      return total_loss(terms, config), (terms, out, updates["batch_stats"])
+
+    (loss, (terms, out, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                              opt_state=opt_state)
+    logged = {"loss": loss, **terms, "grad_norm": optax.global_norm(grads),
+              "learning_rate": schedule(state.step)}
+    for scale in config.memory.scales:
+      protos = params[f"memory_{scale}"]["prototypes"]
+      logged[f"proto_std_{scale}"] = jnp.mean(jnp.std(protos, axis=0))
+      logged[f"memory_entropy_{scale}"] = losses.memory_usage_entropy(out["attention"][scale])
+    return new_state, logged
+
+  return jax.jit(step_fn, in_shardings=(repl, data_spec, data_spec),
+                 out_shardings=(repl, repl), donate_argnums=(0,))
+
+
+# ------------------------------------------------------------------------------ probe
+
+
+def embed(model: AnoMem, state: TrainState, images: np.ndarray, batch_size: int = 500,
+          key: str = "embedding") -> np.ndarray:
+  """Eval-mode model output `key` for every image (padded batches, nothing dropped)."""
+
+  @jax.jit
+  def fn(batch):
+    out = model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                      augment.to_float(batch), train=False)
+    return out[key]
+
+  return device.map_batches(fn, images, min(batch_size, len(images)))
+
+
+def knn_probe(model: AnoMem, state: TrainState, split: protocols.ADSplit,
+              k: int = 5) -> float:
+  """k-NN AUROC of the final embedding: a cheap sign that the representation learned."""
+  normal = ~split.train_is_anomaly
+  bank = embed(model, state, split.train_images[normal])
+  scores = knn.knn_scores(bank, embed(model, state, split.test_images), k=min(k, len(bank)))
+  return metrics.auroc(scores, split.test_is_anomaly.astype(int))
+
+
+# ------------------------------------------------------------------------------- loop
+
+class Components(NamedTuple):
+  model: AnoMem
+  schedule: optax.Schedule
+  tx: optax.GradientTransformation
+  init_fn: Callable[[jax.Array], TrainState]
+  step_fn: Callable
+
+
+_COMPONENTS: dict[tuple[Any, ...], Components] = {}
+
+
+def components(config: ml_collections.ConfigDict, n_train: int, image_shape,
+               mesh) -> Components:
+  """Model, schedule, optimiser, jitted init and step: built once per config, data and mesh.
+
+  A resumed or repeated `train` in the same process (a notebook, the tests) then reuses
+  the compiled step instead of paying XLA's compile time again.
+  """
+  key = (config.to_json_best_effort(sort_keys=True), n_train, tuple(image_shape), mesh)
+  if key not in _COMPONENTS:
+    total, per_epoch = num_steps(config, n_train)
+    model = build_model(config)
+    schedule = learning_rate_schedule(config, total, per_epoch)
+    tx = build_optimizer(config, schedule)
+    _COMPONENTS[key] = Components(model, schedule, tx,
+                                  make_init_fn(model, tx, image_shape, mesh),
+                                  make_train_step(config, model, tx, schedule, n_train, mesh))
+  return _COMPONENTS[key]
+
+
+
+@dataclasses.dataclass
+class Stage1Result:
+  state: TrainState
+  model: AnoMem
+  steps: int
+  probe_auroc: float | None
+  views_per_second: float | None
+  seconds: float
+
+
+@contextlib.contextmanager
+def _sigterm_flag():
+  """Turns SIGTERM into a flag the loop checks, so it can save before exiting."""
+  flag = {"set": False}
+  try:
+    previous = signal.signal(signal.SIGTERM, lambda *_: flag.update(set=True))
+  except ValueError:  # not the main thread: no handler, the default applies
+    previous = None
+  try:
+    yield flag
+  finally:
+    if previous is not None:
+      signal.signal(signal.SIGTERM, previous)
+
+
+def train(config: ml_collections.ConfigDict, split: protocols.ADSplit, workdir: str,
+          mesh: jax.sharding.Mesh, *, stop_after: int | None = None,
+          probe: bool = True) -> Stage1Result:
+  """Trains (or resumes, or loads the finished) stage 1 in `workdir/stage1/`.
+
+  `stop_after` ends the loop early at that step with a checkpoint (tests, and
+  schedules split across sessions); the schedule itself stays that of the config.
+  """
+  t_start = time.time()
+  ckpt_dir = os.path.join(workdir, STAGE)
+  total, per_epoch = num_steps(config, split.n_train)
+  if config.train.batch_size % mesh.devices.size:
+    raise UserError(f"train.batch_size={config.train.batch_size} must be divisible by the "
+                    f"{mesh.devices.size} devices")
+  model, _, _, init_fn, step_fn = components(config, split.n_train,
+                                             split.train_images.shape[1:], mesh)
+  state = init_fn(jax.random.PRNGKey(config.seed))
+  mngr = checkpoints.manager(ckpt_dir)
+  state, restored = checkpoints.restore_latest(mngr, state)
+  start = int(state.step)
+  finished = checkpoints.finished_info(ckpt_dir)
+  if finished is not None and start >= total:
+    logging.info("Stage 1 already finished at step %d: loaded from %s", start, ckpt_dir)
+    mngr.close()
+    return Stage1Result(state, model, start, finished.get("probe_auroc"),
+                        finished.get("views_per_second"), 0.0)
+  if restored is not None:
+    logging.info("Stage 1 resumes from step %d of %d (%s)", start, total, ckpt_dir)
+
+  data = device.put_on_device(split.train_images, split.train_is_anomaly, mesh)
+  writer = monitoring.MetricWriter(workdir, STAGE)
+  writer.truncate_after(start)
+  end = total if stop_after is None else min(total, stop_after)
+  progress = monitoring.Progress(STAGE, total, start)
+  log_every, ckpt_every = config.train.log_every_steps, config.train.checkpoint_every_steps
+  views = 2 * config.train.batch_size
+  last_good, t_log, steps_since, rate = start, time.time(), 0, None
+
+  def save_checked(step: int) -> None:
+    if not bool(checkpoints.all_finite(state.params)):
+      raise NonFiniteError(f"parameters are NaN/Inf at step {step} (last finite log at "
+                           f"step {last_good}); no checkpoint written after step {last_good}")
+    checkpoints.save(mngr, step, state)
+
+  try:
+    with _sigterm_flag() as sigterm:
+      step = start
+      while step < end:
+        state, logged = step_fn(state, data.images, data.is_anomaly)
+        step += 1
+        steps_since += 1
+        if step % log_every == 0 or step == end or step == start + 1:
+          logged = jax.device_get(logged)
+          bad = [k for k, v in logged.items() if not np.isfinite(v)]
+          if bad:
+            raise NonFiniteError(
+                f"{', '.join(sorted(bad))} became NaN/Inf between steps {last_good} and "
+                f"{step}; stopped without saving (last checkpoint: step "
+                f"{mngr.latest_step()}). Lower optim.learning_rate or check the data")
+          last_good = step
+          now = time.time()
+          if step > start + 1:  # the first step's time is mostly compilation
+            rate = views * steps_since / (now - t_log)
+          t_log, steps_since = now, 0
+          logged.update(epoch=step / per_epoch, views_per_second=rate or float("nan"))
+          writer.write(step, logged)
+          progress.update(step, f"loss {logged['loss']:.4f}"
+                          + (f" | {rate:.0f} views/s" if rate else ""))
+        if sigterm["set"]:
+          save_checked(step)
+          raise Interrupted(f"SIGTERM at step {step}: checkpoint saved in {ckpt_dir}; run "
+                            f"the same command to resume")
+        if step % ckpt_every == 0 and step < end:
+          save_checked(step)
+      save_checked(step)
+  finally:
+    progress.close()
+    writer.close()
+
+  probe_auroc = None
+  if step >= total:
+    if probe:
+      probe_auroc = knn_probe(model, state, split)
+      logging.info("Stage 1 health probe: k-NN AUROC of the embedding on the test split %.4f",
+                   probe_auroc)
+      writer.write(step, {"probe_knn_auroc": probe_auroc})
+      writer.close()
+    checkpoints.mark_finished(ckpt_dir, {"step": step, "probe_auroc": probe_auroc,
+                                         "views_per_second": rate})
+  mngr.close()
+  return Stage1Result(state, model, step, probe_auroc, rate, time.time() - t_start)

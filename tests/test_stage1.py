@@ -1,0 +1,147 @@
+"""Stage 1: the sharded step, resume, learning, the variance term, the NaN guard."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mscm_jax import checkpoints, config as config_lib, sharding, stage1
+from mscm_jax.data import device, protocols, sources
+
+SIZE = 16  # 16x16 images keep compile and step times small
+
+
+def _config(**overrides):
+  c = config_lib.apply_preset(config_lib.base_config(), "smoke")
+  c.memory.scales = ("res3", "pooled")
+  c.train.batch_size = 16
+  c.train.log_every_steps = 1
+  for k, v in overrides.items():
+    section, _, name = k.rpartition(".")
+    (c[section] if section else c)[name] = v
+  return config_lib.validate(c)
+
+
+def _split(n_train=32, seed=0, unbalanced=False):
+  """Two synthetic classes: smooth horizontal stripes (normal) and checkerboard noise."""
+  rng = np.random.default_rng(seed)
+
+  def make(n, label):
+    x = np.zeros((n, SIZE, SIZE, 3), np.float32)
+    if label == 0:
+      phase = rng.uniform(0, 2 * np.pi, (n, 1, 1, 1))
+      x += 0.5 + 0.4 * np.sin(np.arange(SIZE)[None, :, None, None] / 2 + phase)
+    else:
+      x += rng.uniform(0, 1, (n, SIZE, SIZE, 3))
+    return np.clip(x * rng.uniform(0.7, 1.0, (n, 1, 1, 3)), 0, 1)
+
+  n_test = 24
+  train = sources.from_arrays(np.concatenate([make(n_train, 0), make(n_train // 2, 1)]),
+                              [0] * n_train + [1] * (n_train // 2), ("stripes", "noise"))
+  test = sources.from_arrays(np.concatenate([make(n_test, 0), make(n_test, 1)]),
+                             [0] * n_test + [1] * n_test, ("stripes", "noise"))
+  if unbalanced:
+    return protocols.unbalanced_split(train, test, (0,), 0.25, seed)
+  return protocols.one_class_split(train, test, (0,))
+
+
+def _tree_max_diff(a, b):
+  return max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a),
+                                                               jax.tree.leaves(b)))
+
+
+@pytest.mark.parametrize("setting", ["oneclass", "unbalanced"])
+def test_sharded_step_equals_single_device(setting):
+  split = _split(unbalanced=setting == "unbalanced")
+  c = _config(setting=setting)
+  results = []
+  for n_dev in (1, 8):
+    mesh = sharding.make_mesh(n_dev)
+    parts = stage1.components(c, split.n_train, split.train_images.shape[1:], mesh)
+    state = parts.init_fn(jax.random.PRNGKey(c.seed))
+    data = device.put_on_device(split.train_images, split.train_is_anomaly, mesh)
+    state, logged = parts.step_fn(state, data.images, data.is_anomaly)
+    assert len(state.params["head"]["dense0"]["kernel"].devices()) == n_dev
+    results.append((jax.device_get(state), jax.device_get(logged)))
+  (s1, m1), (s8, m8) = results
+  assert _tree_max_diff(s1.params, s8.params) < 1e-5
+  assert _tree_max_diff(s1.batch_stats, s8.batch_stats) < 1e-5
+  for k in m1:
+    np.testing.assert_allclose(m1[k], m8[k], rtol=1e-5, atol=1e-5, err_msg=k)
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+  split = _split()
+  c = _config(**{"train.epochs": 2})  # 32 images / 16 per batch x 2 epochs = 4 steps
+  mesh = sharding.make_mesh(8)
+  straight = stage1.train(c, split, str(tmp_path / "a"), mesh, probe=False)
+  part = stage1.train(c, split, str(tmp_path / "b"), mesh, stop_after=2, probe=False)
+  assert part.steps == 2 and checkpoints.finished_info(str(tmp_path / "b" / "stage1")) is None
+  resumed = stage1.train(c, split, str(tmp_path / "b"), mesh, probe=False)
+  assert straight.steps == resumed.steps == 4
+  for a, b in zip(jax.tree.leaves(jax.device_get(straight.state)),
+                  jax.tree.leaves(jax.device_get(resumed.state))):
+    np.testing.assert_array_equal(a, b)  # bitwise on CPU
+  # metrics.jsonl reads as one run: steps 1..4 once each
+  steps = [json.loads(l)["step"] for l in open(tmp_path / "b" / "metrics.jsonl")]
+  assert steps == [1, 2, 3, 4]
+  again = stage1.train(c, split, str(tmp_path / "b"), mesh, probe=False)  # finished: a load
+  assert again.steps == 4 and again.seconds == 0.0
+
+
+def test_loss_decreases_and_probe_separates(tmp_path):
+  split = _split(n_train=64)
+  c = _config(**{"train.epochs": 10, "train.batch_size": 32, "optim.learning_rate": 0.2})
+  result = stage1.train(c, split, str(tmp_path), sharding.make_mesh(8))
+  losses = [json.loads(l)["nt_xent"] for l in open(tmp_path / "metrics.jsonl")
+            if "nt_xent" in l]
+  assert len(losses) == 20
+  assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.05, losses
+  assert result.probe_auroc is not None and result.probe_auroc > 0.8
+  assert os.listdir(tmp_path / "tensorboard" / "stage1")  # event files
+  assert checkpoints.finished_info(str(tmp_path / "stage1"))["step"] == 20
+
+
+def test_variance_term_spreads_collapsed_prototypes():
+  split = _split()
+  mesh = sharding.make_mesh(1)
+  spreads = {}
+  for weight in (0.0, 5.0):
+    c = _config(**{"loss.variance_weight": weight, "memory.train": "codebook",
+                   "optim.name": "adam", "optim.learning_rate": 1.0,
+                   "train.epochs": 30})  # 60 scheduled steps
+    parts = stage1.components(c, split.n_train, split.train_images.shape[1:], mesh)
+    state = parts.init_fn(jax.random.PRNGKey(0))
+    params = jax.tree.map(lambda x: x, state.params)
+    for scale in c.memory.scales:  # start collapsed: every prototype nearly the same point
+      p = params[f"memory_{scale}"]["prototypes"]
+      params[f"memory_{scale}"]["prototypes"] = 0.01 * p
+    state = state.replace(params=params)
+    data = device.put_on_device(split.train_images, split.train_is_anomaly, mesh)
+    for _ in range(40):
+      state, logged = parts.step_fn(state, data.images, data.is_anomaly)
+    spreads[weight] = min(float(logged[f"proto_std_{s}"]) for s in c.memory.scales)
+  assert spreads[5.0] > 0.3, spreads
+  assert spreads[5.0] > 2 * spreads[0.0], spreads
+
+
+def test_nan_guard_stops_without_saving(tmp_path):
+  split = _split()
+  c = _config(**{"train.epochs": 3, "train.checkpoint_every_steps": 1})
+  mesh = sharding.make_mesh(1)
+  stage1.train(c, split, str(tmp_path), mesh, stop_after=2, probe=False)
+  # Corrupt the saved state, as a diverged run would leave it, and resume from it.
+  mngr = checkpoints.manager(str(tmp_path / "stage1"))
+  parts = stage1.components(c, split.n_train, split.train_images.shape[1:], mesh)
+  state, step = checkpoints.restore_latest(mngr, parts.init_fn(jax.random.PRNGKey(0)))
+  params = jax.tree.map(lambda x: x, state.params)
+  params["head"]["dense0"]["kernel"] = params["head"]["dense0"]["kernel"].at[0, 0].set(
+      jnp.nan)
+  checkpoints.save(mngr, 3, state.replace(params=params))
+  mngr.close()
+  with pytest.raises(stage1.NonFiniteError, match="between steps 2 and 3|between steps 3 and 4"):
+    stage1.train(c, split, str(tmp_path), mesh, probe=False)
+  assert checkpoints.manager(str(tmp_path / "stage1")).latest_step() == 3  # nothing new
