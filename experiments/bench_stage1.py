@@ -2,6 +2,7 @@ r"""Throughput of the stage-1 train step (views/s: two augmented views per image
 
   python experiments/bench_stage1.py --preset=cpu --steps=20
   python experiments/bench_stage1.py --preset=full --batch_size=64 --steps=5   # ResNet-18
+  python experiments/bench_stage1.py --preset=cpu --scales=res2,res3,res4        # memory cost
 
 Random uint8 images stand in for the data (the step's cost does not depend on pixel
 values). Prints compile time and steady-state views/s, and appends a JSON line to
@@ -19,6 +20,7 @@ _PRESET = flags.DEFINE_string("preset", "cpu", "config preset: cpu, smoke or ful
 _BATCH = flags.DEFINE_integer("batch_size", 0, "override train.batch_size (0: the preset's)")
 _STEPS = flags.DEFINE_integer("steps", 20, "timed steps after the compile step")
 _MODE = flags.DEFINE_string("mode", "", "override memory.mode")
+_SCALES = flags.DEFINE_list("scales", None, "override memory.scales, e.g. res2,res3,res4")
 _DTYPE = flags.DEFINE_string("dtype", "", "override model.dtype")
 _OUT = flags.DEFINE_string("out", os.path.join(os.path.dirname(__file__), "results",
                                                "bench_stage1.jsonl"), "JSONL to append to")
@@ -38,6 +40,8 @@ def main(_):
     c.train.batch_size = _BATCH.value
   if _MODE.value:
     c.memory.mode = _MODE.value
+  if _SCALES.value is not None:
+    c.memory.scales = tuple(_SCALES.value)
   if _DTYPE.value:
     c.model.dtype = _DTYPE.value
   config_lib.validate(c)

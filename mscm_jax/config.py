@@ -13,11 +13,9 @@ from typing import Any
 import ml_collections
 
 from mscm_jax.errors import ConfigError
+from mscm_jax.models.anomem import MEMORY_MODES, MEMORY_TRAIN, SCALES
 
 SETTINGS = ("oneclass", "unbalanced")
-SCALES = ("res1", "res2", "res3", "res4", "pooled")
-MEMORY_MODES = ("replace", "residual", "branch")
-MEMORY_TRAIN = ("contrastive", "codebook")
 OPTIMIZERS = ("lars", "sgd", "adam")
 DTYPES = ("float32", "bfloat16")
 PRESETS = ("", "full", "cpu", "smoke")
@@ -116,7 +114,8 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str | None) -> ml_collect
     c.model.stage_sizes = (1, 1, 1, 1)
     c.model.widths = (16, 32, 64, 128)
     c.model.head_dims = (128, 64)
-    # res2 (16x16) is left out: it cost 0.5 s of a 2.9 s step (experiments/results/).
+    # res2 (16x16) is left out to fit 10 epochs in ~10 minutes: see
+    # experiments/results/bench_stage1.jsonl (scales res2-4 vs res3, res4, pooled).
     c.memory.scales = ("res3", "res4", "pooled")
     c.memory.num_prototypes = 64
     c.memory.proto_dim = 64

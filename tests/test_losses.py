@@ -122,7 +122,7 @@ def test_feature_alignment() -> None:
   rng = _rng(6)
   f = jnp.asarray(rng.normal(size=(3, 4, 4, 5)), jnp.float32)
   r = jnp.asarray(rng.normal(size=(3, 4, 4, 5)), jnp.float32)
-  sq = np.sum((np.asarray(f, np.float64) - np.asarray(r, np.float64)) ** 2, axis=-1)
+  sq = np.mean((np.asarray(f, np.float64) - np.asarray(r, np.float64)) ** 2, axis=-1)
   np.testing.assert_allclose(feature_alignment(f, r), sq.mean(), rtol=1e-5)
   mask = jnp.asarray([True, False, True])
   np.testing.assert_allclose(feature_alignment(f, r, mask), sq[[0, 2]].mean(), rtol=1e-5)

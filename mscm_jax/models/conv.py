@@ -1,8 +1,8 @@
 """2-D convolution whose filter gradient is fast on XLA's CPU backend.
 
 XLA:CPU lowers the filter-gradient convolution to a slow generic loop: on 2 cores it
-took 20x the forward pass and about 80 % of a small ResNet's training step
-(experiments/results/conv_grad.md). Here the filter gradient is instead a sum of
+took 23x the forward pass, and a small ResNet's forward+backward on 512 views fell from
+4.7 s to 1.9 s without it (experiments/results/conv_grad.md). Here the filter gradient is instead a sum of
 k*k matrix products, one per kernel tap; the forward pass and the input gradient stay
 XLA's own. Other backends (GPU, TPU) use plain `lax.conv_general_dilated` throughout.
 """

@@ -1,0 +1,57 @@
+r"""Re-probe a finished stage-1 workdir of the :cpu preset.
+
+  TFDS_DATA_DIR=../shared/tfds python experiments/probe_checkpoint.py WORKDIR
+
+k-NN AUROC of the embedding with eval-mode and with batch-statistics BatchNorm, of the
+same network at initialisation, and raw-pixel k-NN on the same split: is the trained
+embedding better than what it started from? (A diagnostic; it rebuilds the :cpu preset
+with the memory.train, optim.learning_rate and normal class saved in WORKDIR.)
+"""
+
+import json
+import sys
+
+import jax
+import numpy as np
+
+from mscm_jax import checkpoints, knn, metrics, pipeline, sharding, stage1
+from mscm_jax import config as config_lib
+from mscm_jax.data import augment, device
+
+
+def main(workdir: str) -> None:
+  saved = json.load(open(f"{workdir}/config.json"))
+  c = config_lib.apply_preset(config_lib.base_config(), "cpu")
+  c.memory.train = saved["memory"]["train"]
+  c.optim.learning_rate = saved["optim"]["learning_rate"]
+  c.dataset.normal_class = saved["dataset"]["normal_class"]
+  split = pipeline.load_split(c)
+  parts = stage1.components(c, split.n_train, split.train_images.shape[1:],
+                            sharding.make_mesh(1))
+  init = parts.init_fn(jax.random.PRNGKey(c.seed))
+  state, step = checkpoints.restore_latest(checkpoints.manager(f"{workdir}/stage1"), init)
+  y = split.test_is_anomaly.astype(int)
+
+  @jax.jit
+  def batch_stats_embedding(b):
+    out, _ = parts.model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                               augment.to_float(b), train=True, mutable=["batch_stats"])
+    return out["embedding"]
+
+  bank = device.map_batches(batch_stats_embedding, split.train_images, 500)
+  test = device.map_batches(batch_stats_embedding, split.test_images, 500)
+  pixels = [x.astype(np.float32) for x in (split.train_images, split.test_images)]
+  rows = {
+      f"embedding, eval-mode BN (step {step})": stage1.knn_probe(parts.model, state, split),
+      "embedding, batch-statistics BN": metrics.auroc(knn.knn_scores(bank, test, 5), y),
+      "the same network at initialisation": stage1.knn_probe(parts.model, init, split),
+      "raw pixels, cosine": metrics.auroc(knn.knn_scores(*pixels, 5), y),
+      "raw pixels, mean-centred cosine": metrics.auroc(knn.knn_scores(*pixels, 5, center=True),
+                                                       y),
+  }
+  for name, value in rows.items():
+    print(f"| {name} | {value:.3f} |")
+
+
+if __name__ == "__main__":
+  main(sys.argv[1])
