@@ -260,7 +260,6 @@ def components(config: ml_collections.ConfigDict, n_train: int, image_shape,
   return _COMPONENTS[key]
 
 
-
 @dataclasses.dataclass
 class Stage1Result:
   state: TrainState
