@@ -10,7 +10,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["nt_xent", "variance_hinge", "feature_alignment", "memory_usage_entropy"]
+__all__ = [
+  "nt_xent", "variance_hinge", "feature_alignment", "memory_usage_entropy", "svdd_distance",
+  "deep_svdd", "deep_sad",
+]
 
 _MASK_VALUE = -1e9  # logit of a self-pair: exp() underflows to exactly 0
 
@@ -85,3 +88,22 @@ def memory_usage_entropy(attention: jax.Array) -> jax.Array:
   p = p / jnp.maximum(jnp.sum(p), 1e-12)
   h = jnp.sum(jax.scipy.special.entr(p))
   return h / jnp.log(jnp.float32(max(n, 2)))
+
+
+def svdd_distance(phi: jax.Array, center: jax.Array) -> jax.Array:
+  """Squared distance ||phi - c||^2 per row: the stage-2 score of one scale."""
+  return jnp.sum(jnp.square(phi.astype(jnp.float32) - center), axis=-1)
+
+
+def deep_svdd(phi: jax.Array, center: jax.Array) -> jax.Array:
+  """One-class objective: mean ||phi - c||^2 over normal training data (Ruff et al. 2018)."""
+  return jnp.mean(svdd_distance(phi, center))
+
+
+def deep_sad(phi: jax.Array, center: jax.Array, is_anomaly: jax.Array, eta: float = 1.0,
+             eps: float = 1e-6) -> jax.Array:
+  """Unbalanced objective (Ruff et al. 2020): normals pulled to c, labelled anomalies pushed
+  away through eta / (||phi - c||^2 + eps); mean over the batch."""
+  d = svdd_distance(phi, center)
+  anomaly = jnp.asarray(is_anomaly, bool)
+  return jnp.mean(jnp.where(anomaly, eta / (d + eps), d))
