@@ -206,17 +206,26 @@ def make_train_step(config: ml_collections.ConfigDict, model: AnoMem, tx,
 # ------------------------------------------------------------------------------ probe
 
 
-def embed(model: AnoMem, state: TrainState, images: np.ndarray, batch_size: int = 500,
-          key: str = "embedding") -> np.ndarray:
-  """Eval-mode model output `key` for every image (padded batches, nothing dropped)."""
+def frozen_outputs(model: AnoMem, state: TrainState, images: np.ndarray,
+                   select: Callable[[dict[str, Any]], Any], batch_size: int = 500) -> Any:
+  """`select(outputs)` of the eval-mode model for every image, in padded batches.
+
+  The one way later stages read the trained model: nothing is dropped, nothing updated.
+  """
 
   @jax.jit
   def fn(batch):
     out = model.apply({"params": state.params, "batch_stats": state.batch_stats},
                       augment.to_float(batch), train=False)
-    return out[key]
+    return select(out)
 
   return device.map_batches(fn, images, min(batch_size, len(images)))
+
+
+def embed(model: AnoMem, state: TrainState, images: np.ndarray,
+          batch_size: int = 500) -> np.ndarray:
+  """The final embedding of every image."""
+  return frozen_outputs(model, state, images, lambda out: out["embedding"], batch_size)
 
 
 def knn_probe(model: AnoMem, state: TrainState, split: protocols.ADSplit,

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import jax
 import numpy as np
 
-from mscm_jax.data import augment, device
+from mscm_jax import stage1
 from mscm_jax.models import AnoMem
 from mscm_jax.models.detector import deviation_input
 
@@ -26,13 +25,10 @@ def deviation_maps(model: AnoMem, state, images: np.ndarray, scales: Sequence[st
     raise ValueError(f"scales {missing} have no memory (memory.scales="
                      f"{tuple(model.memory_scales)})")
 
-  @jax.jit
-  def fn(batch):
-    out = model.apply({"params": state.params, "batch_stats": state.batch_stats},
-                      augment.to_float(batch), train=False)
+  def select(out):
     return {s: deviation_input(out["features"][s], out["readout"][s], kind) for s in scales}
 
-  return device.map_batches(fn, images, min(batch_size, len(images)))
+  return stage1.frozen_outputs(model, state, images, select, batch_size)
 
 
 def mean_deviation(maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
