@@ -8,12 +8,11 @@ drawn on device, sharded over `data`, augmented inside the step.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-import signal
 import time
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import chex
 import flax
@@ -24,7 +23,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from mscm_jax import checkpoints, knn, losses, metrics, monitoring, sharding
+from mscm_jax import checkpoints, knn, loop, losses, metrics, monitoring, sharding
 from mscm_jax.data import augment, device, protocols
 from mscm_jax.errors import UserError
 from mscm_jax.models import AnoMem
@@ -32,18 +31,15 @@ from mscm_jax.models import AnoMem
 STAGE = "stage1"
 
 
-class NonFiniteError(UserError):
-  """The loss or the parameters became NaN/Inf: training stopped, nothing bad was saved."""
-
-
-class Interrupted(UserError):
-  """SIGTERM arrived: the state was saved and the run can be resumed with the same command."""
+NonFiniteError = loop.NonFiniteError  # re-exported: stage 1's callers catch these
+Interrupted = loop.Interrupted
 
 
 # ------------------------------------------------------------------- model, optimiser
 
 
-def build_model(config: ml_collections.ConfigDict) -> AnoMem:
+def build_model(config: ml_collections.ConfigDict, top_k: int | None = None) -> AnoMem:
+  """The stage-1 model; `top_k` overrides memory.top_k (retrieval sharpness at evaluation)."""
   m, mem = config.model, config.memory
   return AnoMem(
       stage_sizes=tuple(m.stage_sizes), widths=tuple(m.widths),
@@ -51,13 +47,14 @@ def build_model(config: ml_collections.ConfigDict) -> AnoMem:
       memory_train=mem.train, num_prototypes=mem.num_prototypes, proto_dim=mem.proto_dim,
       beta=mem.beta or None, learnable_beta=mem.learnable_beta,
       shrink_threshold=mem.shrink_threshold, retrieval_steps=mem.retrieval_steps,
+      top_k=mem.top_k if top_k is None else top_k,
       head_dims=tuple(m.head_dims), scale_head_dims=tuple(m.head_dims))
 
 
 def num_steps(config: ml_collections.ConfigDict, n_train: int) -> tuple[int, int]:
   """(total steps, steps per epoch) for `train.epochs` passes over the training set."""
   per_epoch = max(1, -(-n_train // config.train.batch_size))
-  return max(1, int(round(config.train.epochs * per_epoch))), per_epoch
+  return max(1, round(config.train.epochs * per_epoch)), per_epoch
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, total: int,
@@ -279,31 +276,16 @@ class Stage1Result:
   seconds: float
 
 
-@contextlib.contextmanager
-def _sigterm_flag():
-  """Turns SIGTERM into a flag the loop checks, so it can save before exiting."""
-  flag = {"set": False}
-  try:
-    previous = signal.signal(signal.SIGTERM, lambda *_: flag.update(set=True))
-  except ValueError:  # not the main thread: no handler, the default applies
-    previous = None
-  try:
-    yield flag
-  finally:
-    if previous is not None:
-      signal.signal(signal.SIGTERM, previous)
-
-
 def train(config: ml_collections.ConfigDict, split: protocols.ADSplit, workdir: str,
-          mesh: jax.sharding.Mesh, *, stop_after: int | None = None,
-          probe: bool = True) -> Stage1Result:
+          mesh: jax.sharding.Mesh, *, stop_after: int | None = None, probe: bool = True,
+          data: device.DeviceDataset | None = None) -> Stage1Result:
   """Trains (or resumes, or loads the finished) stage 1 in `workdir/stage1/`.
 
   `stop_after` ends the loop early at that step with a checkpoint (tests, and
   schedules split across sessions); the schedule itself stays that of the config.
+  `data`: the training set already on the mesh (saves a second host-to-device copy).
   """
   t_start = time.time()
-  ckpt_dir = os.path.join(workdir, STAGE)
   total, per_epoch = num_steps(config, split.n_train)
   if config.train.batch_size % mesh.devices.size:
     raise UserError(f"train.batch_size={config.train.batch_size} must be divisible by the "
@@ -311,77 +293,53 @@ def train(config: ml_collections.ConfigDict, split: protocols.ADSplit, workdir: 
   model, _, _, init_fn, step_fn = components(config, split.n_train,
                                              split.train_images.shape[1:], mesh)
   state = init_fn(jax.random.PRNGKey(config.seed))
-  mngr = checkpoints.manager(ckpt_dir)
-  state, restored = checkpoints.restore_latest(mngr, state)
-  start = int(state.step)
-  finished = checkpoints.finished_info(ckpt_dir)
-  if finished is not None and start >= total:
-    logging.info("Stage 1 already finished at step %d: loaded from %s", start, ckpt_dir)
-    mngr.close()
-    return Stage1Result(state, model, start, finished.get("probe_auroc"),
-                        finished.get("views_per_second"), 0.0)
-  if restored is not None:
-    logging.info("Stage 1 resumes from step %d of %d (%s)", start, total, ckpt_dir)
+  finished = checkpoints.finished_info(os.path.join(workdir, STAGE))
+  if data is None and finished is None:
+    data = device.put_on_device(split.train_images, split.train_is_anomaly, mesh)
 
-  data = device.put_on_device(split.train_images, split.train_is_anomaly, mesh)
-  writer = monitoring.MetricWriter(workdir, STAGE)
-  writer.truncate_after(start)
-  end = total if stop_after is None else min(total, stop_after)
-  progress = monitoring.Progress(STAGE, total, start)
-  log_every, ckpt_every = config.train.log_every_steps, config.train.checkpoint_every_steps
-  views = 2 * config.train.batch_size
-  last_good, t_log, steps_since, rate = start, time.time(), 0, None
+  def step(s):
+    return step_fn(s, data.images, data.is_anomaly)
 
-  def save_checked(step: int) -> None:
-    if not bool(checkpoints.all_finite(state.params)):
-      raise NonFiniteError(f"parameters are NaN/Inf at step {step} (last finite log at "
-                           f"step {last_good}); no checkpoint written after step {last_good}")
-    checkpoints.save(mngr, step, state)
-
-  try:
-    with _sigterm_flag() as sigterm:
-      step = start
-      while step < end:
-        state, logged = step_fn(state, data.images, data.is_anomaly)
-        step += 1
-        steps_since += 1
-        if step % log_every == 0 or step == end or step == start + 1:
-          logged = jax.device_get(logged)
-          bad = [k for k, v in logged.items() if not np.isfinite(v)]
-          if bad:
-            raise NonFiniteError(
-                f"{', '.join(sorted(bad))} became NaN/Inf between steps {last_good} and "
-                f"{step}; stopped without saving (last checkpoint: step "
-                f"{mngr.latest_step()}). Lower optim.learning_rate or check the data")
-          last_good = step
-          now = time.time()
-          if step > start + 1:  # the first step's time is mostly compilation
-            rate = views * steps_since / (now - t_log)
-          t_log, steps_since = now, 0
-          logged.update(epoch=step / per_epoch, views_per_second=rate or float("nan"))
-          writer.write(step, logged)
-          progress.update(step, f"loss {logged['loss']:.4f}"
-                          + (f" | {rate:.0f} views/s" if rate else ""))
-        if sigterm["set"]:
-          save_checked(step)
-          raise Interrupted(f"SIGTERM at step {step}: checkpoint saved in {ckpt_dir}; run "
-                            f"the same command to resume")
-        if step % ckpt_every == 0 and step < end:
-          save_checked(step)
-      save_checked(step)
-  finally:
-    progress.close()
-    writer.close()
-
+  res = loop.run(STAGE, workdir, state, step, total=total,
+                 log_every=config.train.log_every_steps,
+                 checkpoint_every=config.train.checkpoint_every_steps,
+                 items_per_step=2 * config.train.batch_size, steps_per_epoch=per_epoch,
+                 stop_after=stop_after, unit="views")
+  if res.finished is not None:
+    return Stage1Result(res.state, model, res.step, res.finished.get("probe_auroc"),
+                        res.rate, 0.0)
   probe_auroc = None
-  if step >= total:
+  if res.step >= total:
     if probe:
-      probe_auroc = knn_probe(model, state, split)
+      probe_auroc = knn_probe(model, res.state, split)
       logging.info("Stage 1 health probe: k-NN AUROC of the embedding on the test split %.4f",
                    probe_auroc)
-      writer.write(step, {"probe_knn_auroc": probe_auroc})
+      writer = monitoring.MetricWriter(workdir, STAGE)
+      writer.write(res.step, {"probe_knn_auroc": probe_auroc})
       writer.close()
-    checkpoints.mark_finished(ckpt_dir, {"step": step, "probe_auroc": probe_auroc,
-                                         "views_per_second": rate})
-  mngr.close()
-  return Stage1Result(state, model, step, probe_auroc, rate, time.time() - t_start)
+    checkpoints.mark_finished(os.path.join(workdir, STAGE),
+                              {"step": res.step, "probe_auroc": probe_auroc,
+                               "views_per_second": res.rate,
+                               "image_shape": list(split.train_images.shape[1:])})
+  return Stage1Result(res.state, model, res.step, probe_auroc, res.rate,
+                      time.time() - t_start)
+
+
+def load_finished(config: ml_collections.ConfigDict, workdir: str,
+                  mesh: jax.sharding.Mesh) -> tuple[Stage1Result, tuple[int, ...]]:
+  """The finished stage-1 state of `workdir` without any data; also the image shape."""
+  info = checkpoints.finished_info(os.path.join(workdir, STAGE))
+  if info is None:
+    raise UserError(f"{workdir}/{STAGE} holds no finished stage 1: run the training first")
+  size = config.dataset.image_size
+  image_shape = tuple(info.get("image_shape") or (size, size, 3))
+  model = build_model(config)
+  tx = build_optimizer(config, learning_rate_schedule(config, 2, 1))  # shapes only
+  template = make_init_fn(model, tx, image_shape, mesh)(jax.random.PRNGKey(config.seed))
+  mngr = checkpoints.manager(os.path.join(workdir, STAGE))
+  try:
+    state, _ = checkpoints.restore_latest(mngr, template)
+  finally:
+    mngr.close()
+  return (Stage1Result(state, model, int(state.step), info.get("probe_auroc"),
+                       info.get("views_per_second"), 0.0), image_shape)
