@@ -95,6 +95,7 @@ class AnoMem(nn.Module):
   learnable_beta: bool = False
   shrink_threshold: float = 0.0
   retrieval_steps: int = 1
+  top_k: int = 0
   head_dims: tuple[int, ...] = (512, 128)
   scale_head_dims: tuple[int, ...] = (512, 128)
 
@@ -133,6 +134,7 @@ class AnoMem(nn.Module):
       self.shrink_threshold,
       self.retrieval_steps,
       self.dtype,
+      top_k=self.top_k,
       name=f"memory_{scale}",
     )(f_in)
     r = mask_anomaly_readout(f_in, r, anomaly_mask)

@@ -2,9 +2,10 @@
 
 XLA:CPU lowers the filter-gradient convolution to a slow generic loop: on 2 cores it
 took 23x the forward pass, and a small ResNet's forward+backward on 512 views fell from
-4.7 s to 1.9 s without it (experiments/results/conv_grad.md). Here the filter gradient is instead a sum of
-k*k matrix products, one per kernel tap; the forward pass and the input gradient stay
-XLA's own. Other backends (GPU, TPU) use plain `lax.conv_general_dilated` throughout.
+4.7 s to 1.9 s without it (experiments/results/conv_grad.md). Here the filter gradient
+is instead a sum of k*k matrix products, one per kernel tap; the forward pass and the
+input gradient stay XLA's own. Other backends (GPU, TPU) use plain
+`lax.conv_general_dilated` throughout.
 """
 
 from __future__ import annotations

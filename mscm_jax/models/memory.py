@@ -35,7 +35,8 @@ class HopfieldMemory(nn.Module):
   Works on any leading shape: f [..., C] -> r [..., C] (in `dtype`), a [..., N] (float32,
   softmax always in float32). `steps > 1` runs extra Hopfield updates: xi = a P becomes
   the next query through the same key projection, q = LN(W_k xi); shrinkage, when on,
-  applies at every step. `beta` None (or <= 0) means 1/sqrt(proto_dim); with
+  applies at every step, as does `top_k` (sparse retrieval: top_k=1 returns the single
+  nearest prototype, whatever beta). `beta` None (or <= 0) means 1/sqrt(proto_dim); with
   `learnable_beta` it is the initial value of a scalar param stored as 'log_beta'.
   """
 
@@ -47,6 +48,7 @@ class HopfieldMemory(nn.Module):
   steps: int = 1
   dtype: Dtype = jnp.float32
   proto_init_std: float = 1.0  # prototypes start spread (the variance hinge's target is 1)
+  top_k: int = 0  # > 0: attend only to the k best-matching prototypes (0 = all)
 
   def _beta(self) -> jax.Array:
     beta0 = self.beta if self.beta is not None and self.beta > 0 else None
@@ -75,10 +77,14 @@ class HopfieldMemory(nn.Module):
     )
     beta = self._beta()
 
+    xi = None  # the retrieved pattern, set by the first step
     for step in range(self.steps):
       if step > 0:  # Hopfield update: the retrieved pattern is the next query.
         q = key_norm(key_proj(xi.astype(self.dtype)))
       logits = beta * jnp.einsum("...d,nd->...n", q.astype(jnp.float32), keys)
+      if 0 < self.top_k < self.num_prototypes:
+        kth = jax.lax.top_k(logits, self.top_k)[0][..., -1:]
+        logits = jnp.where(logits >= kth, logits, -jnp.inf)
       a = jax.nn.softmax(logits, axis=-1)
       if self.shrink_threshold > 0:
         a = hard_shrink(a, self.shrink_threshold)
