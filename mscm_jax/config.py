@@ -19,6 +19,8 @@ SETTINGS = ("oneclass", "unbalanced")
 OPTIMIZERS = ("lars", "sgd", "adam")
 DTYPES = ("float32", "bfloat16")
 PRESETS = ("", "full", "cpu", "smoke")
+STOP_AFTER = ("", "data", "stage1", "stage2")
+DEVIATIONS = ("cosine", "euclidean", "difference")
 
 
 def _any(value: Any) -> ml_collections.FieldReference:
@@ -74,6 +76,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.memory.learnable_beta = False
   c.memory.shrink_threshold = 0.0  # MemAE hard shrinkage; 0 disables
   c.memory.retrieval_steps = 1
+  c.memory.top_k = 0  # > 0: each read attends to its k best prototypes only; 0 = all
 
   c.loss = ml_collections.ConfigDict()
   c.loss.temperature = 0.5
@@ -96,7 +99,31 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every_steps = 1000
   c.train.num_devices = 0  # 0 = every local device
 
-  # "data": load, split and preview only; "stage1": stop after stage 1; "": everything.
+  # Stage 2 (SPEC section 3): one bias-free distance detector per scale on deviation maps.
+  c.stage2 = ml_collections.ConfigDict()
+  c.stage2.scales = ()  # scales that feed the detector; () = every memory scale
+  c.stage2.weights = ()  # w_s of the combined score, one per stage2 scale; () = all 1
+  c.stage2.deviation = "cosine"  # 1 - cos(f, r) map | "euclidean" ||f - r||^2 map | "difference"
+  c.stage2.top_k = -1  # retrieval when reading the maps: -1 = as trained, 0 = soft over all
+  c.stage2.widths = (16, 32)
+  c.stage2.out_dim = 32
+  c.stage2.classifier = False  # unbalanced: an extra BCE head on the detector features
+  c.stage2.bce_weight = 1.0
+  c.stage2.eta = 1.0  # Deep SAD weight of the labelled anomalies
+  c.stage2.learning_rate = 1e-3  # AdamW, cosine decay
+  c.stage2.weight_decay = 1e-5
+  c.stage2.batch_size = 256
+  c.stage2.epochs = 30
+  c.stage2.holdout_fraction = 0.1  # normal training images kept out to set score spreads
+  c.stage2.log_every_steps = 50
+  c.stage2.checkpoint_every_steps = 500
+
+  c.evaluate = ml_collections.ConfigDict()
+  c.evaluate.knn_k = 5  # neighbours of the `knn` and `pixel_knn` scores
+  c.evaluate.batch_size = 500  # images per forward pass of the frozen model
+  c.evaluate.report = True  # PNGs in workdir/report/
+
+  # "data": load, split and preview only; "stage1"/"stage2": stop after it; "": everything.
   c.stop_after = ""
 
   c.preview = ml_collections.ConfigDict()
@@ -143,6 +170,12 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str | None) -> ml_collect
     c.train.log_every_steps = 1
     c.train.checkpoint_every_steps = 2
     c.preview.num_images = 4
+    c.stage2.widths = (8,)
+    c.stage2.out_dim = 8
+    c.stage2.batch_size = 16
+    c.stage2.epochs = 2
+    c.stage2.log_every_steps = 1
+    c.evaluate.batch_size = 64
   return c
 
 
@@ -159,7 +192,7 @@ def _check_range(name: str, value: float, lo: float, hi: float) -> None:
 def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Rejects values that would fail later, deep inside a jitted step, with a one-line error."""
   _check_choice("setting", c.setting, SETTINGS)
-  _check_choice("stop_after", c.stop_after, ("", "data", "stage1"))
+  _check_choice("stop_after", c.stop_after, STOP_AFTER)
   if c.setting == "unbalanced":
     _check_range("anomaly_ratio", c.anomaly_ratio, 0.0, 10.0)
     if c.anomaly_ratio <= 0:
@@ -171,6 +204,23 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   for s in c.memory.scales:
     _check_choice("memory.scales entry", s, SCALES)
   _check_choice("optim.name", c.optim.name, OPTIMIZERS)
+  s2 = c.stage2
+  for s in s2.scales:
+    if s not in c.memory.scales:
+      raise ConfigError(f"stage2.scales entry {s!r} has no memory (memory.scales="
+                        f"{tuple(c.memory.scales)})")
+  n_scales = len(s2.scales or c.memory.scales)
+  if n_scales == 0:
+    raise ConfigError("stage 2 needs at least one memory scale (memory.scales is empty)")
+  if s2.weights and (len(s2.weights) != n_scales or min(s2.weights) < 0):
+    raise ConfigError(f"stage2.weights={tuple(s2.weights)} needs {n_scales} non-negative "
+                      "numbers, one per stage-2 scale")
+  _check_choice("stage2.deviation", s2.deviation, DEVIATIONS)
+  if s2.top_k < -1 or c.memory.top_k < 0:
+    raise ConfigError("memory.top_k must be >= 0 and stage2.top_k >= -1")
+  _check_range("stage2.holdout_fraction", s2.holdout_fraction, 0.0, 0.5)
+  if s2.batch_size < 1 or s2.epochs <= 0:
+    raise ConfigError("stage2.batch_size and stage2.epochs must be positive")
   _check_choice("model.dtype", c.model.dtype, DTYPES)
   if len(c.model.stage_sizes) != 4 or len(c.model.widths) != 4:
     raise ConfigError("model.stage_sizes and model.widths need 4 entries (res1..res4)")

@@ -1,36 +1,320 @@
-"""Stage 2 (in progress, issue 4): deviation maps from the frozen stage-1 model.
+"""Stage 2: deviation maps of the frozen stage-1 model and the anomaly distance detector.
 
-The stage-1 parameters are only read here. Per scale s, the detector input is the map
-D_s(h, w) = 1 - cos(f_s(h, w), r_s(h, w)) between the feature and the prototype retrieved
-for that location (or the difference f_s - r_s); its spatial mean is the training-free
-`deviation` score.
+Per scale s the detector input is the map D_s(h, w) = 1 - cos(f_s(h, w), r_s(h, w))
+between a feature and the prototype retrieved for it (or ||f - r||^2, or f - r itself);
+its spatial mean is the training-free `deviation` score. A small bias-free CNN per scale
+maps D_s to phi_s, trained in the Deep SVDD form (one-class) or Deep SAD form
+(unbalanced) towards a centre c_s fixed from the initial mean (SPEC section 3). All
+scales train in one separately jitted, sharded step; the state is checkpointed in
+`workdir/stage2/` by the loop stage 1 uses. A random `holdout_fraction` of the normal
+training images is kept out of the fit and sets each scale's score spread, so scores
+of different scales can be summed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
+import chex
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
+import optax
+from absl import logging
 
-from mscm_jax import stage1
+from mscm_jax import checkpoints, loop, losses, sharding, stage1
+from mscm_jax.data import device, protocols
+from mscm_jax.errors import UserError
 from mscm_jax.models import AnoMem
-from mscm_jax.models.detector import deviation_input
+from mscm_jax.models.detector import DistanceDetector, deviation_input
+
+STAGE = "stage2"
+_CENTER_EPS = 0.1  # Deep SVDD: centre coordinates this close to 0 are pushed out to +-eps
 
 
-def deviation_maps(model: AnoMem, state, images: np.ndarray, scales: Sequence[str],
-                   kind: str = "cosine", batch_size: int = 500) -> dict[str, np.ndarray]:
-  """{scale: [N, h, w, 1 or C]} for every image (eval-mode model, padded batches)."""
+# ------------------------------------------------------------------ the frozen model
+
+
+def detector_scales(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  return tuple(config.stage2.scales or config.memory.scales)
+
+
+def scale_weights(config: ml_collections.ConfigDict) -> dict[str, float]:
+  scales = detector_scales(config)
+  weights = tuple(config.stage2.weights) or (1.0,) * len(scales)
+  return dict(zip(scales, (float(w) for w in weights), strict=True))
+
+
+def frozen_model(config: ml_collections.ConfigDict) -> AnoMem:
+  """The stage-1 model as stage 2 reads it (retrieval top-k possibly overridden)."""
+  top_k = config.stage2.top_k
+  return stage1.build_model(config, top_k=None if top_k < 0 else top_k)
+
+
+def map_kind(kind: str) -> str:
+  """The map behind the training-free score: the detector's input, or 1 - cos for f - r."""
+  return "cosine" if kind == "difference" else kind
+
+
+def read_frozen(model: AnoMem, state: stage1.TrainState, images: np.ndarray,
+                scales: Sequence[str], kind: str = "cosine", batch_size: int = 500,
+                maps: bool = True) -> dict[str, Any]:
+  """One eval-mode pass over `images` (padded batches) giving, per scale,
+  'inputs': the detector input [N, h, w, 1 or C] (when `maps`),
+  'deviation': the training-free score, the mean of the `map_kind` map [N],
+  and 'embedding': [N, C], the final embedding.
+  """
   missing = [s for s in scales if s not in model.memory_scales]
   if missing:
     raise ValueError(f"scales {missing} have no memory (memory.scales="
                      f"{tuple(model.memory_scales)})")
 
   def select(out):
-    return {s: deviation_input(out["features"][s], out["readout"][s], kind) for s in scales}
+    f, r = out["features"], out["readout"]
+    result = {"embedding": out["embedding"].astype(jnp.float32), "deviation": {}}
+    for s in scales:
+      d = deviation_input(f[s], r[s], map_kind(kind))
+      result["deviation"][s] = jnp.mean(d, axis=(1, 2, 3))
+    if maps:
+      result["inputs"] = {s: deviation_input(f[s], r[s], kind) for s in scales}
+    return result
 
-  return stage1.frozen_outputs(model, state, images, select, batch_size)
+  out = stage1.frozen_outputs(model, state, images, select, batch_size)
+  out["deviation"] = {s: v.astype(np.float64) for s, v in out["deviation"].items()}
+  return out
 
 
-def mean_deviation(maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """The training-free score per scale: the mean of the map over positions (and channels)."""
-  return {s: m.reshape(len(m), -1).mean(axis=1).astype(np.float64) for s, m in maps.items()}
+def deviation_maps(model: AnoMem, state: stage1.TrainState, images: np.ndarray,
+                   scales: Sequence[str], kind: str = "cosine",
+                   batch_size: int = 500) -> dict[str, np.ndarray]:
+  """{scale: [N, h, w]}: the deviation map (1 - cos, or ||f - r||^2) of every image."""
+  return {s: m[..., 0] for s, m in read_frozen(model, state, images, scales, map_kind(kind),
+                                                batch_size)["inputs"].items()}
+
+
+# ------------------------------------------------------------------ detector state
+
+
+@flax.struct.dataclass
+class DetectorState:
+  """The stage-2 pytree orbax saves: one detector and one fixed centre per scale."""
+
+  step: jax.Array  # int32 scalar
+  params: Any  # {scale: detector params}
+  centers: Any  # {scale: [out_dim]}, fixed after init
+  input_scale: Any  # {scale: scalar}: maps are divided by their std on normal fit data
+  opt_state: Any
+  rng: jax.Array  # uint32[2]
+
+
+def build_detector(config: ml_collections.ConfigDict) -> DistanceDetector:
+  s2 = config.stage2
+  return DistanceDetector(widths=tuple(s2.widths), out_dim=s2.out_dim,
+                          classifier=bool(s2.classifier and config.setting == "unbalanced"))
+
+
+def num_steps(config: ml_collections.ConfigDict, n_fit: int) -> tuple[int, int]:
+  per_epoch = max(1, -(-n_fit // config.stage2.batch_size))
+  return max(1, round(config.stage2.epochs * per_epoch)), per_epoch
+
+
+def build_optimizer(config: ml_collections.ConfigDict, total: int):
+  s2 = config.stage2
+  schedule = optax.cosine_decay_schedule(s2.learning_rate, total)
+  return optax.adamw(schedule, weight_decay=s2.weight_decay), schedule
+
+
+def holdout_rows(is_anomaly: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+  """Bool [N]: the normal training rows kept out of the fit (seeded, at least 1 if > 0)."""
+  normal = np.flatnonzero(~np.asarray(is_anomaly, bool))
+  n_hold = int(round(fraction * len(normal)))
+  if fraction > 0:
+    n_hold = min(max(n_hold, 1), len(normal) - 1)
+  chosen = np.random.default_rng([seed, 2]).choice(normal, n_hold, replace=False)
+  mask = np.zeros(len(is_anomaly), bool)
+  mask[chosen] = True
+  return mask
+
+
+def phi(detector: DistanceDetector, params: dict[str, Any], maps: dict[str, jax.Array],
+        input_scale: dict[str, Any]):
+  """Each scale's detector outputs on its maps, divided by that scale's input std.
+
+  The network is bias-free, so the division only rescales phi; it puts every scale's
+  distances near 1 at the start, where Deep SAD's eta / d term is well conditioned
+  (without it the labelled anomalies' term dominated and inflated all distances).
+  """
+  return {s: detector.apply({"params": params[s]}, m / input_scale[s]) for s, m in maps.items()}
+
+
+def init_state(config: ml_collections.ConfigDict, detector: DistanceDetector, tx,
+               normal_maps: dict[str, np.ndarray], mesh) -> DetectorState:
+  """Fresh detectors; c_s = mean phi_s of the normal fit maps under the initial weights."""
+  rng = jax.random.PRNGKey(config.seed)
+  params = {s: detector.init(jax.random.fold_in(rng, 10 + i), m[:1])["params"]
+            for i, (s, m) in enumerate(sorted(normal_maps.items()))}
+  input_scale = {s: np.float32(max(float(np.std(m)), 1e-6)) for s, m in normal_maps.items()}
+  apply = jax.jit(lambda p, m: {s: o["phi"] for s, o in phi(detector, p, m,
+                                                             input_scale).items()})
+  batch = min(config.evaluate.batch_size, len(next(iter(normal_maps.values()))))
+  outs = device.map_batches(lambda m: apply(params, m), normal_maps, batch)
+  centers = {}
+  for s, v in outs.items():
+    c = v.mean(axis=0)
+    c = np.where(np.abs(c) < _CENTER_EPS, np.where(c < 0, -_CENTER_EPS, _CENTER_EPS), c)
+    centers[s] = jnp.asarray(c, jnp.float32)
+  state = DetectorState(step=jnp.zeros((), jnp.int32), params=params, centers=centers,
+                        input_scale={s: jnp.asarray(v) for s, v in input_scale.items()},
+                        opt_state=tx.init(params), rng=rng)
+  return jax.device_put(state, sharding.replicated(mesh))
+
+
+def make_train_step(config: ml_collections.ConfigDict, detector: DistanceDetector, tx,
+                    schedule, n_fit: int, mesh) -> Callable:
+  """One jitted, sharded step over every scale (their parameters are disjoint)."""
+  s2 = config.stage2
+  batch_size, unbalanced = s2.batch_size, config.setting == "unbalanced"
+  data_spec, repl = sharding.data_sharding(mesh), sharding.replicated(mesh)
+
+  def step_fn(state: DetectorState, maps: dict[str, jax.Array], is_anomaly: jax.Array):
+    idx = device.sample_indices(jax.random.fold_in(state.rng, 0), state.step, n_fit,
+                                batch_size)
+    batch = {s: jax.lax.with_sharding_constraint(m[idx], data_spec) for s, m in maps.items()}
+    flags = jax.lax.with_sharding_constraint(is_anomaly[idx], data_spec)
+    chex.assert_shape(flags, (batch_size,))
+
+    def loss_fn(params):
+      terms = {}
+      for s, out in phi(detector, params, batch, state.input_scale).items():
+        if unbalanced:
+          terms[f"sad_{s}"] = losses.deep_sad(out["phi"], state.centers[s], flags, s2.eta)
+        else:
+          terms[f"svdd_{s}"] = losses.deep_svdd(out["phi"], state.centers[s])
+        if "logit" in out:
+          terms[f"bce_{s}"] = jnp.mean(optax.sigmoid_binary_cross_entropy(
+              out["logit"], flags.astype(jnp.float32)))
+      total = sum((v * (s2.bce_weight if k.startswith("bce_") else 1.0)
+                   for k, v in terms.items()), jnp.zeros((), jnp.float32))
+      return total, terms
+
+    (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                        opt_state=opt_state)
+    return new, {"loss": loss, **terms, "grad_norm": optax.global_norm(grads),
+                 "learning_rate": schedule(state.step)}
+
+  return jax.jit(step_fn, in_shardings=(repl, data_spec, data_spec),
+                 out_shardings=(repl, repl), donate_argnums=(0,))
+
+
+def distances(detector: DistanceDetector, state: DetectorState,
+              maps: dict[str, np.ndarray], batch_size: int = 500) -> dict[str, np.ndarray]:
+  """{scale: ||phi_s - c_s||^2 per image}: each scale's detector score, float64."""
+  fn = jax.jit(lambda m: {s: losses.svdd_distance(o["phi"], state.centers[s])
+                          for s, o in phi(detector, state.params, m,
+                                          state.input_scale).items()})
+  n = len(next(iter(maps.values())))
+  out = device.map_batches(fn, maps, min(batch_size, n))
+  return {s: v.astype(np.float64) for s, v in out.items()}
+
+
+def spread(values: dict[str, np.ndarray]) -> dict[str, list[float]]:
+  """{scale: [mean, std]} of scores on normal data: what a scale's score is divided by."""
+  return {s: [float(np.mean(v)), float(max(np.std(v), 1e-12))] for s, v in values.items()}
+
+
+def combine(per_scale: dict[str, np.ndarray], norm: dict[str, Sequence[float]],
+            weights: dict[str, float]) -> np.ndarray:
+  """sum_s w_s (score_s - mean_s) / std_s over the weighted scales."""
+  return sum(w * (per_scale[s] - norm[s][0]) / norm[s][1] for s, w in weights.items())
+
+
+# ------------------------------------------------------------------------------ train
+
+
+@dataclasses.dataclass
+class Stage2Result:
+  state: DetectorState
+  detector: DistanceDetector
+  steps: int
+  norm: dict[str, dict[str, list[float]]]  # {'mscm': {scale: [mean, std]}, 'deviation': ...}
+  seconds: float
+
+
+def train(config: ml_collections.ConfigDict, split: protocols.ADSplit, workdir: str, mesh,
+          s1: stage1.Stage1Result, *, stop_after: int | None = None) -> Stage2Result:
+  """Trains (or resumes, or loads the finished) stage 2 in `workdir/stage2/`."""
+  t_start = time.time()
+  s2, scales = config.stage2, detector_scales(config)
+  if checkpoints.finished_info(os.path.join(workdir, STAGE)) is not None:
+    logging.info("Stage 2 already finished: loaded from %s", os.path.join(workdir, STAGE))
+    return load_finished(config, workdir, split.train_images.shape[1:], mesh)
+  if s2.batch_size % mesh.devices.size:
+    raise UserError(f"stage2.batch_size={s2.batch_size} must be divisible by the "
+                    f"{mesh.devices.size} devices")
+  hold = holdout_rows(split.train_is_anomaly, s2.holdout_fraction, config.seed)
+  fit = ~hold
+  fit_normal = fit & ~split.train_is_anomaly
+  n_fit = int(fit.sum())
+  logging.info("Stage 2: deviation maps (%s) at %s for %d training images", s2.deviation,
+               ", ".join(scales), split.n_train)
+  frozen = read_frozen(frozen_model(config), s1.state, split.train_images, scales,
+                      s2.deviation, config.evaluate.batch_size)
+  maps = frozen["inputs"]
+  detector = build_detector(config)
+  total, per_epoch = num_steps(config, n_fit)
+  tx, schedule = build_optimizer(config, total)
+  state = init_state(config, detector, tx, {s: m[fit_normal] for s, m in maps.items()}, mesh)
+  n_dev, spec = mesh.devices.size, sharding.data_sharding(mesh)
+  fit_maps = {s: jax.device_put(sharding.pad_to_multiple(m[fit], n_dev), spec)
+              for s, m in maps.items()}
+  flags = jax.device_put(sharding.pad_to_multiple(split.train_is_anomaly[fit], n_dev), spec)
+  step_fn = make_train_step(config, detector, tx, schedule, n_fit, mesh)
+  res = loop.run(STAGE, workdir, state, lambda st: step_fn(st, fit_maps, flags), total=total,
+                 log_every=s2.log_every_steps, checkpoint_every=s2.checkpoint_every_steps,
+                 items_per_step=s2.batch_size, steps_per_epoch=per_epoch,
+                 stop_after=stop_after, unit="maps")
+  ref = hold if hold.any() else fit_normal
+  ref_maps = {s: m[ref] for s, m in maps.items()}
+  norm = {"mscm": spread(distances(detector, res.state, ref_maps, config.evaluate.batch_size)),
+          "deviation": spread({s: v[ref] for s, v in frozen["deviation"].items()})}
+  if res.step >= total:
+    checkpoints.mark_finished(os.path.join(workdir, STAGE),
+                              {"step": res.step, "norm": norm, "n_fit": n_fit,
+                               "n_holdout": int(hold.sum()),
+                               "maps_per_second": res.rate})
+  return Stage2Result(res.state, detector, res.step, norm, time.time() - t_start)
+
+
+def load_finished(config: ml_collections.ConfigDict, workdir: str, image_shape: Sequence[int],
+                  mesh) -> Stage2Result:
+  """The finished stage-2 state of `workdir` without any data (the Python API's path)."""
+  info = checkpoints.finished_info(os.path.join(workdir, STAGE))
+  if info is None:
+    raise UserError(f"{workdir}/{STAGE} holds no finished stage 2: run the training first")
+  detector = build_detector(config)
+  model, kind = frozen_model(config), config.stage2.deviation
+
+  def map_shapes(x):
+    out = model.apply(model.init(jax.random.PRNGKey(0), x, train=False), x, train=False)
+    return {s: deviation_input(out["features"][s], out["readout"][s], kind)
+            for s in detector_scales(config)}
+
+  shapes = jax.eval_shape(map_shapes, jnp.zeros((1,) + tuple(image_shape), jnp.float32))
+  dummy = {s: np.ones(v.shape, np.float32) for s, v in shapes.items()}
+  total = info["step"]
+  tx, _ = build_optimizer(config, total)
+  template = init_state(config, detector, tx, dummy, mesh)
+  mngr = checkpoints.manager(os.path.join(workdir, STAGE))
+  try:
+    state, _ = checkpoints.restore_latest(mngr, template)
+  finally:
+    mngr.close()
+  return Stage2Result(state, detector, int(state.step), info["norm"], 0.0)

@@ -19,7 +19,10 @@ def test_deviation_input_shapes_and_values():
   assert deviation_input(f, 2 * f, "difference").shape == (3, 4, 4, 8)
   pooled = deviation_input(f[:, 0, 0], f[:, 0, 0] + 1.0)
   assert pooled.shape == (3, 1, 1, 1)
-  with pytest.raises(ValueError, match="neither"):
+  np.testing.assert_allclose(deviation_input(f, f + 1.0, "euclidean"), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(deviation_input(f, 3 * f, "euclidean")[..., 0],
+                             np.mean(np.square(2 * f), axis=-1), rtol=1e-5)
+  with pytest.raises(ValueError, match="'ratio' is not"):
     deviation_input(f, f, "ratio")
 
 

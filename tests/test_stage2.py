@@ -1,40 +1,225 @@
-"""Deviation maps read from a (frozen) stage-1 state."""
+"""Stage 2: deviation maps from a frozen stage 1, the detectors' objectives and training."""
+
+import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mscm_jax import config as config_lib, sharding, stage1, stage2
-from mscm_jax.data import augment
+from mscm_jax import checkpoints, metrics, sharding, stage1, stage2
+from mscm_jax import config as config_lib
+from mscm_jax.data import augment, protocols
 from mscm_jax.models import cosine_deviation
+
+
+def _config(**overrides):
+  c = config_lib.apply_preset(config_lib.base_config(), "smoke")
+  c.memory.scales = ("res3", "pooled")
+  for k, v in overrides.items():
+    section, _, name = k.rpartition(".")
+    (c[section] if section else c)[name] = v
+  return config_lib.validate(c)
 
 
 @pytest.fixture(scope="module")
 def frozen():
-  c = config_lib.apply_preset(config_lib.base_config(), "smoke")
-  c.memory.scales = ("res3", "pooled")
+  c = _config()
   parts = stage1.components(c, 8, (16, 16, 3), sharding.make_mesh(1))
   return parts.model, parts.init_fn(jax.random.PRNGKey(0))
 
 
-def test_maps_have_one_entry_per_image_and_scale(frozen):
+def test_maps_and_training_free_scores(frozen):
   model, state = frozen
   images = np.random.default_rng(0).integers(0, 256, (7, 16, 16, 3), dtype=np.uint8)
-  maps = stage2.deviation_maps(model, state, images, ("res3", "pooled"), batch_size=4)
+  out = stage2.read_frozen(model, state, images, ("res3", "pooled"), batch_size=4)
+  maps = out["inputs"]
   assert maps["res3"].shape == (7, 4, 4, 1) and maps["pooled"].shape == (7, 1, 1, 1)
+  assert out["embedding"].shape == (7, 16)
   assert ((maps["res3"] >= 0) & (maps["res3"] <= 2)).all()
-  out = model.apply({"params": state.params, "batch_stats": state.batch_stats},
+  ref = model.apply({"params": state.params, "batch_stats": state.batch_stats},
                     augment.to_float(images[:2]), train=False)
   np.testing.assert_allclose(maps["res3"][:2, ..., 0],
-                             cosine_deviation(out["features"]["res3"], out["readout"]["res3"]),
+                             cosine_deviation(ref["features"]["res3"], ref["readout"]["res3"]),
                              atol=1e-5)
-  scores = stage2.mean_deviation(maps)
-  np.testing.assert_allclose(scores["res3"], maps["res3"].mean(axis=(1, 2, 3)), rtol=1e-6)
-  diff = stage2.deviation_maps(model, state, images, ("res3",), kind="difference")
-  assert diff["res3"].shape == (7, 4, 4, 16)
+  np.testing.assert_allclose(out["deviation"]["res3"], maps["res3"].mean(axis=(1, 2, 3)),
+                             rtol=1e-5)
+  diff = stage2.read_frozen(model, state, images, ("res3",), kind="difference")
+  assert diff["inputs"]["res3"].shape == (7, 4, 4, 16)
+  np.testing.assert_allclose(diff["deviation"]["res3"], out["deviation"]["res3"], rtol=1e-5)
+  euclid = stage2.deviation_maps(model, state, images, ("res3",), kind="euclidean")["res3"]
+  f, r = ref["features"]["res3"], ref["readout"]["res3"]
+  np.testing.assert_allclose(euclid[:2], np.mean(np.square(f - r), axis=-1), rtol=1e-4)
 
 
 def test_unknown_scale_is_a_clear_error(frozen):
   model, state = frozen
   with pytest.raises(ValueError, match="res2"):
     stage2.deviation_maps(model, state, np.zeros((2, 16, 16, 3), np.uint8), ("res2",))
+
+
+def test_holdout_takes_normal_rows_only_and_is_seeded():
+  flags = np.array([False] * 40 + [True] * 10)
+  hold = stage2.holdout_rows(flags, 0.1, seed=3)
+  assert hold.sum() == 4 and not (hold & flags).any()
+  np.testing.assert_array_equal(hold, stage2.holdout_rows(flags, 0.1, seed=3))
+  assert not stage2.holdout_rows(flags, 0.0, seed=3).any()
+
+
+def test_combine_normalises_each_scale_by_its_spread():
+  per_scale = {"a": np.array([1.0, 3.0]), "b": np.array([100.0, 300.0])}
+  norm = {"a": [2.0, 1.0], "b": [200.0, 100.0]}
+  np.testing.assert_allclose(stage2.combine(per_scale, norm, {"a": 1.0, "b": 1.0}), [-2, 2])
+  np.testing.assert_allclose(stage2.combine(per_scale, norm, {"a": 0.5, "b": 0.0}),
+                             [-0.5, 0.5])
+  assert stage2.spread({"a": np.array([1.0, 3.0])}) == {"a": [2.0, 1.0]}
+
+
+# ------------------------------------------------------------- detectors on toy maps
+
+
+def _toy_maps(n, rng, hot=False):
+  """8x8 'deviation maps': smooth low noise; `hot` adds a bright 3x3 patch somewhere."""
+  m = 0.2 + 0.05 * rng.standard_normal((n, 8, 8, 1)).astype(np.float32)
+  if hot:
+    for i in range(n):
+      y, x = rng.integers(0, 6, 2)
+      m[i, y:y + 3, x:x + 3] += 0.6
+  return m
+
+
+def _train_detector(c, maps, flags, mesh, steps):
+  detector = stage2.build_detector(c)
+  total, _ = stage2.num_steps(c, len(flags))
+  tx, schedule = stage2.build_optimizer(c, total)
+  state = stage2.init_state(c, detector, tx, {"res3": maps[~flags]}, mesh)
+  centers0 = jax.device_get(state.centers)
+  step = stage2.make_train_step(c, detector, tx, schedule, len(flags), mesh)
+  spec = sharding.data_sharding(mesh)
+  dev_maps = {"res3": jax.device_put(sharding.pad_to_multiple(maps, mesh.devices.size), spec)}
+  dev_flags = jax.device_put(sharding.pad_to_multiple(flags, mesh.devices.size), spec)
+  losses = []
+  for _ in range(steps):
+    state, logged = step(state, dev_maps, dev_flags)
+    losses.append(float(logged["loss"]))
+  return detector, state, centers0, losses
+
+
+def test_center_is_fixed_initial_mean_away_from_zero():
+  c = _config(**{"stage2.epochs": 4})
+  rng = np.random.default_rng(0)
+  maps = _toy_maps(64, rng)
+  mesh = sharding.make_mesh(1)
+  detector, state, centers0, _ = _train_detector(c, maps, np.zeros(64, bool), mesh, 5)
+  init = stage2.init_state(c, detector, stage2.build_optimizer(c, 5)[0], {"res3": maps}, mesh)
+  np.testing.assert_allclose(init.input_scale["res3"], maps.std(), rtol=1e-5)
+  phi0 = detector.apply({"params": init.params["res3"]}, maps / maps.std())["phi"]
+  expected = np.asarray(phi0).mean(axis=0)
+  expected = np.where(np.abs(expected) < 0.1, np.where(expected < 0, -0.1, 0.1), expected)
+  np.testing.assert_allclose(centers0["res3"], expected, rtol=1e-4, atol=1e-6)
+  assert (np.abs(centers0["res3"]) >= 0.1 - 1e-7).all()
+  np.testing.assert_array_equal(jax.device_get(state.centers)["res3"], centers0["res3"])
+
+
+def test_deep_svdd_separates_planted_patches():
+  c = _config(**{"stage2.widths": (8, 16), "stage2.out_dim": 8, "stage2.batch_size": 32,
+                 "stage2.learning_rate": 3e-3, "stage2.epochs": 40})
+  rng = np.random.default_rng(1)
+  train = _toy_maps(128, rng)
+  mesh = sharding.make_mesh(8)
+  detector, state, _, losses = _train_detector(c, train, np.zeros(128, bool), mesh, 120)
+  assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:3]), losses[:3] + losses[-10:]
+  test = np.concatenate([_toy_maps(40, rng), _toy_maps(40, rng, hot=True)])
+  d = stage2.distances(detector, state, {"res3": test}, batch_size=32)["res3"]
+  assert metrics.auroc(d, np.r_[np.zeros(40), np.ones(40)]) > 0.95
+
+
+def test_deep_sad_pushes_labelled_anomalies_away():
+  rng = np.random.default_rng(2)
+  maps = np.concatenate([_toy_maps(96, rng), _toy_maps(32, rng, hot=True)])
+  flags = np.r_[np.zeros(96, bool), np.ones(32, bool)]
+  test = np.concatenate([_toy_maps(40, rng), _toy_maps(40, rng, hot=True)])
+  labels = np.r_[np.zeros(40), np.ones(40)]
+  mesh = sharding.make_mesh(1)
+  ratio = {}
+  for setting in ("oneclass", "unbalanced"):
+    c = _config(setting=setting, **{"stage2.batch_size": 32, "stage2.epochs": 20,
+                                    "stage2.learning_rate": 3e-3, "stage2.classifier": True})
+    fit_flags = flags if setting == "unbalanced" else np.zeros_like(flags)
+    detector, state, _, losses = _train_detector(c, maps, fit_flags, mesh, 60)
+    assert np.isfinite(losses).all()
+    assert ("classifier" in state.params["res3"]) == (setting == "unbalanced")
+    d = stage2.distances(detector, state, {"res3": test}, batch_size=40)["res3"]
+    assert metrics.auroc(d, labels) > 0.95, setting
+    ratio[setting] = np.median(d[labels == 1]) / np.median(d[labels == 0])
+  # Measured: about 5 (one-class) and 180 (Deep SAD) with these seeds.
+  assert ratio["unbalanced"] > 5 * ratio["oneclass"], ratio
+
+
+def test_sharded_step_equals_single_device():
+  c = _config(**{"stage2.batch_size": 16})
+  maps = _toy_maps(48, np.random.default_rng(3))
+  flags = np.zeros(48, bool)
+  states = []
+  for n_dev in (1, 8):
+    _, state, _, _ = _train_detector(c, maps, flags, sharding.make_mesh(n_dev), 2)
+    states.append(jax.device_get(state.params))
+  for a, b in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1]), strict=True):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+# ------------------------------------------------------------- train() on a frozen state
+
+
+def _split(n=48, size=16, seed=0):
+  rng = np.random.default_rng(seed)
+  normal = rng.integers(80, 140, (n, size, size, 3), dtype=np.uint8)
+  test = rng.integers(0, 256, (8, size, size, 3), dtype=np.uint8)
+  return protocols.ADSplit(
+      train_images=normal, train_is_anomaly=np.zeros(n, bool),
+      train_classes=np.zeros(n, np.int64), test_images=test,
+      test_is_anomaly=np.r_[np.zeros(4, bool), np.ones(4, bool)],
+      test_classes=np.r_[np.zeros(4), np.ones(4)].astype(np.int64),
+      class_names=("a", "b"), normal_classes=(0,))
+
+
+def test_train_resume_equals_uninterrupted_and_reloads(tmp_path):
+  c = _config(**{"stage2.epochs": 2, "stage2.batch_size": 8, "stage2.checkpoint_every_steps": 3})
+  split = _split()
+  mesh = sharding.make_mesh(8)
+  parts = stage1.components(c, split.n_train, split.train_images.shape[1:], mesh)
+  s1 = stage1.Stage1Result(parts.init_fn(jax.random.PRNGKey(0)), parts.model, 0, None,
+                           None, 0.0)
+  straight = stage2.train(c, split, str(tmp_path / "a"), mesh, s1)
+  part = stage2.train(c, split, str(tmp_path / "b"), mesh, s1, stop_after=5)
+  assert part.steps == 5
+  assert checkpoints.finished_info(str(tmp_path / "b" / "stage2")) is None
+  resumed = stage2.train(c, split, str(tmp_path / "b"), mesh, s1)
+  # 48 images, 10% held out -> 43 fitted, 6 batches of 8 per epoch, 2 epochs
+  assert straight.steps == resumed.steps == 12
+  for a, b in zip(jax.tree.leaves(jax.device_get(straight.state)),
+                  jax.tree.leaves(jax.device_get(resumed.state)), strict=True):
+    np.testing.assert_array_equal(a, b)
+  assert straight.norm == resumed.norm
+  info = checkpoints.finished_info(str(tmp_path / "b" / "stage2"))
+  assert info["n_fit"] == 43 and info["n_holdout"] == 5
+  steps = [json.loads(line)["step"] for line in open(tmp_path / "b" / "metrics.jsonl")]
+  assert steps == list(range(1, 13)), steps  # one record per step across the resume
+  loaded = stage2.train(c, split, str(tmp_path / "b"), mesh, s1)  # finished: a load
+  assert loaded.seconds == 0.0 and loaded.norm == straight.norm
+  for a, b in zip(jax.tree.leaves(jax.device_get(straight.state.params)),
+                  jax.tree.leaves(jax.device_get(loaded.state.params)), strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_top_k_one_retrieves_the_nearest_prototype(frozen):
+  model, state = frozen
+  sharp = model.clone(top_k=1)
+  images = np.random.default_rng(4).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+  out = sharp.apply({"params": state.params, "batch_stats": state.batch_stats},
+                    augment.to_float(images), train=False)
+  a = out["attention"]["res3"]
+  assert jnp.allclose(a.max(axis=-1), 1.0) and jnp.allclose(a.sum(axis=-1), 1.0)
+  soft = model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                     augment.to_float(images), train=False)["attention"]["res3"]
+  np.testing.assert_array_equal(np.argmax(a, -1), np.argmax(soft, -1))

@@ -87,24 +87,25 @@ def draw_batch(data: DeviceDataset, key: jax.Array, step: int | jax.Array, batch
   return images, flags
 
 
-def map_batches(fn, images, batch_size: int):
-  """`fn` over host or device images in fixed-size batches; outputs concatenated, in order.
+def map_batches(fn, inputs, batch_size: int):
+  """`fn` over host or device arrays in fixed-size batches; outputs concatenated, in order.
 
-  The last batch is padded (repeating the final image) so a jitted `fn` compiles for one
-  shape, and the pad rows are dropped: every image counts exactly once. Returns NumPy
-  arrays with the structure of `fn`'s output.
+  `inputs` is an array or a pytree of arrays sharing the leading axis. The last batch is
+  padded (repeating the final row) so a jitted `fn` compiles for one shape, and the pad
+  rows are dropped: every row counts exactly once. Returns NumPy arrays with the
+  structure of `fn`'s output.
   """
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-  n = len(images)
+  n = len(jax.tree.leaves(inputs)[0])
   if n == 0:
     raise ValueError("map_batches needs at least one image")
   outputs = []
   for start in range(0, n, batch_size):  # dispatch everything before reading anything back
     if start + batch_size <= n:
-      batch = images[start:start + batch_size]
+      rows = slice(start, start + batch_size)
     else:
-      batch = images[np.minimum(np.arange(start, start + batch_size), n - 1)]
-    outputs.append(fn(batch))
+      rows = np.minimum(np.arange(start, start + batch_size), n - 1)
+    outputs.append(fn(jax.tree.map(lambda x, rows=rows: x[rows], inputs)))
   host = jax.tree.map(np.asarray, outputs)
   return jax.tree.map(lambda *xs: np.concatenate(xs)[:n], *host)

@@ -23,15 +23,21 @@ Dtype = Any
 def deviation_input(f: jax.Array, r: jax.Array, kind: str = "cosine") -> jax.Array:
   """The detector's input for one scale: [B, h, w, 1] deviation map or [B, h, w, C] f - r.
 
+  'cosine' compares on the unit sphere (1 - cos); 'euclidean' is the mean squared
+  difference over channels; 'difference' is the tensor f - r itself.
+
   Pooled ([B, C]) features become 1x1 maps, so every scale has the same form.
   """
   if f.ndim == 2:
     f, r = f[:, None, None, :], r[:, None, None, :]
   if kind == "cosine":
     return cosine_deviation(f, r)[..., None]
+  if kind == "euclidean":  # no unit sphere: norms count too
+    d = f.astype(jnp.float32) - r.astype(jnp.float32)
+    return jnp.mean(jnp.square(d), axis=-1, keepdims=True)
   if kind == "difference":
     return (f - r).astype(jnp.float32)
-  raise ValueError(f"deviation kind {kind!r} is neither 'cosine' nor 'difference'")
+  raise ValueError(f"deviation kind {kind!r} is not 'cosine', 'euclidean' or 'difference'")
 
 
 class DistanceDetector(nn.Module):
