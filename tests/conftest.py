@@ -40,3 +40,37 @@ def folder_tree(tmp_path):
             "test": {"apple": 3, "berry": 3, "cherry": 2}}
   write_folder_tree(tmp_path / "tree", counts)
   return tmp_path / "tree"
+
+
+def smoke_config(data_dir, **overrides):
+  """The `smoke` preset on a folder tree, with dotted-name overrides."""
+  from mscm_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+
+  c = config_lib.apply_preset(config_lib.base_config(), "smoke")
+  c.dataset.name = "folder"
+  c.dataset.data_dir = str(data_dir)
+  c.dataset.image_size = 16
+  c.memory.scales = ("res3", "pooled")
+  for k, v in overrides.items():
+    section, _, name = k.rpartition(".")
+    (c[section] if section else c)[name] = v
+  return c
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory):
+  """One whole smoke run (both stages, evaluation) on two synthetic classes.
+
+  Normal: class 'c0' (noise with a bright red channel); anomalies: 'c1' (bright green). Shared by
+  the pipeline and API tests, so its compile time is paid once.
+  """
+  from mscm_jax import pipeline  # pylint: disable=g-import-not-at-top
+
+  root = tmp_path_factory.mktemp("run")
+  write_folder_tree(root / "tree", {"train": {"c0": 48, "c1": 16},
+                                    "test": {"c0": 16, "c1": 16}})
+  config = smoke_config(root / "tree", **{"dataset.normal_class": "c0",
+                                          "train.epochs": 2, "stage2.epochs": 4})
+  workdir = root / "w"
+  results = pipeline.run(config, str(workdir))
+  return config, workdir, results

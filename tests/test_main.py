@@ -68,7 +68,8 @@ def test_sigterm_saves_and_the_same_command_resumes(folder_tree, tmp_path):
   args = ["--config=configs/folder_oneclass.py:smoke", f"--config.dataset.data_dir={folder_tree}",
           "--config.dataset.normal_class=apple", "--config.dataset.image_size=16",
           "--config.memory.scales=('res4',)", "--config.train.epochs=400",
-          "--config.train.checkpoint_every_steps=1000", f"--workdir={workdir}"]
+          "--config.train.checkpoint_every_steps=1000", "--config.stop_after=stage1",
+          f"--workdir={workdir}"]
   proc = subprocess.Popen([sys.executable, "-m", "mscm_jax.main", *args], cwd=ROOT,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   metrics = workdir / "metrics.jsonl"

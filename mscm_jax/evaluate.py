@@ -1,0 +1,84 @@
+"""Evaluation: every score side by side on the whole test split, exact metrics, results.json.
+
+Scores (higher = more anomalous):
+  mscm          the stage-2 detectors, sum_s w_s (d_s - mean_s) / std_s (SPEC section 3)
+  mscm_<s>      one scale's detector distance ||phi_s - c_s||^2
+  deviation     training-free: the same combination of the mean deviation maps
+  deviation_<s> one scale's mean deviation (1 - cos(f, r) averaged over positions)
+  knn           k-NN cosine distance of the final embedding to the normal training set
+  pixel_knn     the same on raw, mean-centred pixels: the floor a learned score must clear
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import ml_collections
+import numpy as np
+from absl import logging
+
+from mscm_jax import knn, metrics, stage1, stage2
+from mscm_jax.data import protocols
+
+HEADLINE = ("mscm", "deviation", "knn", "pixel_knn")
+
+
+def compute_scores(config: ml_collections.ConfigDict, split: protocols.ADSplit,
+                   s1: stage1.Stage1Result, s2: stage2.Stage2Result) -> dict[str, Any]:
+  """{'scores': {name: [M] float64}, 'maps': {scale: [M, h, w] deviation maps}}."""
+  model, kind = stage2.frozen_model(config), config.stage2.deviation
+  scales, weights = stage2.detector_scales(config), stage2.scale_weights(config)
+  batch, k = config.evaluate.batch_size, config.evaluate.knn_k
+  all_scales = tuple(config.memory.scales)
+  test = stage2.read_frozen(model, s1.state, split.test_images, all_scales, kind, batch)
+  normal = ~split.train_is_anomaly
+  bank = stage2.read_frozen(model, s1.state, split.train_images[normal], (), kind, batch,
+                            maps=False)["embedding"]
+  per_scale = stage2.distances(s2.detector, s2.state, {s: test["inputs"][s] for s in scales},
+                               batch)
+  scores = {
+      "mscm": stage2.combine(per_scale, s2.norm["mscm"], weights),
+      "deviation": stage2.combine(test["deviation"], s2.norm["deviation"], weights),
+      "knn": knn.knn_scores(bank, test["embedding"], k=min(k, len(bank))),
+      "pixel_knn": knn.knn_scores(split.train_images[normal], split.test_images,
+                                  k=min(k, int(normal.sum())), center=True),
+  }
+  scores.update({f"mscm_{s}": v for s, v in per_scale.items()})
+  scores.update({f"deviation_{s}": v for s, v in test["deviation"].items()})
+  maps = {s: (test["inputs"][s] if kind != "difference" else None) for s in all_scales}
+  return {"scores": scores, "maps": {s: m[..., 0] for s, m in maps.items() if m is not None}}
+
+
+def score_metrics(scores: dict[str, np.ndarray], is_anomaly: np.ndarray) -> dict[str, Any]:
+  labels = np.asarray(is_anomaly, int)
+  return {name: metrics.evaluate(v, labels) for name, v in scores.items()}
+
+
+def summary_table(results: dict[str, Any]) -> str:
+  """The headline scores, then the per-scale ones, as a fixed-width text table."""
+  names = [n for n in HEADLINE if n in results["scores"]]
+  names += sorted(n for n in results["scores"] if n not in HEADLINE)
+  lines = [f"{results['dataset']} {results['setting']} normal={results['normal_classes']} "
+           f"seed={results['seed']}  test: {results['n_test']} images, "
+           f"{results['n_test_anomalous']} anomalous",
+           f"{'score':<18}{'AUROC':>8}{'AUPR-in':>9}{'AUPR-out':>10}{'FPR95':>8}"]
+  for n in names:
+    m = results["scores"][n]
+    lines.append(f"{n:<18}{m['auroc']:>8.4f}{m['aupr_in']:>9.4f}{m['aupr_out']:>10.4f}"
+                 f"{m['fpr95']:>8.4f}")
+  return "\n".join(lines)
+
+
+def write_results(workdir: str, results: dict[str, Any], scores: dict[str, np.ndarray],
+                  is_anomaly: np.ndarray) -> str:
+  """results.json (atomically) and scores.npz (every test score, for later analysis)."""
+  np.savez_compressed(os.path.join(workdir, "scores.npz"), is_anomaly=is_anomaly,
+                      **{k: v for k, v in scores.items()})
+  path = os.path.join(workdir, "results.json")
+  with open(path + ".tmp", "w") as f:
+    json.dump(results, f, indent=2)
+  os.replace(path + ".tmp", path)
+  logging.info("Results written to %s", path)
+  return path

@@ -1,0 +1,91 @@
+"""The two-stage hand-off: stage 1 -> checkpoint -> stage 2 -> evaluation -> results.json."""
+
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+from conftest import smoke_config, write_folder_tree
+
+from mscm_jax import checkpoints, evaluate, metrics, pipeline
+
+
+def test_results_json_has_every_field(finished_run):
+  _, workdir, results = finished_run
+  saved = json.loads((workdir / "results.json").read_text())
+  assert saved == json.loads(json.dumps(results))
+  for key in ("dataset", "setting", "normal_classes", "seed", "n_train", "n_train_anomalies",
+              "n_test", "n_test_anomalous", "scores", "seconds", "config_hash"):
+    assert key in saved, key
+  assert saved["dataset"] == "folder" and saved["normal_classes"] == ["c0"]
+  assert saved["n_train"] == 48 and saved["n_test"] == 32 and saved["n_test_anomalous"] == 16
+  for name in ("mscm", "deviation", "knn", "pixel_knn", "mscm_res3", "mscm_pooled",
+               "deviation_res3", "deviation_pooled"):
+    assert set(saved["scores"][name]) == {"auroc", "aupr_in", "aupr_out", "fpr95"}, name
+  assert set(saved["seconds"]) == {"data", "stage1", "stage2", "evaluation"}
+  assert checkpoints.finished_info(str(workdir / "stage1"))["step"] == 6  # 48/16 x 2 epochs
+  assert checkpoints.finished_info(str(workdir / "stage2"))["n_holdout"] == 5
+
+
+def test_saved_scores_reproduce_the_metrics(finished_run):
+  _, workdir, results = finished_run
+  saved = np.load(workdir / "scores.npz")
+  labels = saved["is_anomaly"]
+  assert labels.shape == (32,) and labels.sum() == 16
+  for name, m in results["scores"].items():
+    assert metrics.evaluate(saved[name], labels) == pytest.approx(m), name
+
+
+def test_scores_separate_the_planted_class(finished_run):
+  # Normal images have a bright red channel, anomalies a bright green one.
+  _, _, results = finished_run
+  assert results["scores"]["mscm"]["auroc"] > 0.8, results["scores"]
+  assert results["scores"]["knn"]["auroc"] > 0.8, results["scores"]
+
+
+def test_report_pictures_are_written(finished_run):
+  _, workdir, results = finished_run
+  report = workdir / "report"
+  for name in ("roc_all.png", "roc_mscm.png", "hist_mscm.png", "hist_pixel_knn.png",
+               "heatmaps_res3.png", "heatmaps_pooled.png"):
+    assert (report / name).stat().st_size > 1000, name
+  assert all(os.path.exists(workdir / p) for p in results["report"])
+
+
+def test_rerun_returns_at_once(finished_run):
+  config, workdir, results = finished_run
+  stamp = (workdir / "results.json").stat().st_mtime
+  start = time.time()
+  again = pipeline.run(config, str(workdir))
+  assert time.time() - start < 5
+  assert again == json.loads(json.dumps(results))
+  assert (workdir / "results.json").stat().st_mtime == stamp
+
+
+def test_summary_table_lists_headline_scores_first(finished_run):
+  _, _, results = finished_run
+  lines = evaluate.summary_table(results).splitlines()
+  assert [l.split()[0] for l in lines[2:6]] == ["mscm", "deviation", "knn", "pixel_knn"]
+
+
+def test_changed_stage2_config_reuses_stage1(finished_run, tmp_path):
+  """A new workdir holding only the finished stage 1: stage 2 and evaluation run."""
+  import shutil
+  config, workdir, _ = finished_run
+  shutil.copytree(workdir / "stage1", tmp_path / "stage1")
+  c = config.copy_and_resolve_references()
+  c.stage2.scales = ("pooled",)
+  c.stage2.deviation = "euclidean"
+  out = pipeline.run(c, str(tmp_path))
+  assert out["stage1"]["steps"] == 6 and out["stage2"]["scales"] == ["pooled"]
+  assert "mscm_res3" not in out["scores"] and "deviation_res3" in out["scores"]
+
+
+def test_stop_after_stage2_leaves_no_results(tmp_path):
+  write_folder_tree(tmp_path / "tree", {"train": {"a": 16, "b": 4}, "test": {"a": 4, "b": 4}})
+  c = smoke_config(tmp_path / "tree", **{"stop_after": "stage2"})
+  out = pipeline.run(c, str(tmp_path / "w"))
+  assert out["not_run"] == ["evaluation"]
+  assert not (tmp_path / "w" / "results.json").exists()
+  assert checkpoints.finished_info(str(tmp_path / "w" / "stage2")) is not None
