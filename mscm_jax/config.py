@@ -179,6 +179,34 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str | None) -> ml_collect
   return c
 
 
+def load_json(path: str) -> ml_collections.ConfigDict:
+  """The config a run saved as `workdir/config.json`, over today's defaults.
+
+  Fields added since the run keep their defaults; a field the schema no longer has is
+  an error, since the saved run cannot be reproduced faithfully.
+  """
+  import json  # pylint: disable=g-import-not-at-top
+
+  with open(path) as f:
+    raw = json.load(f)
+  flat: dict[str, Any] = {}
+
+  def walk(tree: dict[str, Any], prefix: str) -> None:
+    for k, v in tree.items():
+      if isinstance(v, dict):
+        walk(v, f"{prefix}{k}.")
+      else:
+        flat[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
+
+  walk(raw, "")
+  c = base_config()
+  try:
+    c.update_from_flattened_dict(flat)
+  except (KeyError, TypeError) as e:
+    raise ConfigError(f"{path} does not fit today's config schema: {e}") from None
+  return c
+
+
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
   if value not in choices:
     raise ConfigError(f"{name}={value!r} is not one of {choices}")

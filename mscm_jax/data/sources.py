@@ -13,6 +13,7 @@ import glob
 import importlib.util
 import logging
 import os
+from typing import Any
 from collections.abc import Sequence
 
 import numpy as np
@@ -44,26 +45,38 @@ class LabelledImages:
     return len(self.images)
 
 
-def from_arrays(images: np.ndarray, labels: np.ndarray,
-                class_names: Sequence[str] | None = None) -> LabelledImages:
-  """Wraps in-memory images (uint8, or float in [0, 1]; gray or RGB) as a source."""
+def as_uint8_images(images: Any, name: str = "images") -> np.ndarray:
+  """Checks and converts images to uint8 [N, H, W, 3]: the one input check of the project.
+
+  Takes uint8, or float in [0, 1]; [N, H, W] and [N, H, W, 1] grey images are repeated to
+  RGB. Anything else (other dtypes, NaN, values out of range, wrong rank) is a UserError
+  that says what to change.
+  """
   images = np.asarray(images)
-  labels = np.asarray(labels).astype(np.int64).reshape(-1)
   if images.ndim == 3:
     images = images[..., None]
   if images.ndim != 4 or images.shape[-1] not in (1, 3):
-    raise UserError(f"images must be [N, H, W] or [N, H, W, 1|3], got shape {images.shape}")
+    raise UserError(f"{name} must be [N, H, W] or [N, H, W, 1|3], got shape {images.shape}"
+                    " (one image: add a leading axis, images[None])")
   if images.shape[-1] == 1:
     images = np.repeat(images, 3, axis=-1)
   if images.dtype != np.uint8:
     if not np.issubdtype(images.dtype, np.floating):
-      raise UserError(f"images must be uint8 or float in [0, 1], got {images.dtype}")
+      raise UserError(f"{name} must be uint8 or float in [0, 1], got {images.dtype}")
     if not np.isfinite(images).all():
-      raise UserError("images contain NaN or Inf")
+      raise UserError(f"{name} contain NaN or Inf")
     if images.min() < 0 or images.max() > 1:
-      raise UserError(
-          f"float images must lie in [0, 1], got [{images.min():.3g}, {images.max():.3g}]")
+      raise UserError(f"float {name} must lie in [0, 1], got [{images.min():.3g}, "
+                      f"{images.max():.3g}] (uint8 data: pass it as uint8 or divide by 255)")
     images = np.round(images * 255).astype(np.uint8)
+  return images
+
+
+def from_arrays(images: np.ndarray, labels: np.ndarray,
+                class_names: Sequence[str] | None = None) -> LabelledImages:
+  """Wraps in-memory images (uint8, or float in [0, 1]; gray or RGB) as a source."""
+  images = as_uint8_images(images)
+  labels = np.asarray(labels).astype(np.int64).reshape(-1)
   if class_names is None:
     class_names = [str(i) for i in range(int(labels.max(initial=-1)) + 1)]
   return LabelledImages(images, labels, tuple(class_names))
