@@ -20,6 +20,7 @@ _PRESET = flags.DEFINE_string("preset", "cpu", "config preset: cpu, smoke or ful
 _BATCH = flags.DEFINE_integer("batch_size", 0, "override train.batch_size (0: the preset's)")
 _STEPS = flags.DEFINE_integer("steps", 20, "timed steps after the compile step")
 _MODE = flags.DEFINE_string("mode", "", "override memory.mode")
+_TRAIN = flags.DEFINE_string("train", "", "override memory.train (contrastive or codebook)")
 _SCALES = flags.DEFINE_list("scales", None, "override memory.scales, e.g. res2,res3,res4")
 _DTYPE = flags.DEFINE_string("dtype", "", "override model.dtype")
 _OUT = flags.DEFINE_string("out", os.path.join(os.path.dirname(__file__), "results",
@@ -40,6 +41,8 @@ def main(_):
     c.train.batch_size = _BATCH.value
   if _MODE.value:
     c.memory.mode = _MODE.value
+  if _TRAIN.value:
+    c.memory.train = _TRAIN.value
   if _SCALES.value is not None:
     c.memory.scales = tuple(_SCALES.value)
   if _DTYPE.value:
@@ -65,7 +68,7 @@ def main(_):
   row = {
       "preset": _PRESET.value, "batch_size": c.train.batch_size,
       "widths": list(c.model.widths), "stage_sizes": list(c.model.stage_sizes),
-      "memory_mode": c.memory.mode, "memory_scales": list(c.memory.scales),
+      "memory_mode": c.memory.mode, "memory_train": c.memory.train, "memory_scales": list(c.memory.scales),
       "dtype": c.model.dtype, "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
       "host": f"{platform.machine()} {os.cpu_count()} cpus", "compile_s": round(compile_s, 1),
       "step_s": round(dt / _STEPS.value, 4), "views_per_s": round(views, 1),

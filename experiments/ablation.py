@@ -1,0 +1,146 @@
+r"""Issue-4 ablation: which knobs make deviation maps carry the anomaly signal.
+
+Training-time knobs (memory.mode / memory.train, the alignment term) need their own
+stage-1 runs: experiments/ablation_train.sh trains them into ROOT/<variant>_c<class>_s<seed>.
+This script then evaluates every finished stage-1 workdir under ROOT with each
+evaluation-time variant (retrieval sharpness: top-k, beta, hard shrinkage; unit-sphere
+vs Euclidean maps): stage 2 is trained in ROOT/<run>/eval/<variant>/, all scores are
+computed, and one JSON line per (run, variant) goes to ROOT/ablation.jsonl (resumable:
+done pairs are skipped). Scale subsets feeding the detector are compared from the same
+per-scale detectors (each scale's detector is trained independently).
+
+  TFDS_DATA_DIR=../shared/tfds python experiments/ablation.py --root=/work/ablation \
+      --variants=default,top1,beta1,shrink,euclidean
+  python experiments/ablation.py --root=/work/ablation --table > experiments/results/ablation.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import itertools
+import json
+import os
+import re
+import time
+
+import numpy as np
+
+from mscm_jax import config as config_lib
+from mscm_jax import evaluate, metrics, pipeline, sharding, stage1, stage2
+
+# Evaluation-time variants: overrides of the saved stage-1 config.
+VARIANTS = {
+    "default": {},
+    "top1": {"stage2.top_k": 1},  # read the single nearest prototype
+    "top4": {"stage2.top_k": 4},
+    "beta1": {"memory.beta": 1.0},  # sharper softmax than 1/sqrt(d) = 0.125
+    "shrink": {"memory.shrink_threshold": 0.02},  # MemAE shrinkage, about 1/N for N = 64
+    "euclidean": {"stage2.deviation": "euclidean"},  # maps off the unit sphere
+}
+RUN = re.compile(r"(?P<train>[a-z0-9]+)_c(?P<cls>\d+)_s(?P<seed>\d+)$")
+
+
+def _override(config, overrides):
+  c = config.copy_and_resolve_references()
+  for k, v in overrides.items():
+    section, _, name = k.rpartition(".")
+    c[section][name] = v
+  c.stop_after = ""
+  c.evaluate.report = False
+  return config_lib.validate(c)
+
+
+def evaluate_run(workdir: str, variants: list[str], out_path: str, done: set) -> None:
+  m = RUN.search(os.path.basename(workdir))
+  base = config_lib.load_json(os.path.join(workdir, "config.json"))
+  mesh = sharding.make_mesh(base.train.num_devices)
+  split = None
+  s1 = None
+  for name in variants:
+    key = (os.path.basename(workdir), name)
+    if key in done:
+      continue
+    c = _override(base, VARIANTS[name])
+    if split is None:
+      split = pipeline.load_split(c)
+      s1, _ = stage1.load_finished(c, workdir, mesh)
+    t = time.time()
+    s2 = stage2.train(c, split, os.path.join(workdir, "eval", name), mesh, s1)
+    out = evaluate.compute_scores(c, split, s1, s2)
+    labels = split.test_is_anomaly.astype(int)
+    aurocs = {k: metrics.auroc(v, labels) for k, v in out["scores"].items()}
+    scales = stage2.detector_scales(c)
+    for r in range(1, len(scales)):
+      for subset in itertools.combinations(scales, r):
+        w = {s: 1.0 for s in subset}
+        tag = "+".join(subset)
+        aurocs[f"mscm[{tag}]"] = metrics.auroc(
+            stage2.combine({s: out["scores"][f"mscm_{s}"] for s in subset}, s2.norm["mscm"], w),
+            labels)
+        aurocs[f"deviation[{tag}]"] = metrics.auroc(
+            stage2.combine({s: out["scores"][f"deviation_{s}"] for s in subset},
+                           s2.norm["deviation"], w), labels)
+    record = {"run": key[0], "train": m["train"], "class": int(m["cls"]),
+              "seed": int(m["seed"]), "variant": name, "probe": s1.probe_auroc,
+              "seconds": round(time.time() - t, 1), "auroc": aurocs}
+    with open(out_path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    print(f"{key[0]:<24}{name:<10} mscm {aurocs['mscm']:.3f} deviation "
+          f"{aurocs['deviation']:.3f} knn {aurocs['knn']:.3f} pixel {aurocs['pixel_knn']:.3f}",
+          flush=True)
+
+
+def table(records: list[dict]) -> str:
+  """Mean (and per class/seed) AUROC per (training variant, evaluation variant)."""
+  groups = collections.defaultdict(list)
+  for r in records:
+    groups[(r["train"], r["variant"])].append(r)
+  cols = ["mscm", "deviation", "knn", "pixel_knn"]
+  extra = sorted({k for r in records for k in r["auroc"] if "[" in k or "_" in k}
+                 - {"pixel_knn"})
+  lines = ["| stage 1 | evaluation | n | " + " | ".join(cols) + " | runs (class/seed: mscm, "
+           "deviation) |", "|" + "---|" * (len(cols) + 4)]
+  for (train, variant), rs in sorted(groups.items()):
+    means = [np.mean([r["auroc"][c] for r in rs]) for c in cols]
+    runs = ", ".join(f"c{r['class']}/s{r['seed']}: {r['auroc']['mscm']:.3f}, "
+                     f"{r['auroc']['deviation']:.3f}" for r in sorted(
+                         rs, key=lambda r: (r["class"], r["seed"])))
+    lines.append(f"| {train} | {variant} | {len(rs)} | "
+                 + " | ".join(f"{v:.3f}" for v in means) + f" | {runs} |")
+  lines += ["", "Per-scale and scale-subset AUROC (mean over runs):", "",
+            "| stage 1 | evaluation | " + " | ".join(extra) + " |",
+            "|" + "---|" * (len(extra) + 2)]
+  for (train, variant), rs in sorted(groups.items()):
+    vals = [np.mean([r["auroc"][k] for r in rs if k in r["auroc"]])
+            if any(k in r["auroc"] for r in rs) else float("nan") for k in extra]
+    lines.append(f"| {train} | {variant} | " + " | ".join(f"{v:.3f}" for v in vals) + " |")
+  return "\n".join(lines)
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--root", required=True)
+  p.add_argument("--variants", default="default")
+  p.add_argument("--runs", default="*", help="glob of run names under ROOT")
+  p.add_argument("--table", action="store_true", help="print the markdown table and exit")
+  args = p.parse_args()
+  out_path = os.path.join(args.root, "ablation.jsonl")
+  records = [json.loads(line) for line in open(out_path)] if os.path.exists(out_path) else []
+  if args.table:
+    print(table(records))
+    return
+  done = {(r["run"], r["variant"]) for r in records}
+  variants = args.variants.split(",")
+  unknown = [v for v in variants if v not in VARIANTS]
+  if unknown:
+    raise SystemExit(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+  for wd in sorted(glob.glob(os.path.join(args.root, args.runs))):
+    if RUN.search(os.path.basename(wd)) and os.path.exists(
+        os.path.join(wd, "stage1", "FINISHED.json")):
+      evaluate_run(wd, variants, out_path, done)
+
+
+if __name__ == "__main__":
+  main()
