@@ -38,6 +38,7 @@ VARIANTS = {
     "beta1": {"memory.beta": 1.0},  # sharper softmax than 1/sqrt(d) = 0.125
     "shrink": {"memory.shrink_threshold": 0.02},  # MemAE shrinkage, about 1/N for N = 64
     "euclidean": {"stage2.deviation": "euclidean"},  # maps off the unit sphere
+    "difference": {"stage2.deviation": "difference"},  # the detector sees f - r itself
 }
 RUN = re.compile(r"(?P<train>[a-z0-9]+)_c(?P<cls>\d+)_s(?P<seed>\d+)$")
 

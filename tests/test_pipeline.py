@@ -89,3 +89,15 @@ def test_stop_after_stage2_leaves_no_results(tmp_path):
   assert out["not_run"] == ["evaluation"]
   assert not (tmp_path / "w" / "results.json").exists()
   assert checkpoints.finished_info(str(tmp_path / "w" / "stage2")) is not None
+
+
+def test_unbalanced_run_trains_deep_sad_with_the_classifier_head(tmp_path):
+  write_folder_tree(tmp_path / "tree", {"train": {"a": 24, "b": 12}, "test": {"a": 6, "b": 6}})
+  c = smoke_config(tmp_path / "tree", **{"setting": "unbalanced", "anomaly_ratio": 0.25,
+                                         "stage2.classifier": True, "evaluate.report": False})
+  out = pipeline.run(c, str(tmp_path / "w"))
+  assert out["n_train_anomalies"] == 6 and set(out["scores"]) >= {"mscm", "pixel_knn"}
+  logged = [json.loads(line) for line in open(tmp_path / "w" / "metrics.jsonl")]
+  stage2_keys = set().union(*(r for r in logged if r["stage"] == "stage2"))
+  assert {"sad_res3", "sad_pooled", "bce_res3", "bce_pooled"} <= stage2_keys
+  assert not (tmp_path / "w" / "report").exists()
