@@ -68,7 +68,8 @@ def main(_):
   row = {
       "preset": _PRESET.value, "batch_size": c.train.batch_size,
       "widths": list(c.model.widths), "stage_sizes": list(c.model.stage_sizes),
-      "memory_mode": c.memory.mode, "memory_train": c.memory.train, "memory_scales": list(c.memory.scales),
+      "memory_mode": c.memory.mode, "memory_train": c.memory.train,
+      "memory_scales": list(c.memory.scales),
       "dtype": c.model.dtype, "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
       "host": f"{platform.machine()} {os.cpu_count()} cpus", "compile_s": round(compile_s, 1),
       "step_s": round(dt / _STEPS.value, 4), "views_per_s": round(views, 1),

@@ -103,6 +103,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.stage2 = ml_collections.ConfigDict()
   c.stage2.scales = ()  # scales that feed the detector; () = every memory scale
   c.stage2.weights = ()  # w_s of the combined score, one per stage2 scale; () = all 1
+  c.stage2.deviation_scales = ()  # scales summed in the training-free `deviation`; () = scales
   c.stage2.deviation = "cosine"  # 1 - cos(f, r) map | "euclidean" ||f - r||^2 map | "difference"
   c.stage2.top_k = -1  # retrieval when reading the maps: -1 = as trained, 0 = soft over all
   c.stage2.widths = (16, 32)
@@ -233,10 +234,11 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _check_choice("memory.scales entry", s, SCALES)
   _check_choice("optim.name", c.optim.name, OPTIMIZERS)
   s2 = c.stage2
-  for s in s2.scales:
-    if s not in c.memory.scales:
-      raise ConfigError(f"stage2.scales entry {s!r} has no memory (memory.scales="
-                        f"{tuple(c.memory.scales)})")
+  for field in ("scales", "deviation_scales"):
+    for s in s2[field]:
+      if s not in c.memory.scales:
+        raise ConfigError(f"stage2.{field} entry {s!r} has no memory (memory.scales="
+                          f"{tuple(c.memory.scales)})")
   n_scales = len(s2.scales or c.memory.scales)
   if n_scales == 0:
     raise ConfigError("stage 2 needs at least one memory scale (memory.scales is empty)")

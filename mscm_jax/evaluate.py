@@ -3,8 +3,9 @@
 Scores (higher = more anomalous):
   mscm          the stage-2 detectors, sum_s w_s (d_s - mean_s) / std_s (SPEC section 3)
   mscm_<s>      one scale's detector distance ||phi_s - c_s||^2
-  deviation     training-free: the same combination of the mean deviation maps
-  deviation_<s> one scale's mean deviation (1 - cos(f, r) averaged over positions)
+  deviation     training-free: the mean deviation maps of stage2.deviation_scales, combined
+                the same way (each scale's spread on held-out normal data, equal weights)
+  deviation_<s> one scale's mean deviation (1 - cos(f, r) averaged over positions), every scale
   knn           k-NN cosine distance of the final embedding to the normal training set
   pixel_knn     the same on raw, mean-centred pixels: the floor a learned score must clear
 """
@@ -32,7 +33,8 @@ def compute_scores(config: ml_collections.ConfigDict, split: protocols.ADSplit,
   scales, weights = stage2.detector_scales(config), stage2.scale_weights(config)
   batch, k = config.evaluate.batch_size, config.evaluate.knn_k
   all_scales = tuple(config.memory.scales)
-  test = stage2.read_frozen(model, s1.state, split.test_images, all_scales, kind, batch)
+  test = stage2.read_frozen(model, s1.state, split.test_images, all_scales, kind, batch,
+                            input_scales=scales)
   normal = ~split.train_is_anomaly
   bank = stage2.read_frozen(model, s1.state, split.train_images[normal], (), kind, batch,
                             maps=False)["embedding"]
@@ -40,15 +42,15 @@ def compute_scores(config: ml_collections.ConfigDict, split: protocols.ADSplit,
                                batch)
   scores = {
       "mscm": stage2.combine(per_scale, s2.norm["mscm"], weights),
-      "deviation": stage2.combine(test["deviation"], s2.norm["deviation"], weights),
+      "deviation": stage2.combine(test["deviation"], s2.norm["deviation"],
+                                  stage2.deviation_weights(config)),
       "knn": knn.knn_scores(bank, test["embedding"], k=min(k, len(bank))),
       "pixel_knn": knn.knn_scores(split.train_images[normal], split.test_images,
                                   k=min(k, int(normal.sum())), center=True),
   }
   scores.update({f"mscm_{s}": v for s, v in per_scale.items()})
   scores.update({f"deviation_{s}": v for s, v in test["deviation"].items()})
-  maps = {s: (test["inputs"][s] if kind != "difference" else None) for s in all_scales}
-  return {"scores": scores, "maps": {s: m[..., 0] for s, m in maps.items() if m is not None}}
+  return {"scores": scores, "maps": test["maps"]}
 
 
 def score_metrics(scores: dict[str, np.ndarray], is_anomaly: np.ndarray) -> dict[str, Any]:

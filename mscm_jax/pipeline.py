@@ -129,7 +129,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   s2 = stage2.train(config, split, workdir, mesh, s1)
   seconds["stage2"] = time.time() - t
   summary["stage2"] = {"steps": s2.steps, "scales": list(stage2.detector_scales(config)),
-                       "weights": stage2.scale_weights(config), "norm": s2.norm}
+                       "weights": stage2.scale_weights(config),
+                       "deviation_scales": list(stage2.deviation_weights(config)),
+                       "norm": s2.norm}
   if config.stop_after == "stage2":
     return _finish(workdir, summary, seconds, "stage2")
 

@@ -51,6 +51,12 @@ def scale_weights(config: ml_collections.ConfigDict) -> dict[str, float]:
   return dict(zip(scales, (float(w) for w in weights), strict=True))
 
 
+def deviation_weights(config: ml_collections.ConfigDict) -> dict[str, float]:
+  """Equal weights over the scales of the training-free score (measured: its best scale
+  is not always one the detector does best on, so the two sets are separate fields)."""
+  return {s: 1.0 for s in (config.stage2.deviation_scales or detector_scales(config))}
+
+
 def frozen_model(config: ml_collections.ConfigDict) -> AnoMem:
   """The stage-1 model as stage 2 reads it (retrieval top-k possibly overridden)."""
   top_k = config.stage2.top_k
@@ -64,25 +70,29 @@ def map_kind(kind: str) -> str:
 
 def read_frozen(model: AnoMem, state: stage1.TrainState, images: np.ndarray,
                 scales: Sequence[str], kind: str = "cosine", batch_size: int = 500,
-                maps: bool = True) -> dict[str, Any]:
-  """One eval-mode pass over `images` (padded batches) giving, per scale,
-  'inputs': the detector input [N, h, w, 1 or C] (when `maps`),
-  'deviation': the training-free score, the mean of the `map_kind` map [N],
-  and 'embedding': [N, C], the final embedding.
+                maps: bool = True, input_scales: Sequence[str] | None = None) -> dict[str, Any]:
+  """One eval-mode pass over `images` (padded batches) giving
+  'deviation': {scale: [N]} the training-free score, the mean of the `map_kind` map;
+  'maps': {scale: [N, h, w]} those maps and 'inputs': {scale: [N, h, w, 1 or C]} the
+  detector inputs at `input_scales` (default: `scales`), both only when `maps`;
+  'embedding': [N, C], the final embedding.
   """
-  missing = [s for s in scales if s not in model.memory_scales]
+  input_scales = tuple(scales if input_scales is None else input_scales)
+  missing = [s for s in set(scales) | set(input_scales) if s not in model.memory_scales]
   if missing:
-    raise ValueError(f"scales {missing} have no memory (memory.scales="
+    raise ValueError(f"scales {sorted(missing)} have no memory (memory.scales="
                      f"{tuple(model.memory_scales)})")
 
   def select(out):
     f, r = out["features"], out["readout"]
-    result = {"embedding": out["embedding"].astype(jnp.float32), "deviation": {}}
+    result = {"embedding": out["embedding"].astype(jnp.float32), "deviation": {}, "maps": {}}
     for s in scales:
       d = deviation_input(f[s], r[s], map_kind(kind))
       result["deviation"][s] = jnp.mean(d, axis=(1, 2, 3))
+      if maps:
+        result["maps"][s] = d[..., 0]
     if maps:
-      result["inputs"] = {s: deviation_input(f[s], r[s], kind) for s in scales}
+      result["inputs"] = {s: deviation_input(f[s], r[s], kind) for s in input_scales}
     return result
 
   out = stage1.frozen_outputs(model, state, images, select, batch_size)
@@ -94,8 +104,7 @@ def deviation_maps(model: AnoMem, state: stage1.TrainState, images: np.ndarray,
                    scales: Sequence[str], kind: str = "cosine",
                    batch_size: int = 500) -> dict[str, np.ndarray]:
   """{scale: [N, h, w]}: the deviation map (1 - cos, or ||f - r||^2) of every image."""
-  return {s: m[..., 0] for s, m in read_frozen(model, state, images, scales, map_kind(kind),
-                                                batch_size)["inputs"].items()}
+  return read_frozen(model, state, images, scales, kind, batch_size, input_scales=())["maps"]
 
 
 # ------------------------------------------------------------------ detector state
@@ -265,8 +274,9 @@ def train(config: ml_collections.ConfigDict, split: protocols.ADSplit, workdir: 
   n_fit = int(fit.sum())
   logging.info("Stage 2: deviation maps (%s) at %s for %d training images", s2.deviation,
                ", ".join(scales), split.n_train)
-  frozen = read_frozen(frozen_model(config), s1.state, split.train_images, scales,
-                      s2.deviation, config.evaluate.batch_size)
+  frozen = read_frozen(frozen_model(config), s1.state, split.train_images,
+                      tuple(config.memory.scales), s2.deviation, config.evaluate.batch_size,
+                      input_scales=scales)
   maps = frozen["inputs"]
   detector = build_detector(config)
   total, per_epoch = num_steps(config, n_fit)

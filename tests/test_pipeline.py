@@ -77,9 +77,14 @@ def test_changed_stage2_config_reuses_stage1(finished_run, tmp_path):
   c = config.copy_and_resolve_references()
   c.stage2.scales = ("pooled",)
   c.stage2.deviation = "euclidean"
+  c.stage2.deviation_scales = ("res3",)
   out = pipeline.run(c, str(tmp_path))
   assert out["stage1"]["steps"] == 6 and out["stage2"]["scales"] == ["pooled"]
+  assert out["stage2"]["deviation_scales"] == ["res3"]
   assert "mscm_res3" not in out["scores"] and "deviation_res3" in out["scores"]
+  # one scale: `deviation` is a monotone transform of that scale's score
+  assert out["scores"]["deviation"] == out["scores"]["deviation_res3"]
+  assert out["scores"]["mscm"] == out["scores"]["mscm_pooled"]
 
 
 def test_stop_after_stage2_leaves_no_results(tmp_path):

@@ -34,6 +34,9 @@ def test_maps_and_training_free_scores(frozen):
   images = np.random.default_rng(0).integers(0, 256, (7, 16, 16, 3), dtype=np.uint8)
   out = stage2.read_frozen(model, state, images, ("res3", "pooled"), batch_size=4)
   maps = out["inputs"]
+  np.testing.assert_array_equal(out["maps"]["res3"], maps["res3"][..., 0])
+  only = stage2.read_frozen(model, state, images, ("res3", "pooled"), input_scales=("pooled",))
+  assert set(only["inputs"]) == {"pooled"} and set(only["deviation"]) == {"res3", "pooled"}
   assert maps["res3"].shape == (7, 4, 4, 1) and maps["pooled"].shape == (7, 1, 1, 1)
   assert out["embedding"].shape == (7, 16)
   assert ((maps["res3"] >= 0) & (maps["res3"] <= 2)).all()
