@@ -5,8 +5,9 @@ Run (CPU preset; needs a prepared tfds `cifar100`):
       --config=configs/cifar100_oneclass.py:cpu --config.dataset.normal_class=0 \
       --workdir=workdirs/c100_sc0
 
-Expected result: stages 1-2 are not implemented yet; not measured here (this machine has
-no prepared CIFAR-100).
+Expected result: not measured (this project's machines have no prepared CIFAR-100). The
+code path is the CIFAR-10 one with `label_key='coarse_label'`; see cifar10_oneclass.py for
+what the `:cpu` preset gives there.
 """
 
 from mscm_jax import config as config_lib
