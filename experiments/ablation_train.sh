@@ -8,11 +8,13 @@
 set -u
 root=${1:?usage: ablation_train.sh ROOT [PYTHON]}
 py=${2:-python}
+# Each variant names its memory settings in full: the runs used the preset as it was then
+# (branch / contrastive); the preset now holds the winner, `codebook`.
 declare -A variant=(
-  [contrastive]=""                                    # branch memories, per-scale NT-Xent
-  [codebook]="--config.memory.train=codebook"         # branch memories, k-means-like loss
-  [alignment]="--config.loss.alignment_weight=1.0"    # contrastive + ||sg(f) - r||^2
-  [replace]="--config.memory.mode=replace"            # the encoder reads the memory
+  [contrastive]="--config.memory.mode=branch"   # branch memories, per-scale NT-Xent
+  [codebook]="--config.memory.mode=branch --config.memory.train=codebook"  # k-means-like loss
+  [alignment]="--config.memory.mode=branch --config.loss.alignment_weight=1.0"  # + ||sg(f) - r||^2
+  [replace]="--config.memory.mode=replace"      # the encoder reads the memory (the paper)
 )
 for seed in ${SEEDS:-0 1}; do
   for cls in ${CLASSES:-1 3}; do
