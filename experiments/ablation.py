@@ -117,6 +117,14 @@ def table(records: list[dict]) -> str:
     vals = [np.mean([r["auroc"][k] for r in rs if k in r["auroc"]])
             if any(k in r["auroc"] for r in rs) else float("nan") for k in extra]
     lines.append(f"| {train} | {variant} | " + " | ".join(f"{v:.3f}" for v in vals) + " |")
+  per_run = ["mscm", "deviation", "knn", "pixel_knn", "deviation_res3", "deviation_res4",
+             "deviation_pooled", "mscm_res3", "mscm_res4", "mscm_pooled"]
+  lines += ["", "Every run, evaluation variant `default`:", "",
+            "| run | stage-1 probe | " + " | ".join(per_run) + " |",
+            "|" + "---|" * (len(per_run) + 2)]
+  for r in sorted((r for r in records if r["variant"] == "default"), key=lambda r: r["run"]):
+    lines.append(f"| {r['run']} | {r['probe']:.3f} | "
+                 + " | ".join(f"{r['auroc'][k]:.3f}" for k in per_run) + " |")
   return "\n".join(lines)
 
 
