@@ -139,7 +139,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   logging.info("Evaluation: every score on the %d test images", split.n_test)
   out = evaluate.compute_scores(config, split, s1, s2)
   summary["scores"] = evaluate.score_metrics(out["scores"], split.test_is_anomaly)
-  evaluate.write_results(workdir, summary, out["scores"], split.test_is_anomaly)
   if config.evaluate.report:
     from mscm_jax import report  # pylint: disable=g-import-not-at-top
     paths = report.write_report(os.path.join(workdir, "report"), out["scores"],
