@@ -98,20 +98,7 @@ class AnoMemDetector:
 
   def scores(self, images: Any) -> dict[str, np.ndarray]:
     """{'mscm', 'mscm_<scale>', 'deviation', 'deviation_<scale>': [N]} for every image."""
-    x = self._check(images)
-    c = self.config
-    scales, weights = stage2.detector_scales(c), stage2.scale_weights(c)
-    out = stage2.read_frozen(stage2.frozen_model(c), self._s1.state, x,
-                             tuple(c.memory.scales), c.stage2.deviation,
-                             c.evaluate.batch_size, input_scales=scales)
-    per_scale = stage2.distances(self._s2.detector, self._s2.state, out["inputs"],
-                                 c.evaluate.batch_size)
-    result = {"mscm": stage2.combine(per_scale, self._s2.norm["mscm"], weights),
-              "deviation": stage2.combine(out["deviation"], self._s2.norm["deviation"],
-                                          stage2.deviation_weights(c))}
-    result.update({f"mscm_{s}": v for s, v in per_scale.items()})
-    result.update({f"deviation_{s}": v for s, v in out["deviation"].items()})
-    return result
+    return stage2.method_scores(self.config, self._s1, self._s2, self._check(images))[0]
 
   def deviation_maps(self, images: Any) -> dict[str, np.ndarray]:
     """{scale: [N, h, w]} deviation maps (1 - cos(f, r) by default) of every memory scale."""

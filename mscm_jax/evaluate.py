@@ -29,27 +29,14 @@ HEADLINE = ("mscm", "deviation", "knn", "pixel_knn")
 def compute_scores(config: ml_collections.ConfigDict, split: protocols.ADSplit,
                    s1: stage1.Stage1Result, s2: stage2.Stage2Result) -> dict[str, Any]:
   """{'scores': {name: [M] float64}, 'maps': {scale: [M, h, w] deviation maps}}."""
-  model, kind = stage2.frozen_model(config), config.stage2.deviation
-  scales, weights = stage2.detector_scales(config), stage2.scale_weights(config)
   batch, k = config.evaluate.batch_size, config.evaluate.knn_k
-  all_scales = tuple(config.memory.scales)
-  test = stage2.read_frozen(model, s1.state, split.test_images, all_scales, kind, batch,
-                            input_scales=scales)
+  scores, test = stage2.method_scores(config, s1, s2, split.test_images)
   normal = ~split.train_is_anomaly
-  bank = stage2.read_frozen(model, s1.state, split.train_images[normal], (), kind, batch,
-                            maps=False)["embedding"]
-  per_scale = stage2.distances(s2.detector, s2.state, {s: test["inputs"][s] for s in scales},
-                               batch)
-  scores = {
-      "mscm": stage2.combine(per_scale, s2.norm["mscm"], weights),
-      "deviation": stage2.combine(test["deviation"], s2.norm["deviation"],
-                                  stage2.deviation_weights(config)),
-      "knn": knn.knn_scores(bank, test["embedding"], k=min(k, len(bank))),
-      "pixel_knn": knn.knn_scores(split.train_images[normal], split.test_images,
-                                  k=min(k, int(normal.sum())), center=True),
-  }
-  scores.update({f"mscm_{s}": v for s, v in per_scale.items()})
-  scores.update({f"deviation_{s}": v for s, v in test["deviation"].items()})
+  bank = stage2.read_frozen(stage2.frozen_model(config), s1.state, split.train_images[normal],
+                            (), batch_size=batch, maps=False)["embedding"]
+  scores["knn"] = knn.knn_scores(bank, test["embedding"], k=min(k, len(bank)))
+  scores["pixel_knn"] = knn.knn_scores(split.train_images[normal], split.test_images,
+                                       k=min(k, int(normal.sum())), center=True)
   return {"scores": scores, "maps": test["maps"]}
 
 

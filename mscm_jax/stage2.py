@@ -303,6 +303,22 @@ def train(config: ml_collections.ConfigDict, split: protocols.ADSplit, workdir: 
   return Stage2Result(res.state, detector, res.step, norm, time.time() - t_start)
 
 
+def method_scores(config: ml_collections.ConfigDict, s1: stage1.Stage1Result,
+                  s2: Stage2Result, images: np.ndarray) -> tuple[dict[str, np.ndarray], dict]:
+  """The method's scores of `images`: 'mscm', 'deviation' and each scale's; also the
+  frozen pass (maps, embedding) they came from. One definition for evaluation and the API."""
+  c = config
+  out = read_frozen(frozen_model(c), s1.state, images, tuple(c.memory.scales),
+                    c.stage2.deviation, c.evaluate.batch_size,
+                    input_scales=detector_scales(c))
+  per_scale = distances(s2.detector, s2.state, out["inputs"], c.evaluate.batch_size)
+  scores = {"mscm": combine(per_scale, s2.norm["mscm"], scale_weights(c)),
+            "deviation": combine(out["deviation"], s2.norm["deviation"], deviation_weights(c))}
+  scores.update({f"mscm_{s}": v for s, v in per_scale.items()})
+  scores.update({f"deviation_{s}": v for s, v in out["deviation"].items()})
+  return scores, out
+
+
 def load_finished(config: ml_collections.ConfigDict, workdir: str, image_shape: Sequence[int],
                   mesh) -> Stage2Result:
   """The finished stage-2 state of `workdir` without any data (the Python API's path)."""
