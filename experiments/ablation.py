@@ -39,6 +39,7 @@ VARIANTS = {
     "shrink": {"memory.shrink_threshold": 0.02},  # MemAE shrinkage, about 1/N for N = 64
     "euclidean": {"stage2.deviation": "euclidean"},  # maps off the unit sphere
     "difference": {"stage2.deviation": "difference"},  # the detector sees f - r itself
+    "joined": {"stage2.deviation": "cosine+difference"},  # one detector for each (detector_sweep)
 }
 RUN = re.compile(r"(?P<train>[a-z0-9]+)_c(?P<cls>\d+)_s(?P<seed>\d+)$")
 
@@ -72,17 +73,14 @@ def evaluate_run(workdir: str, variants: list[str], out_path: str, done: set) ->
     out = evaluate.compute_scores(c, split, s1, s2)
     labels = split.test_is_anomaly.astype(int)
     aurocs = {k: metrics.auroc(v, labels) for k, v in out["scores"].items()}
-    scales = stage2.detector_scales(c)
-    for r in range(1, len(scales)):
-      for subset in itertools.combinations(scales, r):
-        w = {s: 1.0 for s in subset}
-        tag = "+".join(subset)
-        aurocs[f"mscm[{tag}]"] = metrics.auroc(
-            stage2.combine({s: out["scores"][f"mscm_{s}"] for s in subset}, s2.norm["mscm"], w),
-            labels)
-        aurocs[f"deviation[{tag}]"] = metrics.auroc(
-            stage2.combine({s: out["scores"][f"deviation_{s}"] for s in subset},
-                           s2.norm["deviation"], w), labels)
+    groups = {"mscm": list(stage2.detectors(c)),  # detector names: the scales, one kind
+              "deviation": list(stage2.detector_scales(c))}
+    for score, names in groups.items():
+      for r in range(1, len(names)):
+        for subset in itertools.combinations(names, r):
+          aurocs[f"{score}[{'+'.join(subset)}]"] = metrics.auroc(stage2.combine(
+              {s: out["scores"][f"{score}_{s}"] for s in subset}, s2.norm[score],
+              dict.fromkeys(subset, 1.0)), labels)
     record = {"run": key[0], "train": m["train"], "class": int(m["cls"]),
               "seed": int(m["seed"]), "variant": name, "probe": s1.probe_auroc,
               "seconds": round(time.time() - t, 1), "auroc": aurocs}

@@ -97,11 +97,13 @@ class AnoMemDetector:
     return self.scores(images)["mscm"]
 
   def scores(self, images: Any) -> dict[str, np.ndarray]:
-    """{'mscm', 'mscm_<scale>', 'deviation', 'deviation_<scale>': [N]} for every image."""
+    """{'mscm', 'mscm_<detector>', 'deviation', 'deviation_<scale>': [N]} for every image
+    (a detector is named by its scale, or scale_kind when stage2.deviation joins kinds)."""
     return stage2.method_scores(self.config, self._s1, self._s2, self._check(images))[0]
 
   def deviation_maps(self, images: Any) -> dict[str, np.ndarray]:
-    """{scale: [N, h, w]} deviation maps (1 - cos(f, r) by default) of every memory scale."""
+    """{scale: [N, h, w]} deviation maps (1 - cos(f, r) unless stage2.deviation is
+    'euclidean') of every memory scale."""
     x = self._check(images)
     c = self.config
     return stage2.deviation_maps(stage2.frozen_model(c), self._s1.state, x,

@@ -104,7 +104,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.stage2.scales = ()  # scales that feed the detector; () = every memory scale
   c.stage2.weights = ()  # w_s of the combined score, one per stage2 scale; () = all 1
   c.stage2.deviation_scales = ()  # scales summed in the training-free `deviation`; () = scales
-  c.stage2.deviation = "cosine"  # 1 - cos(f, r) map | "euclidean" ||f - r||^2 map | "difference"
+  # Detector input: "cosine" 1 - cos(f, r) map | "euclidean" ||f - r||^2 / C map |
+  # "difference" the tensor f - r; "+"-joined kinds (e.g. "cosine+difference") give every
+  # scale one detector per kind, all summed into `mscm`.
+  c.stage2.deviation = "cosine"
   c.stage2.top_k = -1  # retrieval when reading the maps: -1 = as trained, 0 = soft over all
   c.stage2.widths = (16, 32)
   c.stage2.out_dim = 32
@@ -152,6 +155,10 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str | None) -> ml_collect
     c.memory.mode = "branch"
     c.memory.train = "codebook"
     c.stage2.deviation_scales = ("pooled",)
+    # The detector sweep (experiments/results/detector_sweep.md): a detector on the 1 - cos
+    # maps alone ranked airplane backwards (0.48), one on f - r alone failed cat (0.52);
+    # both, one detector each per scale, was above pixel_knn in all 6 runs (mean 0.61).
+    c.stage2.deviation = "cosine+difference"
     c.memory.num_prototypes = 64
     c.memory.proto_dim = 64
     c.loss.temperature = 0.2
@@ -252,7 +259,11 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if s2.weights and (len(s2.weights) != n_scales or min(s2.weights) < 0):
     raise ConfigError(f"stage2.weights={tuple(s2.weights)} needs {n_scales} non-negative "
                       "numbers, one per stage-2 scale")
-  _check_choice("stage2.deviation", s2.deviation, DEVIATIONS)
+  kinds = s2.deviation.split("+")
+  for kind in kinds:
+    _check_choice("stage2.deviation entry", kind, DEVIATIONS)
+  if len(set(kinds)) != len(kinds):
+    raise ConfigError(f"stage2.deviation={s2.deviation!r} names a kind twice")
   if s2.top_k < -1 or c.memory.top_k < 0:
     raise ConfigError("memory.top_k must be >= 0 and stage2.top_k >= -1")
   _check_range("stage2.holdout_fraction", s2.holdout_fraction, 0.0, 0.5)

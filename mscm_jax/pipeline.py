@@ -128,8 +128,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   t = time.time()
   s2 = stage2.train(config, split, workdir, mesh, s1)
   seconds["stage2"] = time.time() - t
-  summary["stage2"] = {"steps": s2.steps, "scales": list(stage2.detector_scales(config)),
-                       "weights": stage2.scale_weights(config),
+  detectors = {name: list(v) for name, v in stage2.detectors(config).items()}
+  summary["stage2"] = {"steps": s2.steps, "detectors": detectors,
+                       "weights": stage2.detector_weights(config),
                        "deviation_scales": list(stage2.deviation_weights(config)),
                        "norm": s2.norm}
   if config.stop_after == "stage2":

@@ -1,14 +1,15 @@
 """Stage 2: deviation maps of the frozen stage-1 model and the anomaly distance detector.
 
 Per scale s the detector input is the map D_s(h, w) = 1 - cos(f_s(h, w), r_s(h, w))
-between a feature and the prototype retrieved for it (or ||f - r||^2, or f - r itself);
-its spatial mean is the training-free `deviation` score. A small bias-free CNN per scale
-maps D_s to phi_s, trained in the Deep SVDD form (one-class) or Deep SAD form
-(unbalanced) towards a centre c_s fixed from the initial mean (SPEC section 3). All
-scales train in one separately jitted, sharded step; the state is checkpointed in
-`workdir/stage2/` by the loop stage 1 uses. A random `holdout_fraction` of the normal
-training images is kept out of the fit and sets each scale's score spread, so scores
-of different scales can be summed.
+between a feature and the prototype retrieved for it (or ||f - r||^2, or f - r itself,
+or several of these: `stage2.deviation="cosine+difference"` gives each scale one
+detector per kind); the map's spatial mean is the training-free `deviation` score. A
+small bias-free CNN per detector maps its input to phi, trained in the Deep SVDD form
+(one-class) or Deep SAD form (unbalanced) towards a centre c fixed from the initial mean
+(SPEC section 3). All detectors train in one separately jitted, sharded step; the state
+is checkpointed in `workdir/stage2/` by the loop stage 1 uses. A random
+`holdout_fraction` of the normal training images is kept out of the fit and sets each
+detector's score spread, so the scores can be summed.
 """
 
 from __future__ import annotations
@@ -45,10 +46,27 @@ def detector_scales(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   return tuple(config.stage2.scales or config.memory.scales)
 
 
-def scale_weights(config: ml_collections.ConfigDict) -> dict[str, float]:
+def detector_inputs(scales: Sequence[str], deviation: str) -> dict[str, tuple[str, str]]:
+  """{detector name: (scale, input kind)}: one detector per scale and `+`-joined kind.
+
+  A single kind names each detector by its scale alone, as before kinds could be joined.
+  """
+  kinds = deviation.split("+")
+  if len(kinds) == 1:
+    return {s: (s, kinds[0]) for s in scales}
+  return {f"{s}_{k}": (s, k) for s in scales for k in kinds}
+
+
+def detectors(config: ml_collections.ConfigDict) -> dict[str, tuple[str, str]]:
+  return detector_inputs(detector_scales(config), config.stage2.deviation)
+
+
+def detector_weights(config: ml_collections.ConfigDict) -> dict[str, float]:
+  """w_s of each detector's scale (stage2.weights, one per stage-2 scale; default 1)."""
   scales = detector_scales(config)
   weights = tuple(config.stage2.weights) or (1.0,) * len(scales)
-  return dict(zip(scales, (float(w) for w in weights), strict=True))
+  by_scale = dict(zip(scales, (float(w) for w in weights), strict=True))
+  return {name: by_scale[s] for name, (s, _) in detectors(config).items()}
 
 
 def deviation_weights(config: ml_collections.ConfigDict) -> dict[str, float]:
@@ -63,22 +81,27 @@ def frozen_model(config: ml_collections.ConfigDict) -> AnoMem:
   return stage1.build_model(config, top_k=None if top_k < 0 else top_k)
 
 
-def map_kind(kind: str) -> str:
-  """The map behind the training-free score: the detector's input, or 1 - cos for f - r."""
-  return "cosine" if kind == "difference" else kind
+def map_kind(deviation: str) -> str:
+  """The map behind the training-free score and the heat maps: the first of the
+  detector's input kinds that is a map (1 - cos when the only kind is f - r)."""
+  maps = [k for k in deviation.split("+") if k != "difference"]
+  return maps[0] if maps else "cosine"
 
 
 def read_frozen(model: AnoMem, state: stage1.TrainState, images: np.ndarray,
                 scales: Sequence[str], kind: str = "cosine", batch_size: int = 500,
-                maps: bool = True, input_scales: Sequence[str] | None = None) -> dict[str, Any]:
+                maps: bool = True,
+                inputs: dict[str, tuple[str, str]] | None = None) -> dict[str, Any]:
   """One eval-mode pass over `images` (padded batches) giving
   'deviation': {scale: [N]} the training-free score, the mean of the `map_kind` map;
-  'maps': {scale: [N, h, w]} those maps and 'inputs': {scale: [N, h, w, 1 or C]} the
-  detector inputs at `input_scales` (default: `scales`), both only when `maps`;
+  'maps': {scale: [N, h, w]} those maps and 'inputs': {detector: [N, h, w, 1 or C]} the
+  detector inputs named by `inputs` ({name: (scale, kind)}; default: every scale with
+  `kind`), both only when `maps`;
   'embedding': [N, C], the final embedding.
   """
-  input_scales = tuple(scales if input_scales is None else input_scales)
-  missing = [s for s in set(scales) | set(input_scales) if s not in model.memory_scales]
+  inputs = detector_inputs(scales, kind) if inputs is None else dict(inputs)
+  wanted = set(scales) | {s for s, _ in inputs.values()}
+  missing = [s for s in wanted if s not in model.memory_scales]
   if missing:
     raise ValueError(f"scales {sorted(missing)} have no memory (memory.scales="
                      f"{tuple(model.memory_scales)})")
@@ -92,7 +115,8 @@ def read_frozen(model: AnoMem, state: stage1.TrainState, images: np.ndarray,
       if maps:
         result["maps"][s] = d[..., 0]
     if maps:
-      result["inputs"] = {s: deviation_input(f[s], r[s], kind) for s in input_scales}
+      result["inputs"] = {name: deviation_input(f[s], r[s], k)
+                          for name, (s, k) in inputs.items()}
     return result
 
   out = stage1.frozen_outputs(model, state, images, select, batch_size)
@@ -103,8 +127,8 @@ def read_frozen(model: AnoMem, state: stage1.TrainState, images: np.ndarray,
 def deviation_maps(model: AnoMem, state: stage1.TrainState, images: np.ndarray,
                    scales: Sequence[str], kind: str = "cosine",
                    batch_size: int = 500) -> dict[str, np.ndarray]:
-  """{scale: [N, h, w]}: the deviation map (1 - cos, or ||f - r||^2) of every image."""
-  return read_frozen(model, state, images, scales, kind, batch_size, input_scales=())["maps"]
+  """{scale: [N, h, w]}: the deviation map (`map_kind(kind)`) of every image."""
+  return read_frozen(model, state, images, scales, kind, batch_size, inputs={})["maps"]
 
 
 # ------------------------------------------------------------------ detector state
@@ -112,12 +136,13 @@ def deviation_maps(model: AnoMem, state: stage1.TrainState, images: np.ndarray,
 
 @flax.struct.dataclass
 class DetectorState:
-  """The stage-2 pytree orbax saves: one detector and one fixed centre per scale."""
+  """The stage-2 pytree orbax saves: one detector and one fixed centre per detector name
+  (the scale, or scale_kind when stage2.deviation joins several kinds)."""
 
   step: jax.Array  # int32 scalar
-  params: Any  # {scale: detector params}
-  centers: Any  # {scale: [out_dim]}, fixed after init
-  input_scale: Any  # {scale: scalar}: maps are divided by their std on normal fit data
+  params: Any  # {detector: params}
+  centers: Any  # {detector: [out_dim]}, fixed after init
+  input_scale: Any  # {detector: scalar}: inputs are divided by their std on normal fit data
   opt_state: Any
   rng: jax.Array  # uint32[2]
 
@@ -153,9 +178,9 @@ def holdout_rows(is_anomaly: np.ndarray, fraction: float, seed: int) -> np.ndarr
 
 def phi(detector: DistanceDetector, params: dict[str, Any], maps: dict[str, jax.Array],
         input_scale: dict[str, Any]):
-  """Each scale's detector outputs on its maps, divided by that scale's input std.
+  """Each detector's outputs on its inputs, divided by that detector's input std.
 
-  The network is bias-free, so the division only rescales phi; it puts every scale's
+  The network is bias-free, so the division only rescales phi; it puts every detector's
   distances near 1 at the start, where Deep SAD's eta / d term is well conditioned
   (without it the labelled anomalies' term dominated and inflated all distances).
   """
@@ -186,7 +211,7 @@ def init_state(config: ml_collections.ConfigDict, detector: DistanceDetector, tx
 
 def make_train_step(config: ml_collections.ConfigDict, detector: DistanceDetector, tx,
                     schedule, n_fit: int, mesh) -> Callable:
-  """One jitted, sharded step over every scale (their parameters are disjoint)."""
+  """One jitted, sharded step over every detector (their parameters are disjoint)."""
   s2 = config.stage2
   batch_size, unbalanced = s2.batch_size, config.setting == "unbalanced"
   data_spec, repl = sharding.data_sharding(mesh), sharding.replicated(mesh)
@@ -225,7 +250,7 @@ def make_train_step(config: ml_collections.ConfigDict, detector: DistanceDetecto
 
 def distances(detector: DistanceDetector, state: DetectorState,
               maps: dict[str, np.ndarray], batch_size: int = 500) -> dict[str, np.ndarray]:
-  """{scale: ||phi_s - c_s||^2 per image}: each scale's detector score, float64."""
+  """{detector: ||phi - c||^2 per image}: each detector's score, float64."""
   fn = jax.jit(lambda m: {s: losses.svdd_distance(o["phi"], state.centers[s])
                           for s, o in phi(detector, state.params, m,
                                           state.input_scale).items()})
@@ -235,7 +260,7 @@ def distances(detector: DistanceDetector, state: DetectorState,
 
 
 def spread(values: dict[str, np.ndarray]) -> dict[str, list[float]]:
-  """{scale: [mean, std]} of scores on normal data: what a scale's score is divided by."""
+  """{name: [mean, std]} of scores on normal data: what each score is divided by."""
   return {s: [float(np.mean(v)), float(max(np.std(v), 1e-12))] for s, v in values.items()}
 
 
@@ -253,7 +278,7 @@ class Stage2Result:
   state: DetectorState
   detector: DistanceDetector
   steps: int
-  norm: dict[str, dict[str, list[float]]]  # {'mscm': {scale: [mean, std]}, 'deviation': ...}
+  norm: dict[str, dict[str, list[float]]]  # {'mscm': {detector: [mean, std]}, 'deviation'}
   seconds: float
 
 
@@ -261,7 +286,7 @@ def train(config: ml_collections.ConfigDict, split: protocols.ADSplit, workdir: 
           s1: stage1.Stage1Result, *, stop_after: int | None = None) -> Stage2Result:
   """Trains (or resumes, or loads the finished) stage 2 in `workdir/stage2/`."""
   t_start = time.time()
-  s2, scales = config.stage2, detector_scales(config)
+  s2, inputs = config.stage2, detectors(config)
   if checkpoints.finished_info(os.path.join(workdir, STAGE)) is not None:
     logging.info("Stage 2 already finished: loaded from %s", os.path.join(workdir, STAGE))
     return load_finished(config, workdir, split.train_images.shape[1:], mesh)
@@ -272,11 +297,11 @@ def train(config: ml_collections.ConfigDict, split: protocols.ADSplit, workdir: 
   fit = ~hold
   fit_normal = fit & ~split.train_is_anomaly
   n_fit = int(fit.sum())
-  logging.info("Stage 2: deviation maps (%s) at %s for %d training images", s2.deviation,
-               ", ".join(scales), split.n_train)
+  logging.info("Stage 2: detector inputs %s for %d training images",
+               ", ".join(f"{s} {k}" for s, k in inputs.values()), split.n_train)
   frozen = read_frozen(frozen_model(config), s1.state, split.train_images,
                       tuple(config.memory.scales), s2.deviation, config.evaluate.batch_size,
-                      input_scales=scales)
+                      inputs=inputs)
   maps = frozen["inputs"]
   detector = build_detector(config)
   total, per_epoch = num_steps(config, n_fit)
@@ -305,16 +330,16 @@ def train(config: ml_collections.ConfigDict, split: protocols.ADSplit, workdir: 
 
 def method_scores(config: ml_collections.ConfigDict, s1: stage1.Stage1Result,
                   s2: Stage2Result, images: np.ndarray) -> tuple[dict[str, np.ndarray], dict]:
-  """The method's scores of `images`: 'mscm', 'deviation' and each scale's; also the
-  frozen pass (maps, embedding) they came from. One definition for evaluation and the API."""
+  """The method's scores of `images`: 'mscm' and each detector's, 'deviation' and each
+  scale's; also the frozen pass (maps, embedding) they came from. One definition for
+  evaluation and the API."""
   c = config
   out = read_frozen(frozen_model(c), s1.state, images, tuple(c.memory.scales),
-                    c.stage2.deviation, c.evaluate.batch_size,
-                    input_scales=detector_scales(c))
-  per_scale = distances(s2.detector, s2.state, out["inputs"], c.evaluate.batch_size)
-  scores = {"mscm": combine(per_scale, s2.norm["mscm"], scale_weights(c)),
+                    c.stage2.deviation, c.evaluate.batch_size, inputs=detectors(c))
+  per_detector = distances(s2.detector, s2.state, out["inputs"], c.evaluate.batch_size)
+  scores = {"mscm": combine(per_detector, s2.norm["mscm"], detector_weights(c)),
             "deviation": combine(out["deviation"], s2.norm["deviation"], deviation_weights(c))}
-  scores.update({f"mscm_{s}": v for s, v in per_scale.items()})
+  scores.update({f"mscm_{name}": v for name, v in per_detector.items()})
   scores.update({f"deviation_{s}": v for s, v in out["deviation"].items()})
   return scores, out
 
@@ -326,12 +351,12 @@ def load_finished(config: ml_collections.ConfigDict, workdir: str, image_shape: 
   if info is None:
     raise UserError(f"{workdir}/{STAGE} holds no finished stage 2: run the training first")
   detector = build_detector(config)
-  model, kind = frozen_model(config), config.stage2.deviation
+  model, inputs = frozen_model(config), detectors(config)
 
   def map_shapes(x):
     out = model.apply(model.init(jax.random.PRNGKey(0), x, train=False), x, train=False)
-    return {s: deviation_input(out["features"][s], out["readout"][s], kind)
-            for s in detector_scales(config)}
+    return {name: deviation_input(out["features"][s], out["readout"][s], k)
+            for name, (s, k) in inputs.items()}
 
   shapes = jax.eval_shape(map_shapes, jnp.zeros((1,) + tuple(image_shape), jnp.float32))
   dummy = {s: np.ones(v.shape, np.float32) for s, v in shapes.items()}

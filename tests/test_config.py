@@ -57,6 +57,8 @@ def test_presets_shrink_the_schedule():
     ("augment.jitter_prob", 1.5, "jitter_prob"),
     ("optim.name", "rmsprop", "optim.name"),
     ("train.batch_size", 1, "batch_size"),
+    ("stage2.deviation", "cosine+angle", "stage2.deviation entry"),
+    ("stage2.deviation", "difference+difference", "twice"),
 ])
 def test_validation_names_the_bad_field(field, value, match):
   c = config_lib.base_config()
@@ -64,6 +66,12 @@ def test_validation_names_the_bad_field(field, value, match):
   (c[section] if section else c)[name] = value
   with pytest.raises(ConfigError, match=match):
     config_lib.validate(c)
+
+
+def test_detector_input_kinds_join_with_plus():
+  c = config_lib.base_config()
+  c.stage2.deviation = "cosine+difference"
+  assert config_lib.validate(c).stage2.deviation == "cosine+difference"
 
 
 def test_codebook_training_needs_branch_mode():

@@ -79,7 +79,8 @@ def test_changed_stage2_config_reuses_stage1(finished_run, tmp_path):
   c.stage2.deviation = "euclidean"
   c.stage2.deviation_scales = ("res3",)
   out = pipeline.run(c, str(tmp_path))
-  assert out["stage1"]["steps"] == 6 and out["stage2"]["scales"] == ["pooled"]
+  assert out["stage1"]["steps"] == 6
+  assert out["stage2"]["detectors"] == {"pooled": ["pooled", "euclidean"]}
   assert out["stage2"]["deviation_scales"] == ["res3"]
   assert "mscm_res3" not in out["scores"] and "deviation_res3" in out["scores"]
   # one scale: `deviation` is a monotone transform of that scale's score

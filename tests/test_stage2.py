@@ -35,7 +35,8 @@ def test_maps_and_training_free_scores(frozen):
   out = stage2.read_frozen(model, state, images, ("res3", "pooled"), batch_size=4)
   maps = out["inputs"]
   np.testing.assert_array_equal(out["maps"]["res3"], maps["res3"][..., 0])
-  only = stage2.read_frozen(model, state, images, ("res3", "pooled"), input_scales=("pooled",))
+  only = stage2.read_frozen(model, state, images, ("res3", "pooled"),
+                           inputs=stage2.detector_inputs(("pooled",), "cosine"))
   assert set(only["inputs"]) == {"pooled"} and set(only["deviation"]) == {"res3", "pooled"}
   assert maps["res3"].shape == (7, 4, 4, 1) and maps["pooled"].shape == (7, 1, 1, 1)
   assert out["embedding"].shape == (7, 16)
@@ -50,6 +51,11 @@ def test_maps_and_training_free_scores(frozen):
   diff = stage2.read_frozen(model, state, images, ("res3",), kind="difference")
   assert diff["inputs"]["res3"].shape == (7, 4, 4, 16)
   np.testing.assert_allclose(diff["deviation"]["res3"], out["deviation"]["res3"], rtol=1e-5)
+  both = stage2.read_frozen(model, state, images, ("res3",), kind="cosine+difference")
+  assert set(both["inputs"]) == {"res3_cosine", "res3_difference"}
+  np.testing.assert_array_equal(both["inputs"]["res3_cosine"], maps["res3"])
+  np.testing.assert_array_equal(both["inputs"]["res3_difference"], diff["inputs"]["res3"])
+  np.testing.assert_array_equal(both["maps"]["res3"], out["maps"]["res3"])
   euclid = stage2.deviation_maps(model, state, images, ("res3",), kind="euclidean")["res3"]
   f, r = ref["features"]["res3"], ref["readout"]["res3"]
   np.testing.assert_allclose(euclid[:2], np.mean(np.square(f - r), axis=-1), rtol=1e-4)
@@ -226,3 +232,32 @@ def test_top_k_one_retrieves_the_nearest_prototype(frozen):
   soft = model.apply({"params": state.params, "batch_stats": state.batch_stats},
                      augment.to_float(images), train=False)["attention"]["res3"]
   np.testing.assert_array_equal(np.argmax(a, -1), np.argmax(soft, -1))
+
+
+def test_joined_kinds_train_one_detector_per_scale_and_kind(tmp_path):
+  c = _config(**{"stage2.epochs": 1, "stage2.batch_size": 8,
+                 "stage2.deviation": "cosine+difference", "stage2.weights": (1.0, 3.0)})
+  assert stage2.detectors(c) == {"res3_cosine": ("res3", "cosine"),
+                                 "res3_difference": ("res3", "difference"),
+                                 "pooled_cosine": ("pooled", "cosine"),
+                                 "pooled_difference": ("pooled", "difference")}
+  weights = stage2.detector_weights(c)  # each detector takes its scale's weight
+  assert weights["res3_difference"] == 1.0 and weights["pooled_cosine"] == 3.0
+  split = _split()
+  mesh = sharding.make_mesh(1)
+  parts = stage1.components(c, split.n_train, split.train_images.shape[1:], mesh)
+  s1 = stage1.Stage1Result(parts.init_fn(jax.random.PRNGKey(0)), parts.model, 0, None,
+                           None, 0.0)
+  s2 = stage2.train(c, split, str(tmp_path), mesh, s1)
+  assert set(s2.norm["mscm"]) == set(stage2.detectors(c))
+  assert set(s2.norm["deviation"]) == {"res3", "pooled"}
+  scores, out = stage2.method_scores(c, s1, s2, split.test_images)
+  assert out["inputs"]["res3_difference"].shape[-1] > 1
+  assert out["inputs"]["res3_cosine"].shape[-1] == 1
+  per = {name: scores[f"mscm_{name}"] for name in stage2.detectors(c)}
+  np.testing.assert_allclose(scores["mscm"], stage2.combine(per, s2.norm["mscm"], weights))
+  # the training-free score and the heat maps stay 1 - cos when f - r joins the inputs
+  np.testing.assert_allclose(out["maps"]["res3"], out["inputs"]["res3_cosine"][..., 0])
+  loaded = stage2.load_finished(c, str(tmp_path), split.train_images.shape[1:], mesh)
+  again, _ = stage2.method_scores(c, s1, loaded, split.test_images)
+  np.testing.assert_array_equal(again["mscm"], scores["mscm"])
