@@ -61,8 +61,10 @@ VARIANTS = {
     "difference_unit": (_inputs("difference_unit"), {}, 0),
     "difference_channel_std": (_inputs("difference_channel_std"), {}, 0),
     "difference_and_cosine": (_inputs("difference_and_cosine"), {}, 0),  # one detector
+    "similarity": (_inputs("similarity"), {}, 0),  # cos itself: typical inputs are not ~0
     "cosine+difference": (_inputs("cosine+difference"), {}, 0),  # two detectors per scale
-    "cosine+difference_seed1": (_inputs("cosine+difference"), {}, 1),
+    "similarity+difference": (_inputs("similarity+difference"), {}, 0),
+    "similarity+difference_seed1": (_inputs("similarity+difference"), {}, 1),
     "features": (_inputs("features"), {}, 0),  # no memory: Deep SVDD on f itself
 }
 
@@ -111,7 +113,7 @@ def _input(z, part: str, scale: str, kind: str) -> np.ndarray:
   r = jnp.asarray(z[f"{part}_r_{scale}"], jnp.float32)
   if f.ndim == 2:
     f, r = f[:, None, None], r[:, None, None]
-  if kind in ("cosine", "euclidean", "difference"):
+  if kind in ("cosine", "similarity", "euclidean", "difference"):
     return np.asarray(deviation_input(f, r, kind))
   if kind == "cosine_per_image":  # each map standardised on its own: level removed
     d = deviation_input(f, r, "cosine")

@@ -49,13 +49,14 @@ def summary_table(results: dict[str, Any]) -> str:
   """The headline scores, then the per-scale ones, as a fixed-width text table."""
   names = [n for n in HEADLINE if n in results["scores"]]
   names += sorted(n for n in results["scores"] if n not in HEADLINE)
+  w = max(18, max(len(n) for n in names) + 2)  # detector names can be scale_kind
   lines = [f"{results['dataset']} {results['setting']} normal={results['normal_classes']} "
            f"seed={results['seed']}  test: {results['n_test']} images, "
            f"{results['n_test_anomalous']} anomalous",
-           f"{'score':<18}{'AUROC':>8}{'AUPR-in':>9}{'AUPR-out':>10}{'FPR95':>8}"]
+           f"{'score':<{w}}{'AUROC':>8}{'AUPR-in':>9}{'AUPR-out':>10}{'FPR95':>8}"]
   for n in names:
     m = results["scores"][n]
-    lines.append(f"{n:<18}{m['auroc']:>8.4f}{m['aupr_in']:>9.4f}{m['aupr_out']:>10.4f}"
+    lines.append(f"{n:<{w}}{m['auroc']:>8.4f}{m['aupr_in']:>9.4f}{m['aupr_out']:>10.4f}"
                  f"{m['fpr95']:>8.4f}")
   return "\n".join(lines)
 

@@ -82,10 +82,10 @@ def frozen_model(config: ml_collections.ConfigDict) -> AnoMem:
 
 
 def map_kind(deviation: str) -> str:
-  """The map behind the training-free score and the heat maps: the first of the
-  detector's input kinds that is a map (1 - cos when the only kind is f - r)."""
-  maps = [k for k in deviation.split("+") if k != "difference"]
-  return maps[0] if maps else "cosine"
+  """The map behind the training-free score and the heat maps, higher = more deviant:
+  'euclidean' when the detector reads it, else 1 - cos (also for 'similarity', its
+  upside-down twin, and for f - r)."""
+  return "euclidean" if "euclidean" in deviation.split("+") else "cosine"
 
 
 def read_frozen(model: AnoMem, state: stage1.TrainState, images: np.ndarray,

@@ -17,6 +17,9 @@ def test_deviation_input_shapes_and_values():
   np.testing.assert_allclose(dev, 0.0, atol=1e-6)  # retrieved == feature: no deviation
   np.testing.assert_allclose(deviation_input(f, -f), 2.0, atol=1e-6)  # opposite: maximal
   assert deviation_input(f, 2 * f, "difference").shape == (3, 4, 4, 8)
+  r = jnp.asarray(rng.normal(size=(3, 4, 4, 8)), jnp.float32)
+  np.testing.assert_allclose(deviation_input(f, r, "similarity"),
+                             1.0 - deviation_input(f, r, "cosine"), atol=1e-6)
   pooled = deviation_input(f[:, 0, 0], f[:, 0, 0] + 1.0)
   assert pooled.shape == (3, 1, 1, 1)
   np.testing.assert_allclose(deviation_input(f, f + 1.0, "euclidean"), 1.0, rtol=1e-6)

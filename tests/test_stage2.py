@@ -56,6 +56,8 @@ def test_maps_and_training_free_scores(frozen):
   np.testing.assert_array_equal(both["inputs"]["res3_cosine"], maps["res3"])
   np.testing.assert_array_equal(both["inputs"]["res3_difference"], diff["inputs"]["res3"])
   np.testing.assert_array_equal(both["maps"]["res3"], out["maps"]["res3"])
+  assert stage2.map_kind("similarity+difference") == "cosine"  # higher = more deviant
+  assert stage2.map_kind("difference+euclidean") == "euclidean"
   euclid = stage2.deviation_maps(model, state, images, ("res3",), kind="euclidean")["res3"]
   f, r = ref["features"]["res3"], ref["readout"]["res3"]
   np.testing.assert_allclose(euclid[:2], np.mean(np.square(f - r), axis=-1), rtol=1e-4)
@@ -236,13 +238,13 @@ def test_top_k_one_retrieves_the_nearest_prototype(frozen):
 
 def test_joined_kinds_train_one_detector_per_scale_and_kind(tmp_path):
   c = _config(**{"stage2.epochs": 1, "stage2.batch_size": 8,
-                 "stage2.deviation": "cosine+difference", "stage2.weights": (1.0, 3.0)})
-  assert stage2.detectors(c) == {"res3_cosine": ("res3", "cosine"),
+                 "stage2.deviation": "similarity+difference", "stage2.weights": (1.0, 3.0)})
+  assert stage2.detectors(c) == {"res3_similarity": ("res3", "similarity"),
                                  "res3_difference": ("res3", "difference"),
-                                 "pooled_cosine": ("pooled", "cosine"),
+                                 "pooled_similarity": ("pooled", "similarity"),
                                  "pooled_difference": ("pooled", "difference")}
   weights = stage2.detector_weights(c)  # each detector takes its scale's weight
-  assert weights["res3_difference"] == 1.0 and weights["pooled_cosine"] == 3.0
+  assert weights["res3_difference"] == 1.0 and weights["pooled_similarity"] == 3.0
   split = _split()
   mesh = sharding.make_mesh(1)
   parts = stage1.components(c, split.n_train, split.train_images.shape[1:], mesh)
@@ -253,11 +255,12 @@ def test_joined_kinds_train_one_detector_per_scale_and_kind(tmp_path):
   assert set(s2.norm["deviation"]) == {"res3", "pooled"}
   scores, out = stage2.method_scores(c, s1, s2, split.test_images)
   assert out["inputs"]["res3_difference"].shape[-1] > 1
-  assert out["inputs"]["res3_cosine"].shape[-1] == 1
+  assert out["inputs"]["res3_similarity"].shape[-1] == 1
   per = {name: scores[f"mscm_{name}"] for name in stage2.detectors(c)}
   np.testing.assert_allclose(scores["mscm"], stage2.combine(per, s2.norm["mscm"], weights))
-  # the training-free score and the heat maps stay 1 - cos when f - r joins the inputs
-  np.testing.assert_allclose(out["maps"]["res3"], out["inputs"]["res3_cosine"][..., 0])
+  # the training-free score and the heat maps stay 1 - cos (higher = more deviant)
+  np.testing.assert_allclose(out["maps"]["res3"], 1 - out["inputs"]["res3_similarity"][..., 0],
+                             atol=1e-6)
   loaded = stage2.load_finished(c, str(tmp_path), split.train_images.shape[1:], mesh)
   again, _ = stage2.method_scores(c, s1, loaded, split.test_images)
   np.testing.assert_array_equal(again["mscm"], scores["mscm"])

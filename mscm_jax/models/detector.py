@@ -23,8 +23,14 @@ Dtype = Any
 def deviation_input(f: jax.Array, r: jax.Array, kind: str = "cosine") -> jax.Array:
   """The detector's input for one scale: [B, h, w, 1] deviation map or [B, h, w, C] f - r.
 
-  'cosine' compares on the unit sphere (1 - cos); 'euclidean' is the mean squared
-  difference over channels; 'difference' is the tensor f - r itself.
+  'cosine' compares on the unit sphere (1 - cos); 'similarity' is cos itself, the same
+  map upside down; 'euclidean' is the mean squared difference over channels;
+  'difference' is the tensor f - r itself.
+
+  Why 'similarity': the detector is bias-free and positively homogeneous, so phi(0) = 0.
+  fed 1 - cos, the most typical (lowest-deviation) inputs sit near 0, far from the
+  centre, and score as anomalous; fed cos, typical inputs are the large ones and the
+  "too typical" side is bounded by cos <= 1 (measured in experiments/detector_sweep.py).
 
   Pooled ([B, C]) features become 1x1 maps, so every scale has the same form.
   """
@@ -32,12 +38,15 @@ def deviation_input(f: jax.Array, r: jax.Array, kind: str = "cosine") -> jax.Arr
     f, r = f[:, None, None, :], r[:, None, None, :]
   if kind == "cosine":
     return cosine_deviation(f, r)[..., None]
+  if kind == "similarity":
+    return 1.0 - cosine_deviation(f, r)[..., None]
   if kind == "euclidean":  # no unit sphere: norms count too
     d = f.astype(jnp.float32) - r.astype(jnp.float32)
     return jnp.mean(jnp.square(d), axis=-1, keepdims=True)
   if kind == "difference":
     return (f - r).astype(jnp.float32)
-  raise ValueError(f"deviation kind {kind!r} is not 'cosine', 'euclidean' or 'difference'")
+  raise ValueError(f"deviation kind {kind!r} is not 'cosine', 'similarity', 'euclidean' or "
+                   "'difference'")
 
 
 class DistanceDetector(nn.Module):
