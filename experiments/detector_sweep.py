@@ -141,10 +141,10 @@ def train_variant(name: str, cache: str, variant: str) -> dict:
   labels = z["labels"].astype(int)
   train = {name: _input(z, "train", s, k) for name, (s, k) in inputs.items()}
   test = {name: _input(z, "test", s, k) for name, (s, k) in inputs.items()}
-  for name, (_, k) in inputs.items():
+  for det, (_, k) in inputs.items():
     if k == "difference_channel_std":
-      std = np.maximum(train[name].std(axis=(0, 1, 2), keepdims=True), 1e-6)
-      train[name], test[name] = train[name] / std, test[name] / std
+      std = np.maximum(train[det].std(axis=(0, 1, 2), keepdims=True), 1e-6)
+      train[det], test[det] = train[det] / std, test[det] / std
   n = len(next(iter(train.values())))
   hold = stage2.holdout_rows(np.zeros(n, bool), c.stage2.holdout_fraction, c.seed)
   fit = ~hold
