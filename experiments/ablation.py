@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import collections
 import glob
-import itertools
 import json
 import os
 import re
@@ -76,11 +75,9 @@ def evaluate_run(workdir: str, variants: list[str], out_path: str, done: set) ->
     groups = {"mscm": list(stage2.detectors(c)),  # detector names: the scales, one kind
               "deviation": list(stage2.detector_scales(c))}
     for score, names in groups.items():
-      for r in range(1, len(names)):
-        for subset in itertools.combinations(names, r):
-          aurocs[f"{score}[{'+'.join(subset)}]"] = metrics.auroc(stage2.combine(
-              {s: out["scores"][f"{score}_{s}"] for s in subset}, s2.norm[score],
-              dict.fromkeys(subset, 1.0)), labels)
+      per = {s: out["scores"][f"{score}_{s}"] for s in names}
+      subsets = evaluate.subset_aurocs(per, s2.norm[score], labels, names, range(1, len(names)))
+      aurocs.update({f"{score}[{tag}]": v for tag, v in subsets.items()})
     record = {"run": key[0], "train": m["train"], "class": int(m["cls"]),
               "seed": int(m["seed"]), "variant": name, "probe": s1.probe_auroc,
               "seconds": round(time.time() - t, 1), "auroc": aurocs}

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import itertools
 import json
 import os
 import subprocess
@@ -24,7 +23,7 @@ import time
 
 import numpy as np
 
-from mscm_jax import metrics, stage2
+from mscm_jax import evaluate
 
 NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
          "truck")
@@ -69,10 +68,8 @@ def deviation_subsets(root: str) -> str:
     scales = sorted(norm)
     labels = z["is_anomaly"].astype(int)
     per = {s: z[f"deviation_{s}"] for s in scales}
-    rows[f"{r['normal_classes'][0]} s{r['seed']}"] = {
-        "+".join(sub): metrics.auroc(stage2.combine(per, norm, dict.fromkeys(sub, 1.0)),
-                                     labels)
-        for k in range(1, len(scales) + 1) for sub in itertools.combinations(scales, k)}
+    rows[f"{r['normal_classes'][0]} s{r['seed']}"] = evaluate.subset_aurocs(
+        per, norm, labels, scales, range(1, len(scales) + 1))
   if not rows:
     return ""
   subsets = list(next(iter(rows.values())))

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import collections
 import glob
-import itertools
 import json
 import os
 import time
@@ -32,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mscm_jax import config as config_lib
-from mscm_jax import knn, metrics, pipeline, sharding, stage1, stage2
+from mscm_jax import evaluate, knn, metrics, pipeline, sharding, stage1, stage2
 from mscm_jax.models.detector import deviation_input
 
 ALL = ("res3", "res4", "pooled")
@@ -162,10 +161,7 @@ def train_variant(name: str, cache: str, variant: str) -> dict:
   norm = stage2.spread(stage2.distances(detector, state, {s: m[hold] for s, m in train.items()}))
   per = stage2.distances(detector, state, test)
   auroc = {d: metrics.auroc(v, labels) for d, v in per.items()}
-  for r in range(2, len(per) + 1):
-    for subset in itertools.combinations(sorted(per), r):
-      auroc["+".join(subset)] = metrics.auroc(
-          stage2.combine(per, norm, dict.fromkeys(subset, 1.0)), labels)
+  auroc.update(evaluate.subset_aurocs(per, norm, labels, sorted(per), range(2, len(per) + 1)))
   # 'all': the mscm score of these inputs; 'spatial': without the pooled scale
   auroc["all"] = metrics.auroc(stage2.combine(per, norm, dict.fromkeys(per, 1.0)), labels)
   spatial = [d for d, (s, _) in inputs.items() if s in SPATIAL]
@@ -181,6 +177,9 @@ def train_variant(name: str, cache: str, variant: str) -> dict:
 def table(records: list[dict], keys=("all", "spatial")) -> str:
   runs = sorted({r["run"] for r in records})
   base = {r["run"]: r for r in records}
+  by = collections.defaultdict(dict)
+  for r in records:
+    by[r["variant"]][r["run"]] = r
   lines = []
   for key in keys:
     lines += [f"AUROC of the detectors' summed score, `{key}` detectors; mean and min "
@@ -190,9 +189,6 @@ def table(records: list[dict], keys=("all", "spatial")) -> str:
     lines.append("| pixel_knn | " + " | ".join(f"{base[r]['pixel_knn']:.3f}" for r in runs)
                  + " | | | |")
     lines.append("| knn | " + " | ".join(f"{base[r]['knn']:.3f}" for r in runs) + " | | | |")
-    by = collections.defaultdict(dict)
-    for r in records:
-      by[r["variant"]][r["run"]] = r
     for variant in VARIANTS:
       if variant not in by:
         continue

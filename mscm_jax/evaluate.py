@@ -2,7 +2,7 @@
 
 Scores (higher = more anomalous):
   mscm          the stage-2 detectors, sum_s w_s (d_s - mean_s) / std_s (SPEC section 3)
-  mscm_<s>      one scale's detector distance ||phi_s - c_s||^2
+  mscm_<d>      one detector's distance ||phi - c||^2 (d: its scale, or scale_kind)
   deviation     training-free: the mean deviation maps of stage2.deviation_scales, combined
                 the same way (each scale's spread on held-out normal data, equal weights)
   deviation_<s> one scale's mean deviation (1 - cos(f, r) averaged over positions), every scale
@@ -12,8 +12,10 @@ Scores (higher = more anomalous):
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import ml_collections
@@ -38,6 +40,16 @@ def compute_scores(config: ml_collections.ConfigDict, split: protocols.ADSplit,
   scores["pixel_knn"] = knn.knn_scores(split.train_images[normal], split.test_images,
                                        k=min(k, int(normal.sum())), center=True)
   return {"scores": scores, "maps": test["maps"]}
+
+
+def subset_aurocs(per: dict[str, np.ndarray], norm: dict[str, Sequence[float]],
+                  labels: np.ndarray, names: Sequence[str],
+                  sizes: Iterable[int]) -> dict[str, float]:
+  """{'a+b': AUROC} of every equal-weight `stage2.combine` of `names` taken `sizes` at a
+  time: which scales or detectors are worth summing (the ablation scripts' question)."""
+  return {"+".join(sub): metrics.auroc(stage2.combine(per, norm, dict.fromkeys(sub, 1.0)),
+                                       labels)
+          for k in sizes for sub in itertools.combinations(names, k)}
 
 
 def score_metrics(scores: dict[str, np.ndarray], is_anomaly: np.ndarray) -> dict[str, Any]:

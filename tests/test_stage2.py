@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mscm_jax import checkpoints, metrics, sharding, stage1, stage2
+from mscm_jax import checkpoints, evaluate, metrics, sharding, stage1, stage2
 from mscm_jax import config as config_lib
 from mscm_jax.data import augment, protocols
 from mscm_jax.models import cosine_deviation
@@ -84,6 +84,15 @@ def test_combine_normalises_each_scale_by_its_spread():
   np.testing.assert_allclose(stage2.combine(per_scale, norm, {"a": 0.5, "b": 0.0}),
                              [-0.5, 0.5])
   assert stage2.spread({"a": np.array([1.0, 3.0])}) == {"a": [2.0, 1.0]}
+
+
+def test_subset_aurocs_score_every_combination():
+  labels = np.array([0, 0, 1, 1])
+  per = {"a": np.array([0.0, 1.0, 2.0, 3.0]), "b": np.array([3.0, 2.0, 1.0, 0.0])}
+  norm = {"a": [0.0, 1.0], "b": [0.0, 1.0]}
+  out = evaluate.subset_aurocs(per, norm, labels, ("a", "b"), (1, 2))
+  assert out == {"a": 1.0, "b": 0.0, "a+b": 0.5}  # a + b is constant: every pair tied
+  assert set(evaluate.subset_aurocs(per, norm, labels, ("a", "b"), (2,))) == {"a+b"}
 
 
 # ------------------------------------------------------------- detectors on toy maps
