@@ -3,10 +3,11 @@ r"""Issue-4 ablation: which knobs make deviation maps carry the anomaly signal.
 Training-time knobs (memory.mode / memory.train, the alignment term) need their own
 stage-1 runs: experiments/ablation_train.sh trains them into ROOT/<variant>_c<class>_s<seed>.
 This script then evaluates every finished stage-1 workdir under ROOT with each
-evaluation-time variant (retrieval sharpness: top-k, beta, hard shrinkage; unit-sphere
-vs Euclidean maps): stage 2 is trained in ROOT/<run>/eval/<variant>/, all scores are
-computed, and one JSON line per (run, variant) goes to ROOT/ablation.jsonl (resumable:
-done pairs are skipped). Scale subsets feeding the detector are compared from the same
+evaluation-time variant (retrieval sharpness: top-k; unit-sphere vs Euclidean maps): the
+whole command runs in ROOT/<run>/eval/<variant>/ on the run's stage 1 (`pipeline.run`
+with `stage1_from`, which checks that the stage 1 is the one the variant describes),
+all scores are computed, and one JSON line per (run, variant) goes to
+ROOT/ablation.jsonl (resumable: done pairs are skipped). Scale subsets feeding the detector are compared from the same
 per-scale detectors (each scale's detector is trained independently).
 
   TFDS_DATA_DIR=../shared/tfds python experiments/ablation.py --root=/work/ablation \
@@ -27,15 +28,16 @@ import time
 import numpy as np
 
 from mscm_jax import config as config_lib
-from mscm_jax import evaluate, metrics, pipeline, sharding, stage1, stage2
+from mscm_jax import evaluate, pipeline, stage2
 
 # Evaluation-time variants: overrides of the saved stage-1 config.
 VARIANTS = {
     "default": {},
     "top1": {"stage2.top_k": 1},  # read the single nearest prototype
     "top4": {"stage2.top_k": 4},
-    "beta1": {"memory.beta": 1.0},  # sharper softmax than 1/sqrt(d) = 0.125
-    "shrink": {"memory.shrink_threshold": 0.02},  # MemAE shrinkage, about 1/N for N = 64
+    # `beta1` (memory.beta=1) and `shrink` (memory.shrink_threshold=0.02) changed stage-1
+    # fields at evaluation time; stage identity now refuses that (results/ablation.md
+    # keeps their rows; commit 3abfed7 has the script that made them).
     "euclidean": {"stage2.deviation": "euclidean"},  # maps off the unit sphere
     "difference": {"stage2.deviation": "difference"},  # the detector sees f - r itself
     "joined": {"stage2.deviation": "cosine+difference"},  # one detector for each (detector_sweep)
@@ -56,30 +58,27 @@ def _override(config, overrides):
 def evaluate_run(workdir: str, variants: list[str], out_path: str, done: set) -> None:
   m = RUN.search(os.path.basename(workdir))
   base = config_lib.load_json(os.path.join(workdir, "config.json"))
-  mesh = sharding.make_mesh(base.train.num_devices)
-  split = None
-  s1 = None
   for name in variants:
     key = (os.path.basename(workdir), name)
     if key in done:
       continue
     c = _override(base, VARIANTS[name])
-    if split is None:
-      split = pipeline.load_split(c)
-      s1, _ = stage1.load_finished(c, workdir, mesh)
     t = time.time()
-    s2 = stage2.train(c, split, os.path.join(workdir, "eval", name), mesh, s1)
-    out = evaluate.compute_scores(c, split, s1, s2)
-    labels = split.test_is_anomaly.astype(int)
-    aurocs = {k: metrics.auroc(v, labels) for k, v in out["scores"].items()}
+    eval_dir = os.path.join(workdir, "eval", name)
+    results = pipeline.run(c, eval_dir, stage1_from=workdir)
+    saved = np.load(os.path.join(eval_dir, "scores.npz"))
+    labels = saved["is_anomaly"].astype(int)
+    aurocs = {k: m["auroc"] for k, m in results["scores"].items()}
+    norm = results["stage2"]["norm"]
     groups = {"mscm": list(stage2.detectors(c)),  # detector names: the scales, one kind
               "deviation": list(stage2.detector_scales(c))}
     for score, names in groups.items():
-      per = {s: out["scores"][f"{score}_{s}"] for s in names}
-      subsets = evaluate.subset_aurocs(per, s2.norm[score], labels, names, range(1, len(names)))
+      per = {s: saved[f"{score}_{s}"] for s in names}
+      subsets = evaluate.subset_aurocs(per, norm[score], labels, names, range(1, len(names)))
       aurocs.update({f"{score}[{tag}]": v for tag, v in subsets.items()})
     record = {"run": key[0], "train": m["train"], "class": int(m["cls"]),
-              "seed": int(m["seed"]), "variant": name, "probe": s1.probe_auroc,
+              "seed": int(m["seed"]), "variant": name,
+              "probe": results["stage1"]["probe_knn_auroc"],
               "seconds": round(time.time() - t, 1), "auroc": aurocs}
     with open(out_path, "a") as f:
       f.write(json.dumps(record) + "\n")

@@ -25,13 +25,14 @@ import collections
 import glob
 import json
 import os
+import tempfile
 import time
 
 import jax.numpy as jnp
 import numpy as np
 
 from mscm_jax import config as config_lib
-from mscm_jax import evaluate, knn, metrics, pipeline, sharding, stage1, stage2
+from mscm_jax import evaluate, frozen, knn, metrics, pipeline, sharding, stage1, stage2
 from mscm_jax.models.detector import deviation_input
 
 ALL = ("res3", "res4", "pooled")
@@ -42,9 +43,7 @@ def _inputs(kind: str, scales=ALL) -> dict[str, tuple[str, str]]:
   return stage2.detector_inputs(scales, kind)
 
 
-# name: ({detector: (scale, input kind)}, stage-2 overrides, detector seed offset). Kinds
-# are the library's (`cosine`, `euclidean`, `difference`, joined by "+") or one of the
-# candidates that only `_input` knows.
+# name: ({detector: (scale, input kind)}, stage-2 overrides, detector seed offset).
 VARIANTS = {
     "cosine": (_inputs("cosine"), {}, 0),  # the preset before this sweep
     "cosine_seed1": (_inputs("cosine"), {}, 1),  # detector-only noise
@@ -53,18 +52,13 @@ VARIANTS = {
     "cosine_lr1e-4": (_inputs("cosine"), {"learning_rate": 1e-4}, 0),
     "cosine_wide": (_inputs("cosine"), {"out_dim": 128, "widths": (32, 64)}, 0),
     "euclidean": (_inputs("euclidean"), {}, 0),
-    "cosine_per_image": (_inputs("cosine_per_image", SPATIAL), {}, 0),
     "difference": (_inputs("difference"), {}, 0),
     "difference_seed1": (_inputs("difference"), {}, 1),
     "difference_ep10": (_inputs("difference"), {"epochs": 10}, 0),
-    "difference_unit": (_inputs("difference_unit"), {}, 0),
-    "difference_channel_std": (_inputs("difference_channel_std"), {}, 0),
-    "difference_and_cosine": (_inputs("difference_and_cosine"), {}, 0),  # one detector
     "similarity": (_inputs("similarity"), {}, 0),  # cos itself: typical inputs are not ~0
     "cosine+difference": (_inputs("cosine+difference"), {}, 0),  # two detectors per scale
     "similarity+difference": (_inputs("similarity+difference"), {}, 0),
     "similarity+difference_seed1": (_inputs("similarity+difference"), {}, 1),
-    "features": (_inputs("features"), {}, 0),  # no memory: Deep SVDD on f itself
 }
 
 
@@ -80,7 +74,7 @@ def cache_run(name: str, workdir: str, cache: str) -> None:
   mesh = sharding.make_mesh(c.train.num_devices)
   split = pipeline.load_split(c)
   s1, _ = stage1.load_finished(c, workdir, mesh)
-  model = stage2.frozen_model(c)
+  model = frozen.frozen_model(c)
 
   def select(out):  # float16 halves the cache; maps are recomputed in float32
     d = {"embedding": out["embedding"]}
@@ -92,7 +86,7 @@ def cache_run(name: str, workdir: str, cache: str) -> None:
   normal = ~split.train_is_anomaly
   arrays = {}
   for part, images in (("train", split.train_images[normal]), ("test", split.test_images)):
-    out = stage1.frozen_outputs(model, s1.state, images, select, c.evaluate.batch_size)
+    out = frozen.outputs(model, s1.state, images, select, c.evaluate.batch_size)
     arrays.update({f"{part}_{k}": np.asarray(v) for k, v in out.items()})
   labels = split.test_is_anomaly.astype(np.int8)
   pixel = knn.knn_scores(split.train_images[normal], split.test_images,
@@ -110,23 +104,7 @@ def cache_run(name: str, workdir: str, cache: str) -> None:
 def _input(z, part: str, scale: str, kind: str) -> np.ndarray:
   f = jnp.asarray(z[f"{part}_f_{scale}"], jnp.float32)
   r = jnp.asarray(z[f"{part}_r_{scale}"], jnp.float32)
-  if f.ndim == 2:
-    f, r = f[:, None, None], r[:, None, None]
-  if kind in ("cosine", "similarity", "euclidean", "difference"):
-    return np.asarray(deviation_input(f, r, kind))
-  if kind == "cosine_per_image":  # each map standardised on its own: level removed
-    d = deviation_input(f, r, "cosine")
-    mean, std = jnp.mean(d, (1, 2, 3), keepdims=True), jnp.std(d, (1, 2, 3), keepdims=True)
-    return np.asarray((d - mean) / (std + 1e-6))
-  if kind == "difference_unit":  # f - r on the unit sphere
-    return np.asarray(knn.l2_normalize(f) - knn.l2_normalize(r))
-  if kind == "difference_channel_std":  # divided per channel in `train_variant`
-    return np.asarray(f - r)
-  if kind == "difference_and_cosine":
-    return np.asarray(jnp.concatenate([f - r, deviation_input(f, r, "cosine")], -1))
-  if kind == "features":
-    return np.asarray(f)
-  raise ValueError(f"unknown input kind {kind!r}")
+  return np.asarray(deviation_input(f, r, kind))
 
 
 def train_variant(name: str, cache: str, variant: str) -> dict:
@@ -140,33 +118,20 @@ def train_variant(name: str, cache: str, variant: str) -> dict:
   labels = z["labels"].astype(int)
   train = {name: _input(z, "train", s, k) for name, (s, k) in inputs.items()}
   test = {name: _input(z, "test", s, k) for name, (s, k) in inputs.items()}
-  for det, (_, k) in inputs.items():
-    if k == "difference_channel_std":
-      std = np.maximum(train[det].std(axis=(0, 1, 2), keepdims=True), 1e-6)
-      train[det], test[det] = train[det] / std, test[det] / std
   n = len(next(iter(train.values())))
-  hold = stage2.holdout_rows(np.zeros(n, bool), c.stage2.holdout_fraction, c.seed)
-  fit = ~hold
-  detector = stage2.build_detector(c)
-  total, _ = stage2.num_steps(c, int(fit.sum()))
-  tx, schedule = stage2.build_optimizer(c, total)
-  state = stage2.init_state(c, detector, tx, {s: m[fit] for s, m in train.items()}, mesh)
-  step = stage2.make_train_step(c, detector, tx, schedule, int(fit.sum()), mesh)
-  fit_maps = {s: jnp.asarray(m[fit]) for s, m in train.items()}
-  flags = jnp.zeros(int(fit.sum()), bool)
   t = time.time()
-  for _ in range(total):
-    state, _ = step(state, fit_maps, flags)
+  with tempfile.TemporaryDirectory() as workdir:  # a fresh fit every time: nothing reused
+    fit = stage2.fit(c, train, np.zeros(n, bool), workdir, mesh)
   seconds = time.time() - t
-  norm = stage2.spread(stage2.distances(detector, state, {s: m[hold] for s, m in train.items()}))
-  per = stage2.distances(detector, state, test)
+  per = stage2.distances(fit.detector, fit.state, test)
   auroc = {d: metrics.auroc(v, labels) for d, v in per.items()}
-  auroc.update(evaluate.subset_aurocs(per, norm, labels, sorted(per), range(2, len(per) + 1)))
+  auroc.update(evaluate.subset_aurocs(per, fit.norm, labels, sorted(per),
+                                      range(2, len(per) + 1)))
   # 'all': the mscm score of these inputs; 'spatial': without the pooled scale
-  auroc["all"] = metrics.auroc(stage2.combine(per, norm, dict.fromkeys(per, 1.0)), labels)
+  auroc["all"] = metrics.auroc(stage2.combine(per, fit.norm, dict.fromkeys(per, 1.0)), labels)
   spatial = [d for d, (s, _) in inputs.items() if s in SPATIAL]
   auroc["spatial"] = metrics.auroc(
-      stage2.combine(per, norm, dict.fromkeys(spatial, 1.0)), labels)
+      stage2.combine(per, fit.norm, dict.fromkeys(spatial, 1.0)), labels)
   return {"run": name, "variant": variant, "auroc": auroc, "seconds": round(seconds, 1),
           "pixel_knn": float(z["auroc_pixel_knn"]), "knn": float(z["auroc_knn"])}
 

@@ -29,7 +29,7 @@ def main(workdir: str) -> None:
   parts = stage1.components(c, split.n_train, split.train_images.shape[1:],
                             sharding.make_mesh(1))
   init = parts.init_fn(jax.random.PRNGKey(c.seed))
-  state, step = checkpoints.restore_latest(checkpoints.manager(f"{workdir}/stage1"), init)
+  state, step = checkpoints.restore_latest(f"{workdir}/stage1", init)
   y = split.test_is_anomaly.astype(int)
 
   @jax.jit

@@ -6,8 +6,10 @@
     maps = det.deviation_maps(images)     # {scale: [N, h, w]} 1 - cos(f, r)
 
 Images are uint8 [N, H, W, 3] (or float in [0, 1], or grey); anything else is a
-`InputError` that says what to change. Training runs the same code as the command line
-(stage 1, stage 2) in a workdir, so it is resumable and the result loads back.
+`InputError` that says what to change. `fit` runs `pipeline.run`, the command line's
+own path, in a workdir: it is resumable, the result loads back, and a workdir whose
+stages another config or other images made is refused (StaleStageError) unless
+`discard_stale=True`.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ import ml_collections
 import numpy as np
 
 from mscm_jax import config as config_lib
-from mscm_jax import sharding, stage1, stage2
+from mscm_jax import identity, pipeline, sharding, stage1, stage2
+from mscm_jax import workdir as workdir_lib
 from mscm_jax.data import protocols, sources
 from mscm_jax.errors import UserError
+from mscm_jax.scoring import Scorer
 
 
 class InputError(UserError, ValueError):
@@ -42,9 +46,7 @@ class AnoMemDetector:
                                       config_lib.apply_preset(config_lib.base_config(), "cpu"))
     self.workdir = workdir
     self.image_shape: tuple[int, ...] | None = None
-    self._s1: stage1.Stage1Result | None = None
-    self._s2: stage2.Stage2Result | None = None
-    self._mesh = sharding.make_mesh(self.config.train.num_devices)
+    self._scorer: Scorer | None = None
 
   # --------------------------------------------------------------------- construction
 
@@ -55,15 +57,24 @@ class AnoMemDetector:
     if not os.path.exists(path):
       raise UserError(f"{workdir} has no config.json: not a workdir of mscm_jax.main")
     det = cls(config_lib.load_json(path), workdir)
-    det._s1, det.image_shape = stage1.load_finished(det.config, workdir, det._mesh)
-    det._s2 = stage2.load_finished(det.config, workdir, det.image_shape, det._mesh)
+    det._load()
     return det
 
-  def fit(self, images: Any, is_anomaly: Any = None) -> AnoMemDetector:
+  def _load(self) -> None:
+    workdir_lib.check_loadable(self.workdir, identity.plan(self.config))
+    mesh = sharding.make_mesh(self.config.train.num_devices)
+    s1, self.image_shape = stage1.load_finished(self.config, self.workdir, mesh)
+    s2 = stage2.load_finished(self.config, self.workdir, self.image_shape, mesh)
+    self._scorer = Scorer(self.config, s1, s2)
+
+  def fit(self, images: Any, is_anomaly: Any = None, *,
+          discard_stale: bool = False) -> AnoMemDetector:
     """Trains both stages on `images` (normal, plus labelled anomalies when unbalanced).
 
     Checkpoints go to `workdir` (a fresh temporary directory when none was given);
-    fitting again with the same workdir resumes or reloads.
+    fitting again with the same workdir and images resumes or reloads. A workdir
+    trained with another config or other images raises StaleStageError, unless
+    `discard_stale`, which retrains the stale stages.
     """
     x = sources.as_uint8_images(images)
     if len(x) < 2:
@@ -82,12 +93,10 @@ class AnoMemDetector:
         test_classes=np.zeros(0, np.int64), class_names=("normal", "anomaly"),
         normal_classes=(0,))
     self.workdir = self.workdir or tempfile.mkdtemp(prefix="mscm_jax_")
-    os.makedirs(self.workdir, exist_ok=True)
-    with open(os.path.join(self.workdir, "config.json"), "w") as f:
-      f.write(self.config.to_json_best_effort(indent=2))
-    self._s1 = stage1.train(self.config, split, self.workdir, self._mesh, probe=False)
-    self._s2 = stage2.train(self.config, split, self.workdir, self._mesh, self._s1)
-    self.image_shape = tuple(x.shape[1:])
+    config = self.config.copy_and_resolve_references()
+    config.stop_after = ""
+    pipeline.run(config, self.workdir, split=split, discard_stale=discard_stale)
+    self._load()
     return self
 
   # -------------------------------------------------------------------------- scoring
@@ -99,19 +108,17 @@ class AnoMemDetector:
   def scores(self, images: Any) -> dict[str, np.ndarray]:
     """{'mscm', 'mscm_<detector>', 'deviation', 'deviation_<scale>': [N]} for every image
     (a detector is named by its scale, or scale_kind when stage2.deviation joins kinds)."""
-    return stage2.method_scores(self.config, self._s1, self._s2, self._check(images))[0]
+    x = self._check(images)
+    return self._scorer.scores(x)
 
   def deviation_maps(self, images: Any) -> dict[str, np.ndarray]:
     """{scale: [N, h, w]} deviation maps (1 - cos(f, r) unless stage2.deviation is
     'euclidean') of every memory scale."""
     x = self._check(images)
-    c = self.config
-    return stage2.deviation_maps(stage2.frozen_model(c), self._s1.state, x,
-                                 tuple(c.memory.scales), c.stage2.deviation,
-                                 c.evaluate.batch_size)
+    return self._scorer.deviation_maps(x)
 
   def _check(self, images: Any) -> np.ndarray:
-    if self._s1 is None or self._s2 is None:
+    if self._scorer is None:
       raise NotFittedError("call fit(images) or AnoMemDetector.load(workdir) first")
     if np.ndim(images) == 3 and tuple(np.shape(images)) == tuple(self.image_shape):
       raise InputError(f"got one image of shape {np.shape(images)}: pass images[None]")

@@ -1,21 +1,34 @@
-"""Orbax checkpoints of a stage's state: periodic saves, resume of the latest, final marker.
+"""Orbax checkpoints of a stage's state: periodic saves, resume of the newest good one.
 
 Saves are atomic (orbax writes to a temporary directory and renames), so a run killed
-mid-save resumes from the previous checkpoint. A save never happens with non-finite
+mid-save resumes from the previous checkpoint. Before each save the state's checksum is
+recorded in `checksums.json`; a restore recomputes it, so a checkpoint whose files were
+truncated or garbled after the fact is detected, reported in one line, moved to
+`workdir/damaged/` and the next older one used. A save never happens with non-finite
 parameters: the caller checks first (see `all_finite`).
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import os
+import shutil
+import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
-FINAL_MARKER = "FINISHED.json"
+from mscm_jax.errors import CheckpointError
+from mscm_jax.workdir import DISCARD_HINT, FINAL_MARKER, read_json, write_json
+
+CHECKSUMS = "checksums.json"
+
+__all__ = ["FINAL_MARKER", "all_finite", "finished_info", "manager", "mark_finished",
+           "restore_latest", "save", "state_checksum"]
 
 
 def manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
@@ -25,20 +38,91 @@ def manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(directory, options=options)
 
 
+def state_checksum(state: Any) -> str:
+  """A hash of every leaf's bytes, shape and dtype, in tree order."""
+  h = hashlib.blake2b(digest_size=16)
+  for leaf in jax.tree.leaves(jax.device_get(state)):
+    a = np.ascontiguousarray(np.asarray(leaf))
+    h.update(f"{a.dtype.str}{a.shape}".encode())
+    h.update(a.data)
+  return h.hexdigest()
+
+
+def _checksums(directory: str) -> dict[str, str]:
+  try:
+    return read_json(os.path.join(directory, CHECKSUMS)) or {}
+  except Exception:  # pylint: disable=broad-except
+    return {}  # every step then fails verification, and is reported as such
+
+
 def save(mngr: ocp.CheckpointManager, step: int, state: Any) -> None:
-  """Saves and waits: the checkpoint is complete on disk when this returns."""
+  """Records the checksum, then saves and waits: complete on disk when this returns.
+
+  The checksum goes first, so every finalised checkpoint has one; a run killed between
+  the two leaves an entry for a step that never appeared, which the next save overwrites.
+  """
+  directory = str(mngr.directory)
+  sums = _checksums(directory)
+  kept = {str(s) for s in mngr.all_steps()}
+  sums = {k: v for k, v in sums.items() if k in kept}
+  sums[str(int(step))] = state_checksum(state)
+  write_json(os.path.join(directory, CHECKSUMS), sums)
   mngr.save(int(step), args=ocp.args.StandardSave(state), force=True)
   mngr.wait_until_finished()
 
 
-def restore_latest(mngr: ocp.CheckpointManager, template: Any) -> tuple[Any, int | None]:
-  """(state, step) from the latest checkpoint, placed like `template`; (template, None) if none."""
-  step = mngr.latest_step()
-  if step is None:
-    return template, None
-  abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), template)
-  return mngr.restore(step, args=ocp.args.StandardRestore(abstract)), step
+def restore_latest(directory: str, template: Any) -> tuple[Any, int | None]:
+  """(state, step) of the newest checkpoint that reads back intact; (template, None) if none.
+
+  A damaged checkpoint (unreadable files, a checksum mismatch) is reported in one line
+  and moved to `<workdir>/damaged/`, so that the stage can save that step again. When
+  checkpoints exist and none is intact, a CheckpointError says what to do.
+  """
+  directory = os.path.abspath(directory)
+  mngr = manager(directory)
+  try:
+    steps = sorted(mngr.all_steps(), reverse=True)
+    sums = _checksums(directory)
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), template)
+    damaged = []
+    for step in steps:
+      try:
+        state = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+        if sums.get(str(step)) != state_checksum(state):
+          raise ValueError("checksum mismatch" if str(step) in sums else "no checksum")
+      except Exception as e:  # pylint: disable=broad-except
+        reason = " ".join(str(e).split())[:160] or type(e).__name__
+        logging.warning("%s: checkpoint step %d is damaged (%s: %s); trying an older one",
+                        directory, step, type(e).__name__, reason)
+        damaged.append(step)
+        continue
+      break
+    else:
+      state, step = template, None
+  finally:
+    mngr.close()
+  for bad in damaged:
+    _move_aside(directory, bad)
+  if damaged and step is None:
+    raise CheckpointError(
+        f"{directory}: no intact checkpoint (steps {', '.join(map(str, damaged))} are "
+        f"damaged and were moved to {_damaged_dir(directory)}): {DISCARD_HINT}")
+  if damaged:
+    logging.warning("%s: resuming from step %d, the newest intact checkpoint", directory,
+                    step)
+  return state, step
+
+
+def _damaged_dir(directory: str) -> str:
+  return os.path.join(os.path.dirname(directory), "damaged")
+
+
+def _move_aside(directory: str, step: int) -> None:
+  dest = os.path.join(_damaged_dir(directory),
+                      f"{os.path.basename(directory)}-{step}-{int(time.time())}")
+  os.makedirs(os.path.dirname(dest), exist_ok=True)
+  shutil.move(os.path.join(directory, str(step)), dest)
 
 
 @jax.jit
@@ -51,15 +135,14 @@ def all_finite(tree: Any) -> jax.Array:
 
 def mark_finished(directory: str, info: dict[str, Any]) -> None:
   """Written after the final save: later runs skip the stage instead of resuming it."""
-  path = os.path.join(directory, FINAL_MARKER)
-  with open(path + ".tmp", "w") as f:
-    json.dump(info, f, indent=2)
-  os.replace(path + ".tmp", path)
+  write_json(os.path.join(directory, FINAL_MARKER), info)
 
 
 def finished_info(directory: str) -> dict[str, Any] | None:
-  path = os.path.join(directory, FINAL_MARKER)
-  if not os.path.exists(path):
+  """FINISHED.json, or None; a damaged one is reported and treated as absent, so the
+  stage's final bookkeeping runs again from its last checkpoint."""
+  try:
+    return read_json(os.path.join(directory, FINAL_MARKER))
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning("%s; the stage will be completed again from its last checkpoint", e)
     return None
-  with open(path) as f:
-    return json.load(f)

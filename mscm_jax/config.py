@@ -13,14 +13,13 @@ from typing import Any
 import ml_collections
 
 from mscm_jax.errors import ConfigError
-from mscm_jax.models.anomem import MEMORY_MODES, MEMORY_TRAIN, SCALES
+from mscm_jax.names import DEVIATIONS, MEMORY_MODES, MEMORY_TRAIN, SCALES
 
 SETTINGS = ("oneclass", "unbalanced")
 OPTIMIZERS = ("lars", "sgd", "adam")
 DTYPES = ("float32", "bfloat16")
 PRESETS = ("", "full", "cpu", "smoke")
 STOP_AFTER = ("", "data", "stage1", "stage2")
-DEVIATIONS = ("cosine", "similarity", "euclidean", "difference")
 
 
 def _any(value: Any) -> ml_collections.FieldReference:
@@ -234,30 +233,127 @@ def _check_range(name: str, value: float, lo: float, hi: float) -> None:
     raise ConfigError(f"{name}={value!r} must lie in [{lo}, {hi}]")
 
 
-def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Rejects values that would fail later, deep inside a jitted step, with a one-line error."""
+def _check_int(name: str, value: Any, lo: int, hi: int | None = None) -> None:
+  if isinstance(value, bool) or not isinstance(value, int):
+    raise ConfigError(f"{name}={value!r} must be an integer")
+  if value < lo or (hi is not None and value > hi):
+    bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+    raise ConfigError(f"{name}={value!r} must be an integer {bound}")
+
+
+def _check_positive(name: str, value: float, hint: str = "") -> None:
+  if not value > 0:
+    raise ConfigError(f"{name}={value!r} must be > 0{hint}")
+
+
+def _check_ints(name: str, values: Any, n: int | None = None) -> None:
+  """A non-empty tuple of positive integers (of length `n` when given)."""
+  values = tuple(values)
+  if not values or (n is not None and len(values) != n):
+    what = f"{n} entries" if n is not None else "at least one entry"
+    raise ConfigError(f"{name}={values} needs {what}")
+  for v in values:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+      raise ConfigError(f"{name}={values}: every entry must be a positive integer")
+
+
+def _check_scales(name: str, scales: Any, allowed: tuple[str, ...]) -> None:
+  for s in scales:
+    _check_choice(f"{name} entry", s, allowed)
+  if len(set(scales)) != len(tuple(scales)):
+    raise ConfigError(f"{name}={tuple(scales)} names a scale twice")
+
+
+def validate(c: ml_collections.ConfigDict,
+             n_devices: int | None = None) -> ml_collections.ConfigDict:
+  """Every field with a meaningful range, checked before any work: one line per error.
+
+  This is the one place the config is checked, and `ConfigError` the one error type;
+  the model modules still assert their own invariants, but a config that passes here
+  never reaches them. `n_devices`: the mesh size, when known, for batch divisibility.
+  """
+  _check_int("seed", c.seed, 0, 2**31 - 1)
   _check_choice("setting", c.setting, SETTINGS)
   _check_choice("stop_after", c.stop_after, STOP_AFTER)
   if c.setting == "unbalanced":
-    _check_range("anomaly_ratio", c.anomaly_ratio, 0.0, 10.0)
-    if c.anomaly_ratio <= 0:
-      raise ConfigError("anomaly_ratio must be > 0 in the unbalanced setting")
-  _check_choice("memory.mode", c.memory.mode, MEMORY_MODES)
-  _check_choice("memory.train", c.memory.train, MEMORY_TRAIN)
-  if c.memory.train == "codebook" and c.memory.mode != "branch":
+    if not 0 < c.anomaly_ratio <= 10:
+      raise ConfigError(f"anomaly_ratio={c.anomaly_ratio!r} must lie in (0, 10] in the "
+                        "unbalanced setting (labelled anomalies per normal image)")
+
+  d = c.dataset
+  for name in ("name", "label_key", "train_split", "test_split"):
+    if not isinstance(d[name], str) or not d[name].strip():
+      raise ConfigError(f"dataset.{name}={d[name]!r} must be a non-empty string")
+  if d.normal_class in ("", (), None):
+    raise ConfigError("dataset.normal_class is empty: give a class index or name")
+  _check_int("dataset.image_size", d.image_size, 8, 4096)
+
+  a = c.augment
+  for name in ("crop_scale", "crop_ratio"):
+    pair = tuple(getattr(a, name))
+    if len(pair) != 2 or not 0 < pair[0] <= pair[1]:
+      raise ConfigError(f"augment.{name}={pair} needs (low, high) with 0 < low <= high")
+  if a.crop_scale[1] > 1:
+    raise ConfigError("augment.crop_scale cannot exceed 1 (the whole image)")
+  for name in ("flip_prob", "jitter_prob", "grayscale_prob"):
+    _check_range(f"augment.{name}", getattr(a, name), 0.0, 1.0)
+  for name in ("brightness", "contrast", "saturation"):
+    _check_range(f"augment.{name}", getattr(a, name), 0.0, 1.0)
+  _check_range("augment.hue", a.hue, 0.0, 0.5)
+
+  m = c.model
+  _check_ints("model.stage_sizes", m.stage_sizes, 4)
+  _check_ints("model.widths", m.widths, 4)
+  _check_ints("model.head_dims", m.head_dims)
+  _check_choice("model.dtype", m.dtype, DTYPES)
+
+  mem = c.memory
+  if not mem.scales:
+    raise ConfigError("memory.scales is empty: stage 2 needs at least one memory scale")
+  _check_scales("memory.scales", mem.scales, SCALES)
+  _check_choice("memory.mode", mem.mode, MEMORY_MODES)
+  _check_choice("memory.train", mem.train, MEMORY_TRAIN)
+  if mem.train == "codebook" and mem.mode != "branch":
     raise ConfigError("memory.train='codebook' needs memory.mode='branch'")
-  for s in c.memory.scales:
-    _check_choice("memory.scales entry", s, SCALES)
-  _check_choice("optim.name", c.optim.name, OPTIMIZERS)
+  _check_int("memory.num_prototypes", mem.num_prototypes, 1)
+  _check_int("memory.proto_dim", mem.proto_dim, 1)
+  if mem.beta < 0:
+    raise ConfigError(f"memory.beta={mem.beta!r} must be >= 0 (0 = 1/sqrt(proto_dim))")
+  if not 0 <= mem.shrink_threshold < 1:
+    raise ConfigError(f"memory.shrink_threshold={mem.shrink_threshold!r} must lie in [0, 1) "
+                      "(an attention weight; 0 disables)")
+  _check_int("memory.retrieval_steps", mem.retrieval_steps, 1)
+  _check_int("memory.top_k", mem.top_k, 0, mem.num_prototypes)
+
+  lo = c.loss
+  _check_positive("loss.temperature", lo.temperature,
+                  " (NT-Xent divides by it; the presets use 0.2-0.5)")
+  for name in ("scale_weight", "variance_weight", "alignment_weight", "codebook_weight"):
+    if lo[name] < 0:
+      raise ConfigError(f"loss.{name}={lo[name]!r} must be >= 0")
+
+  o = c.optim
+  _check_choice("optim.name", o.name, OPTIMIZERS)
+  _check_positive("optim.learning_rate", o.learning_rate)
+  if o.warmup_epochs < 0 or o.weight_decay < 0:
+    raise ConfigError("optim.warmup_epochs and optim.weight_decay must be >= 0")
+  _check_range("optim.momentum", o.momentum, 0.0, 0.999)
+
+  t = c.train
+  _check_int("train.batch_size", t.batch_size, 2)  # contrastive negatives need a pair
+  _check_positive("train.epochs", t.epochs)
+  _check_int("train.log_every_steps", t.log_every_steps, 1)
+  _check_int("train.checkpoint_every_steps", t.checkpoint_every_steps, 1)
+  _check_int("train.num_devices", t.num_devices, 0)
+
   s2 = c.stage2
   for field in ("scales", "deviation_scales"):
+    _check_scales(f"stage2.{field}", s2[field], SCALES)
     for s in s2[field]:
-      if s not in c.memory.scales:
+      if s not in mem.scales:
         raise ConfigError(f"stage2.{field} entry {s!r} has no memory (memory.scales="
-                          f"{tuple(c.memory.scales)})")
-  n_scales = len(s2.scales or c.memory.scales)
-  if n_scales == 0:
-    raise ConfigError("stage 2 needs at least one memory scale (memory.scales is empty)")
+                          f"{tuple(mem.scales)})")
+  n_scales = len(s2.scales or mem.scales)
   if s2.weights and (len(s2.weights) != n_scales or min(s2.weights) < 0):
     raise ConfigError(f"stage2.weights={tuple(s2.weights)} needs {n_scales} non-negative "
                       "numbers, one per stage-2 scale")
@@ -266,28 +362,28 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _check_choice("stage2.deviation entry", kind, DEVIATIONS)
   if len(set(kinds)) != len(kinds):
     raise ConfigError(f"stage2.deviation={s2.deviation!r} names a kind twice")
-  if s2.top_k < -1 or c.memory.top_k < 0:
-    raise ConfigError("memory.top_k must be >= 0 and stage2.top_k >= -1")
+  _check_int("stage2.top_k", s2.top_k, -1, mem.num_prototypes)
+  _check_ints("stage2.widths", s2.widths)
+  _check_int("stage2.out_dim", s2.out_dim, 1)
+  _check_positive("stage2.learning_rate", s2.learning_rate)
+  _check_positive("stage2.eta", s2.eta)
+  if s2.weight_decay < 0 or s2.bce_weight < 0:
+    raise ConfigError("stage2.weight_decay and stage2.bce_weight must be >= 0")
+  _check_int("stage2.batch_size", s2.batch_size, 1)
+  _check_positive("stage2.epochs", s2.epochs)
   _check_range("stage2.holdout_fraction", s2.holdout_fraction, 0.0, 0.5)
-  if s2.batch_size < 1 or s2.epochs <= 0:
-    raise ConfigError("stage2.batch_size and stage2.epochs must be positive")
-  _check_choice("model.dtype", c.model.dtype, DTYPES)
-  if len(c.model.stage_sizes) != 4 or len(c.model.widths) != 4:
-    raise ConfigError("model.stage_sizes and model.widths need 4 entries (res1..res4)")
-  a = c.augment
-  for name in ("crop_scale", "crop_ratio"):
-    lo, hi = getattr(a, name)
-    if not 0 < lo <= hi:
-      raise ConfigError(f"augment.{name}={getattr(a, name)} needs 0 < low <= high")
-  if a.crop_scale[1] > 1:
-    raise ConfigError("augment.crop_scale cannot exceed 1 (the whole image)")
-  for name in ("flip_prob", "jitter_prob", "grayscale_prob"):
-    _check_range(f"augment.{name}", getattr(a, name), 0.0, 1.0)
-  for name in ("brightness", "contrast", "saturation"):
-    _check_range(f"augment.{name}", getattr(a, name), 0.0, 1.0)
-  _check_range("augment.hue", a.hue, 0.0, 0.5)
-  if c.train.batch_size < 2:
-    raise ConfigError("train.batch_size must be >= 2 (contrastive negatives)")
-  if c.dataset.image_size < 8:
-    raise ConfigError("dataset.image_size must be >= 8")
+  _check_int("stage2.log_every_steps", s2.log_every_steps, 1)
+  _check_int("stage2.checkpoint_every_steps", s2.checkpoint_every_steps, 1)
+
+  e = c.evaluate
+  _check_int("evaluate.knn_k", e.knn_k, 1)
+  _check_int("evaluate.batch_size", e.batch_size, 1)
+  _check_int("preview.num_images", c.preview.num_images, 1)
+
+  if n_devices:
+    for name, batch in (("train.batch_size", t.batch_size),
+                        ("stage2.batch_size", s2.batch_size)):
+      if batch % n_devices:
+        raise ConfigError(f"{name}={batch} must be divisible by the {n_devices} devices of "
+                          "the mesh (or set train.num_devices)")
   return c

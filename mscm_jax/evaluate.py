@@ -22,20 +22,20 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from mscm_jax import knn, metrics, stage1, stage2
+from mscm_jax import knn, metrics, stage2
 from mscm_jax.data import protocols
+from mscm_jax.scoring import Scorer
 
 HEADLINE = ("mscm", "deviation", "knn", "pixel_knn")
 
 
 def compute_scores(config: ml_collections.ConfigDict, split: protocols.ADSplit,
-                   s1: stage1.Stage1Result, s2: stage2.Stage2Result) -> dict[str, Any]:
+                   scorer: Scorer) -> dict[str, Any]:
   """{'scores': {name: [M] float64}, 'maps': {scale: [M, h, w] deviation maps}}."""
-  batch, k = config.evaluate.batch_size, config.evaluate.knn_k
-  scores, test = stage2.method_scores(config, s1, s2, split.test_images)
+  k = config.evaluate.knn_k
+  scores, test = scorer.scores_and_read(split.test_images)
   normal = ~split.train_is_anomaly
-  bank = stage2.read_frozen(stage2.frozen_model(config), s1.state, split.train_images[normal],
-                            (), batch_size=batch, maps=False)["embedding"]
+  bank = scorer.embedding(split.train_images[normal])
   scores["knn"] = knn.knn_scores(bank, test["embedding"], k=min(k, len(bank)))
   scores["pixel_knn"] = knn.knn_scores(split.train_images[normal], split.test_images,
                                        k=min(k, int(normal.sum())), center=True)
@@ -76,8 +76,9 @@ def summary_table(results: dict[str, Any]) -> str:
 def write_results(workdir: str, results: dict[str, Any], scores: dict[str, np.ndarray],
                   is_anomaly: np.ndarray) -> str:
   """results.json (atomically) and scores.npz (every test score, for later analysis)."""
-  np.savez_compressed(os.path.join(workdir, "scores.npz"), is_anomaly=is_anomaly,
-                      **{k: v for k, v in scores.items()})
+  tmp = os.path.join(workdir, "scores.tmp.npz")  # atomic, as results.json
+  np.savez_compressed(tmp, is_anomaly=is_anomaly, **{k: v for k, v in scores.items()})
+  os.replace(tmp, os.path.join(workdir, "scores.npz"))
   path = os.path.join(workdir, "results.json")
   with open(path + ".tmp", "w") as f:
     json.dump(results, f, indent=2)

@@ -20,15 +20,9 @@ import numpy as np
 from absl import logging
 
 from mscm_jax import checkpoints, monitoring
-from mscm_jax.errors import UserError
+from mscm_jax.errors import Interrupted, NonFiniteError
 
-
-class NonFiniteError(UserError):
-  """The loss or the parameters became NaN/Inf: training stopped, nothing bad was saved."""
-
-
-class Interrupted(UserError):
-  """SIGTERM arrived: the state was saved and the run can be resumed with the same command."""
+__all__ = ["Interrupted", "LoopResult", "NonFiniteError", "run", "sigterm_flag"]
 
 
 @contextlib.contextmanager
@@ -56,35 +50,37 @@ class LoopResult:
 
 def run(name: str, workdir: str, state: Any, step_fn: Callable[[Any], tuple[Any, dict]], *,
         total: int, log_every: int, checkpoint_every: int, items_per_step: int,
-        steps_per_epoch: int, stop_after: int | None = None,
-        unit: str = "views") -> LoopResult:
-  """Restores the latest checkpoint of `workdir/name`, trains to `total` (or `stop_after`).
+        steps_per_epoch: int, stop_after: int | None = None, unit: str = "views",
+        advice: Callable[[list[str]], str] | None = None) -> LoopResult:
+  """Restores the newest intact checkpoint of `workdir/name`, trains to `total` (or
+  `stop_after`).
 
   Returns at once when FINISHED.json says the stage is complete. Every `log_every` steps
-  the logged scalars are checked for NaN/Inf (a NonFiniteError names the step range;
-  nothing non-finite is ever saved), written to `workdir/name/metrics.jsonl` and
-  TensorBoard, and the progress bar moves. The caller writes FINISHED.json (with its
-  own summary) once the stage's final work is done.
+  the logged scalars are checked for NaN/Inf (a NonFiniteError names the step range, the
+  terms and `advice(terms)`; nothing non-finite is ever saved), written to
+  `workdir/metrics.jsonl` and TensorBoard, and the progress bar moves. The caller writes
+  FINISHED.json (with its own summary) once the stage's final work is done.
   """
   ckpt_dir = os.path.join(workdir, name)
+  state, restored = checkpoints.restore_latest(ckpt_dir, state)
+  start = int(state.step)
+  finished = checkpoints.finished_info(ckpt_dir)
+  if finished is not None and start >= total:
+    logging.info("%s already finished at step %d: loaded from %s", name, start, ckpt_dir)
+    return LoopResult(state, start, finished, finished.get(f"{unit}_per_second"))
+  if restored is not None:
+    logging.info("%s resumes from step %d of %d (%s)", name, start, total, ckpt_dir)
   mngr = checkpoints.manager(ckpt_dir)
   try:
-    state, restored = checkpoints.restore_latest(mngr, state)
-    start = int(state.step)
-    finished = checkpoints.finished_info(ckpt_dir)
-    if finished is not None and start >= total:
-      logging.info("%s already finished at step %d: loaded from %s", name, start, ckpt_dir)
-      return LoopResult(state, start, finished, finished.get(f"{unit}_per_second"))
-    if restored is not None:
-      logging.info("%s resumes from step %d of %d (%s)", name, start, total, ckpt_dir)
     return _train(name, workdir, mngr, state, step_fn, start, total, log_every,
-                  checkpoint_every, items_per_step, steps_per_epoch, stop_after, unit)
+                  checkpoint_every, items_per_step, steps_per_epoch, stop_after, unit,
+                  advice or (lambda _: "lower the learning rate or check the data"))
   finally:
     mngr.close()
 
 
 def _train(name, workdir, mngr, state, step_fn, start, total, log_every, ckpt_every,
-           items_per_step, steps_per_epoch, stop_after, unit) -> LoopResult:
+           items_per_step, steps_per_epoch, stop_after, unit, advice) -> LoopResult:
   ckpt_dir = os.path.join(workdir, name)
   writer = monitoring.MetricWriter(workdir, name)
   writer.truncate_after(start)
@@ -94,9 +90,9 @@ def _train(name, workdir, mngr, state, step_fn, start, total, log_every, ckpt_ev
 
   def save_checked(step: int) -> None:
     if not bool(checkpoints.all_finite(state.params)):
-      raise NonFiniteError(f"{name}: parameters are NaN/Inf at step {step} (last finite log "
-                           f"at step {last_good}); no checkpoint written after step "
-                           f"{last_good}")
+      raise NonFiniteError(f"{name}: parameters became NaN/Inf between steps {last_good} and "
+                           f"{step}; stopped without saving (last checkpoint: step "
+                           f"{mngr.latest_step()}): {advice(['parameters'])}")
     checkpoints.save(mngr, step, state)
 
   step = start
@@ -108,12 +104,13 @@ def _train(name, workdir, mngr, state, step_fn, start, total, log_every, ckpt_ev
         steps_since += 1
         if step % log_every == 0 or step == end or step == start + 1:
           logged = jax.device_get(logged)
-          bad = [k for k, v in logged.items() if not np.isfinite(v)]
+          bad = sorted(k for k, v in logged.items() if not np.isfinite(v))
           if bad:
+            terms = [k for k in bad if k != "loss"] or bad
             raise NonFiniteError(
-                f"{name}: {', '.join(sorted(bad))} became NaN/Inf between steps {last_good} "
-                f"and {step}; stopped without saving (last checkpoint: step "
-                f"{mngr.latest_step()}). Lower the learning rate or check the data")
+                f"{name}: {', '.join(terms)} became NaN/Inf between steps {last_good} and "
+                f"{step}; stopped without saving (last checkpoint: step "
+                f"{mngr.latest_step()}): {advice(terms)}")
           last_good = step
           now = time.time()
           if step > start + 1:  # the first step's time is mostly compilation

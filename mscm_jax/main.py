@@ -2,10 +2,15 @@
 
 Flags and logging only; the work is `mscm_jax.pipeline.run`, importable from a notebook.
 The workdir is the resume key: the same command again continues where it stopped.
+Anything the user can fix is one `error:` line on stderr and a non-zero exit status
+(`mscm_jax.errors` lists them); `--debug` shows the traceback as well.
 """
+
+from __future__ import annotations
 
 import logging as py_logging
 import sys
+import traceback
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -16,29 +21,84 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, optionally with a preset: configs/cifar10_oneclass.py:cpu",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, results.")
-flags.mark_flags_as_required(["config", "workdir"])
+_DISCARD = flags.DEFINE_bool(
+    "discard_stale", False, "Delete the stages of the workdir that another config or other "
+    "data made (and every stage after them), then train them again.")
+_STAGE1_FROM = flags.DEFINE_string(
+    "stage1_from", None, "A workdir whose finished stage 1 this run copies and reuses; its "
+    "identity (stage-1 config fields and data) must match this run's.")
+_DEBUG = flags.DEFINE_bool("debug", False, "On an error, show the traceback too.")
 
 
-def main(argv):
+def _fail(message: str, code: int = 2) -> None:
+  if "--debug" in sys.argv or "--debug=true" in sys.argv:
+    traceback.print_exc()
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(code)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing with the CLI's contract: a bad flag is one `error:` line, status 2."""
+  try:
+    rest = flags.FLAGS(argv)
+    if any(a.split("=", 1)[0] == "--config" for a in argv):
+      _ = _CONFIG.value.seed  # a file that failed to load raises on first use: here
+  except flags.Error as e:
+    _fail(" ".join(str(e).split()))
+  except UserError as e:  # an unknown preset, raised while the config file loads
+    _fail(str(e))
+  except (AttributeError, KeyError) as e:  # ml_collections: an override of no field
+    field = str(e).strip("\"'")
+    _fail(f"--config.{_override_path(argv, field)}: the config has no field {field!r} "
+          "(see mscm_jax/config.py for the schema)")
+  except OSError as e:
+    path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "?")
+    _fail(f"--config={path}: cannot load the config file ({_last_line(e)}); give "
+          "configs/<family>.py[:preset]")
+  except (TypeError, ValueError, SyntaxError, ImportError) as e:
+    _fail(f"--config: {type(e).__name__}: {_last_line(e)}")
+  for name in ("config", "workdir"):
+    if flags.FLAGS[name].value in (None, ""):
+      _fail(f"--{name} is required (python -m mscm_jax.main --config=configs/<family>.py"
+            "[:preset] --workdir=DIR)")
+  return rest
+
+
+def _override_path(argv: list[str], field: str) -> str:
+  """The dotted override that named `field`, for the message."""
+  for a in argv:
+    if a.startswith("--config.") and field in a.split("=", 1)[0].split("."):
+      return a.split("=", 1)[0][len("--config."):]
+  return field
+
+
+def _last_line(e: BaseException) -> str:
+  lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+  return lines[-1] if lines else type(e).__name__
+
+
+def main(argv: list[str]) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    _fail(f"unexpected arguments: {argv[1:]} (flags take the form --name=value)")
   # JAX logs an INFO line for every accelerator plugin it does not find, orbax a dozen
   # per checkpoint: not news. Their warnings and errors still show.
   py_logging.getLogger("jax._src.xla_bridge").setLevel(py_logging.WARNING)
   logging.get_absl_handler().addFilter(
       lambda r: r.levelno >= py_logging.WARNING or "/orbax/" not in r.pathname)
-  from mscm_jax import pipeline  # pylint: disable=g-import-not-at-top
+  from mscm_jax import config as config_lib  # pylint: disable=g-import-not-at-top
 
   try:
-    pipeline.run(_CONFIG.value, _WORKDIR.value)
+    config = config_lib.validate(_CONFIG.value)  # before JAX starts: errors within a second
+    from mscm_jax import pipeline  # pylint: disable=g-import-not-at-top
+    pipeline.run(config, _WORKDIR.value, discard_stale=_DISCARD.value,
+                 stage1_from=_STAGE1_FROM.value)
   except UserError as e:
     # Something the user can fix: one line, no traceback.
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    _fail(str(e), e.exit_code)
 
 
-def entry_point():
-  app.run(main)
+def entry_point() -> None:
+  app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

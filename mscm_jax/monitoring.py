@@ -37,9 +37,15 @@ class MetricWriter:
       return
     with open(self.path) as f:
       lines = f.readlines()
-    keep = [l for l in lines if not (json.loads(l).get("stage") == self.stage
-                                     and json.loads(l).get("step", -1) > step)]
-    if len(keep) != len(lines):
+    keep = []
+    for line in lines:
+      try:
+        record = json.loads(line)
+      except ValueError:  # a line cut short by a kill mid-write
+        continue
+      if not (record.get("stage") == self.stage and record.get("step", -1) > step):
+        keep.append(line if line.endswith("\n") else line + "\n")
+    if keep != lines:
       with open(self.path + ".tmp", "w") as f:
         f.writelines(keep)
       os.replace(self.path + ".tmp", self.path)

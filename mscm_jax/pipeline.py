@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -18,13 +17,17 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from mscm_jax import checkpoints, evaluate, sharding, stage1, stage2
+from mscm_jax import checkpoints, evaluate, identity, sharding, stage1, stage2
 from mscm_jax import config as config_lib
+from mscm_jax import workdir as workdir_lib
 from mscm_jax.data import augment, device, protocols, sources
+from mscm_jax.scoring import Scorer
 
 
 def load_split(config: ml_collections.ConfigDict) -> protocols.ADSplit:
-  """Decodes the dataset once and applies the config's protocol."""
+  """Checks the classes the config names (no decoding yet), then decodes the dataset
+  once and applies the config's protocol."""
+  protocols.config_classes(config, sources.class_names(config.dataset))
   train, test = sources.load_splits(config.dataset)
   return protocols.make_split(config, train, test)
 
@@ -75,36 +78,52 @@ def preview_augmentations(config: ml_collections.ConfigDict, data: device.Device
   }
 
 
-def config_hash(config: ml_collections.ConfigDict) -> str:
-  """Fingerprint of everything that decides the results (a rerun with it returns at once)."""
-  return hashlib.sha256(config.to_json_best_effort(sort_keys=True).encode()).hexdigest()[:16]
-
-
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def run(config: ml_collections.ConfigDict, workdir: str, *,
+        split: protocols.ADSplit | None = None, discard_stale: bool = False,
+        stage1_from: str | None = None) -> dict[str, Any]:
   """Data, stage 1, stage 2, evaluation for `config` in `workdir`; returns results.json.
 
-  Each stage is loaded when finished and resumed when partial; a repeated command whose
-  results.json matches the config returns at once. `config.stop_after` ends the run
-  early (run_summary.json then says what was not run).
+  Each stage is loaded when finished and resumed when partial, but only when the
+  identity it recorded (the config fields it reads, its data, the stage it reads from;
+  see `identity`) is this run's: otherwise the run refuses before anything in the
+  workdir changes, or with `discard_stale` deletes the stale stages and the ones after
+  them and trains them again. `stage1_from`: another workdir whose finished stage 1,
+  of the same identity, is copied in. `split`: data given directly (the API's arrays)
+  instead of `config.dataset`; with no test images the run stops after stage 2. A
+  rerun whose results.json has this run's identity returns without training.
   """
   config_lib.validate(config)
-  os.makedirs(workdir, exist_ok=True)
-  fingerprint = config_hash(config)
-  done = _finished_results(workdir, fingerprint)
+  workdir = workdir_lib.prepare(workdir)
+  # A config that differs from a recorded stage is refused before any data is decoded.
+  workdir_lib.check(workdir, identity.plan(config), discard_stale=discard_stale,
+                    config_only=True)
+  seconds: dict[str, float] = {}
+  t = time.time()
+  dataset = config.dataset.name if split is None else "arrays"
+  split = load_split(config) if split is None else split
+  plan = identity.plan(config, split)
+  mesh = sharding.make_mesh(config.train.num_devices)
+  config_lib.validate(config, mesh.devices.size)
+  stale = workdir_lib.check(workdir, plan, discard_stale=discard_stale)
+  source = (workdir_lib.check_stage1_source(stage1_from, plan["stage1"])
+            if stage1_from else None)
+  # ---- every check has passed: from here on the workdir changes.
+  if stale:
+    workdir_lib.discard(workdir, stale)
+  if source:
+    workdir_lib.copy_stage1(source, workdir)
+  done = workdir_lib.finished_results(workdir, plan["evaluation"])
   if done is not None and not config.stop_after:
-    logging.info("All stages finished earlier with this config: %s",
+    logging.info("All stages finished earlier with this identity: %s",
                  os.path.join(workdir, "results.json"))
     print(evaluate.summary_table(done), flush=True)
     return done
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
-  seconds: dict[str, float] = {}
-  t = time.time()
-  split = load_split(config)
-  summary: dict[str, Any] = {"dataset": config.dataset.name, "setting": config.setting,
+  workdir_lib.discard_results(workdir)  # made by another evaluation identity, or partial
+  workdir_lib.write_json(os.path.join(workdir, "config.json"),
+                         json.loads(config.to_json_best_effort()))
+  summary: dict[str, Any] = {"dataset": dataset, "setting": config.setting,
                              "seed": config.seed, **split.summary()}
   logging.info("Split: %s", json.dumps(summary))
-  mesh = sharding.make_mesh(config.train.num_devices)
   data = None
   if checkpoints.finished_info(os.path.join(workdir, stage1.STAGE)) is None:
     data = device.put_on_device(split.train_images, split.train_is_anomaly, mesh)
@@ -116,6 +135,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     return _finish(workdir, summary, seconds, "data")
 
   t = time.time()
+  _record(workdir, plan["stage1"])
   s1 = stage1.train(config, split, workdir, mesh, data=data)
   del data
   seconds["stage1"] = time.time() - t
@@ -126,6 +146,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     return _finish(workdir, summary, seconds, "stage1")
 
   t = time.time()
+  _record(workdir, plan["stage2"])
   s2 = stage2.train(config, split, workdir, mesh, s1)
   seconds["stage2"] = time.time() - t
   detectors = {name: list(v) for name, v in stage2.detectors(config).items()}
@@ -133,12 +154,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                        "weights": stage2.detector_weights(config),
                        "deviation_scales": list(stage2.deviation_weights(config)),
                        "norm": s2.norm}
-  if config.stop_after == "stage2":
+  if config.stop_after == "stage2" or split.n_test == 0:
     return _finish(workdir, summary, seconds, "stage2")
 
   t = time.time()
   logging.info("Evaluation: every score on the %d test images", split.n_test)
-  out = evaluate.compute_scores(config, split, s1, s2)
+  out = evaluate.compute_scores(config, split, Scorer(config, s1, s2))
   summary["scores"] = evaluate.score_metrics(out["scores"], split.test_is_anomaly)
   if config.evaluate.report:
     from mscm_jax import report  # pylint: disable=g-import-not-at-top
@@ -148,19 +169,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     summary["report"] = sorted(os.path.relpath(p, workdir) for p in paths)
   seconds["evaluation"] = time.time() - t
   summary["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
-  summary["config_hash"] = fingerprint
+  summary["identity"] = plan["evaluation"].fingerprint
+  summary["identities"] = {k: v.fingerprint for k, v in plan.items()}
   evaluate.write_results(workdir, summary, out["scores"], split.test_is_anomaly)
   print(evaluate.summary_table(summary), flush=True)
   return summary
 
 
-def _finished_results(workdir: str, fingerprint: str) -> dict[str, Any] | None:
-  path = os.path.join(workdir, "results.json")
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    results = json.load(f)
-  return results if results.get("config_hash") == fingerprint else None
+def _record(workdir: str, ident: identity.Identity) -> None:
+  """The stage's identity, written before its first checkpoint (checked to match)."""
+  if workdir_lib.recorded_identity(workdir, ident.stage) is None:
+    workdir_lib.record_identity(workdir, ident)
 
 
 def _finish(workdir: str, summary: dict[str, Any], seconds: dict[str, float],

@@ -19,36 +19,20 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from absl import logging
 
-from mscm_jax import checkpoints, knn, loop, losses, metrics, monitoring, sharding
+from mscm_jax import checkpoints, frozen, knn, loop, losses, metrics, monitoring, sharding
+from mscm_jax import config as config_lib
 from mscm_jax.data import augment, device, protocols
 from mscm_jax.errors import UserError
+from mscm_jax.frozen import build_model
 from mscm_jax.models import AnoMem
 
 STAGE = "stage1"
 
 
-NonFiniteError = loop.NonFiniteError  # re-exported: stage 1's callers catch these
-Interrupted = loop.Interrupted
-
-
 # ------------------------------------------------------------------- model, optimiser
-
-
-def build_model(config: ml_collections.ConfigDict, top_k: int | None = None) -> AnoMem:
-  """The stage-1 model; `top_k` overrides memory.top_k (retrieval sharpness at evaluation)."""
-  m, mem = config.model, config.memory
-  return AnoMem(
-      stage_sizes=tuple(m.stage_sizes), widths=tuple(m.widths),
-      dtype=jnp.dtype(m.dtype), memory_scales=tuple(mem.scales), memory_mode=mem.mode,
-      memory_train=mem.train, num_prototypes=mem.num_prototypes, proto_dim=mem.proto_dim,
-      beta=mem.beta or None, learnable_beta=mem.learnable_beta,
-      shrink_threshold=mem.shrink_threshold, retrieval_steps=mem.retrieval_steps,
-      top_k=mem.top_k if top_k is None else top_k,
-      head_dims=tuple(m.head_dims), scale_head_dims=tuple(m.head_dims))
 
 
 def num_steps(config: ml_collections.ConfigDict, n_train: int) -> tuple[int, int]:
@@ -148,6 +132,21 @@ def total_loss(terms: dict[str, jax.Array], config: ml_collections.ConfigDict) -
   return sum((term_weight(k, config) * v for k, v in terms.items()), jnp.zeros((), jnp.float32))
 
 
+def nan_advice(config: ml_collections.ConfigDict) -> Callable[[list[str]], str]:
+  """What to change when these logged terms became NaN/Inf (the loop's message ends so)."""
+  lr = f"optim.learning_rate (now {config.optim.learning_rate})"
+
+  def advice(terms: list[str]) -> str:
+    if any(t.startswith("nt_xent") for t in terms):
+      return (f"raise loss.temperature (now {config.loss.temperature}: the NT-Xent logits "
+              f"are divided by it) or lower {lr}")
+    if any(t.startswith(("variance", "codebook", "alignment", "proto_std")) for t in terms):
+      return f"lower {lr} or the memory loss weights (loss.*_weight)"
+    return f"lower {lr}, or lengthen optim.warmup_epochs (now {config.optim.warmup_epochs})"
+
+  return advice
+
+
 # ------------------------------------------------------------------------- train step
 
 
@@ -203,34 +202,13 @@ def make_train_step(config: ml_collections.ConfigDict, model: AnoMem, tx,
 # ------------------------------------------------------------------------------ probe
 
 
-def frozen_outputs(model: AnoMem, state: TrainState, images: np.ndarray,
-                   select: Callable[[dict[str, Any]], Any], batch_size: int = 500) -> Any:
-  """`select(outputs)` of the eval-mode model for every image, in padded batches.
-
-  The one way later stages read the trained model: nothing is dropped, nothing updated.
-  """
-
-  @jax.jit
-  def fn(batch):
-    out = model.apply({"params": state.params, "batch_stats": state.batch_stats},
-                      augment.to_float(batch), train=False)
-    return select(out)
-
-  return device.map_batches(fn, images, min(batch_size, len(images)))
-
-
-def embed(model: AnoMem, state: TrainState, images: np.ndarray,
-          batch_size: int = 500) -> np.ndarray:
-  """The final embedding of every image."""
-  return frozen_outputs(model, state, images, lambda out: out["embedding"], batch_size)
-
-
 def knn_probe(model: AnoMem, state: TrainState, split: protocols.ADSplit,
               k: int = 5) -> float:
   """k-NN AUROC of the final embedding: a cheap sign that the representation learned."""
   normal = ~split.train_is_anomaly
-  bank = embed(model, state, split.train_images[normal])
-  scores = knn.knn_scores(bank, embed(model, state, split.test_images), k=min(k, len(bank)))
+  bank = frozen.embed(model, state, split.train_images[normal])
+  scores = knn.knn_scores(bank, frozen.embed(model, state, split.test_images),
+                          k=min(k, len(bank)))
   return metrics.auroc(scores, split.test_is_anomaly.astype(int))
 
 
@@ -286,10 +264,8 @@ def train(config: ml_collections.ConfigDict, split: protocols.ADSplit, workdir: 
   `data`: the training set already on the mesh (saves a second host-to-device copy).
   """
   t_start = time.time()
+  config_lib.validate(config, mesh.devices.size)
   total, per_epoch = num_steps(config, split.n_train)
-  if config.train.batch_size % mesh.devices.size:
-    raise UserError(f"train.batch_size={config.train.batch_size} must be divisible by the "
-                    f"{mesh.devices.size} devices")
   model, _, _, init_fn, step_fn = components(config, split.n_train,
                                              split.train_images.shape[1:], mesh)
   state = init_fn(jax.random.PRNGKey(config.seed))
@@ -304,13 +280,13 @@ def train(config: ml_collections.ConfigDict, split: protocols.ADSplit, workdir: 
                  log_every=config.train.log_every_steps,
                  checkpoint_every=config.train.checkpoint_every_steps,
                  items_per_step=2 * config.train.batch_size, steps_per_epoch=per_epoch,
-                 stop_after=stop_after, unit="views")
+                 stop_after=stop_after, unit="views", advice=nan_advice(config))
   if res.finished is not None:
     return Stage1Result(res.state, model, res.step, res.finished.get("probe_auroc"),
                         res.rate, 0.0)
   probe_auroc = None
   if res.step >= total:
-    if probe:
+    if probe and split.n_test and split.test_is_anomaly.any() and not split.test_is_anomaly.all():
       probe_auroc = knn_probe(model, res.state, split)
       logging.info("Stage 1 health probe: k-NN AUROC of the embedding on the test split %.4f",
                    probe_auroc)
@@ -336,10 +312,6 @@ def load_finished(config: ml_collections.ConfigDict, workdir: str,
   model = build_model(config)
   tx = build_optimizer(config, learning_rate_schedule(config, 2, 1))  # shapes only
   template = make_init_fn(model, tx, image_shape, mesh)(jax.random.PRNGKey(config.seed))
-  mngr = checkpoints.manager(os.path.join(workdir, STAGE))
-  try:
-    state, _ = checkpoints.restore_latest(mngr, template)
-  finally:
-    mngr.close()
+  state, _ = checkpoints.restore_latest(os.path.join(workdir, STAGE), template)
   return (Stage1Result(state, model, int(state.step), info.get("probe_auroc"),
                        info.get("views_per_second"), 0.0), image_shape)

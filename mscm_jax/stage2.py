@@ -29,17 +29,17 @@ import numpy as np
 import optax
 from absl import logging
 
-from mscm_jax import checkpoints, loop, losses, sharding, stage1
+from mscm_jax import checkpoints, frozen, loop, losses, sharding, stage1
+from mscm_jax import config as config_lib
 from mscm_jax.data import device, protocols
 from mscm_jax.errors import UserError
-from mscm_jax.models import AnoMem
 from mscm_jax.models.detector import DistanceDetector, deviation_input
 
 STAGE = "stage2"
 _CENTER_EPS = 0.1  # Deep SVDD: centre coordinates this close to 0 are pushed out to +-eps
 
 
-# ------------------------------------------------------------------ the frozen model
+# ------------------------------------------------------------------ detector names
 
 
 def detector_scales(config: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -73,62 +73,6 @@ def deviation_weights(config: ml_collections.ConfigDict) -> dict[str, float]:
   """Equal weights over the scales of the training-free score (measured: its best scale
   is not always one the detector does best on, so the two sets are separate fields)."""
   return {s: 1.0 for s in (config.stage2.deviation_scales or detector_scales(config))}
-
-
-def frozen_model(config: ml_collections.ConfigDict) -> AnoMem:
-  """The stage-1 model as stage 2 reads it (retrieval top-k possibly overridden)."""
-  top_k = config.stage2.top_k
-  return stage1.build_model(config, top_k=None if top_k < 0 else top_k)
-
-
-def map_kind(deviation: str) -> str:
-  """The map behind the training-free score and the heat maps, higher = more deviant:
-  'euclidean' when the detector reads it, else 1 - cos (also for 'similarity', its
-  upside-down twin, and for f - r)."""
-  return "euclidean" if "euclidean" in deviation.split("+") else "cosine"
-
-
-def read_frozen(model: AnoMem, state: stage1.TrainState, images: np.ndarray,
-                scales: Sequence[str], kind: str = "cosine", batch_size: int = 500,
-                maps: bool = True,
-                inputs: dict[str, tuple[str, str]] | None = None) -> dict[str, Any]:
-  """One eval-mode pass over `images` (padded batches) giving
-  'deviation': {scale: [N]} the training-free score, the mean of the `map_kind` map;
-  'maps': {scale: [N, h, w]} those maps and 'inputs': {detector: [N, h, w, 1 or C]} the
-  detector inputs named by `inputs` ({name: (scale, kind)}; default: every scale with
-  `kind`), both only when `maps`;
-  'embedding': [N, C], the final embedding.
-  """
-  inputs = detector_inputs(scales, kind) if inputs is None else dict(inputs)
-  wanted = set(scales) | {s for s, _ in inputs.values()}
-  missing = [s for s in wanted if s not in model.memory_scales]
-  if missing:
-    raise ValueError(f"scales {sorted(missing)} have no memory (memory.scales="
-                     f"{tuple(model.memory_scales)})")
-
-  def select(out):
-    f, r = out["features"], out["readout"]
-    result = {"embedding": out["embedding"].astype(jnp.float32), "deviation": {}, "maps": {}}
-    for s in scales:
-      d = deviation_input(f[s], r[s], map_kind(kind))
-      result["deviation"][s] = jnp.mean(d, axis=(1, 2, 3))
-      if maps:
-        result["maps"][s] = d[..., 0]
-    if maps:
-      result["inputs"] = {name: deviation_input(f[s], r[s], k)
-                          for name, (s, k) in inputs.items()}
-    return result
-
-  out = stage1.frozen_outputs(model, state, images, select, batch_size)
-  out["deviation"] = {s: v.astype(np.float64) for s, v in out["deviation"].items()}
-  return out
-
-
-def deviation_maps(model: AnoMem, state: stage1.TrainState, images: np.ndarray,
-                   scales: Sequence[str], kind: str = "cosine",
-                   batch_size: int = 500) -> dict[str, np.ndarray]:
-  """{scale: [N, h, w]}: the deviation map (`map_kind(kind)`) of every image."""
-  return read_frozen(model, state, images, scales, kind, batch_size, inputs={})["maps"]
 
 
 # ------------------------------------------------------------------ detector state
@@ -274,6 +218,67 @@ def combine(per_scale: dict[str, np.ndarray], norm: dict[str, Sequence[float]],
 
 
 @dataclasses.dataclass
+class FitResult:
+  state: DetectorState
+  detector: DistanceDetector
+  steps: int
+  rate: float | None  # maps per second
+  norm: dict[str, list[float]]  # {detector: [mean, std]} of its distance on `reference`
+  reference: np.ndarray  # bool [N]: the rows that set the spread (the holdout)
+  n_fit: int
+
+
+def nan_advice(config: ml_collections.ConfigDict):
+  s2 = config.stage2
+
+  def advice(terms: list[str]) -> str:
+    if any(t.startswith("sad_") for t in terms):
+      return (f"lower stage2.eta (now {s2.eta}: labelled anomalies' eta / distance term) or "
+              f"stage2.learning_rate (now {s2.learning_rate})")
+    return (f"lower stage2.learning_rate (now {s2.learning_rate}); a detector input that is "
+            "NaN/Inf comes from a diverged stage 1")
+
+  return advice
+
+
+def fit(config: ml_collections.ConfigDict, inputs: dict[str, np.ndarray],
+        is_anomaly: np.ndarray, workdir: str, mesh, *,
+        stop_after: int | None = None) -> FitResult:
+  """Trains (or resumes, or loads) the detectors on `inputs` ({detector: [N, h, w, c]}):
+  the one stage-2 fit, for the pipeline and for experiments on cached inputs.
+
+  A seeded `holdout_fraction` of the normal rows is kept out; the distances on it set
+  each detector's spread. Checkpoints go to `workdir/stage2/`.
+  """
+  s2 = config.stage2
+  config_lib.validate(config, mesh.devices.size)
+  is_anomaly = np.asarray(is_anomaly, bool)
+  hold = holdout_rows(is_anomaly, s2.holdout_fraction, config.seed)
+  fit_rows = ~hold
+  fit_normal = fit_rows & ~is_anomaly
+  n_fit = int(fit_rows.sum())
+  detector = build_detector(config)
+  total, per_epoch = num_steps(config, n_fit)
+  tx, schedule = build_optimizer(config, total)
+  state = init_state(config, detector, tx, {s: m[fit_normal] for s, m in inputs.items()},
+                     mesh)
+  n_dev, spec = mesh.devices.size, sharding.data_sharding(mesh)
+  fit_maps = {s: jax.device_put(sharding.pad_to_multiple(m[fit_rows], n_dev), spec)
+              for s, m in inputs.items()}
+  flags = jax.device_put(sharding.pad_to_multiple(is_anomaly[fit_rows], n_dev), spec)
+  step_fn = make_train_step(config, detector, tx, schedule, n_fit, mesh)
+  res = loop.run(STAGE, workdir, state, lambda st: step_fn(st, fit_maps, flags), total=total,
+                 log_every=s2.log_every_steps, checkpoint_every=s2.checkpoint_every_steps,
+                 items_per_step=s2.batch_size, steps_per_epoch=per_epoch,
+                 stop_after=stop_after, unit="maps", advice=nan_advice(config))
+  ref = hold if hold.any() else fit_normal
+  norm = spread(distances(detector, res.state, {s: m[ref] for s, m in inputs.items()},
+                          config.evaluate.batch_size))
+  rate = res.rate if res.finished is None else res.finished.get("maps_per_second")
+  return FitResult(res.state, detector, res.step, rate, norm, ref, n_fit)
+
+
+@dataclasses.dataclass
 class Stage2Result:
   state: DetectorState
   detector: DistanceDetector
@@ -284,64 +289,29 @@ class Stage2Result:
 
 def train(config: ml_collections.ConfigDict, split: protocols.ADSplit, workdir: str, mesh,
           s1: stage1.Stage1Result, *, stop_after: int | None = None) -> Stage2Result:
-  """Trains (or resumes, or loads the finished) stage 2 in `workdir/stage2/`."""
+  """Trains (or resumes, or loads the finished) stage 2 in `workdir/stage2/`: the frozen
+  stage 1's detector inputs of the training images, then `fit`."""
   t_start = time.time()
   s2, inputs = config.stage2, detectors(config)
   if checkpoints.finished_info(os.path.join(workdir, STAGE)) is not None:
     logging.info("Stage 2 already finished: loaded from %s", os.path.join(workdir, STAGE))
     return load_finished(config, workdir, split.train_images.shape[1:], mesh)
-  if s2.batch_size % mesh.devices.size:
-    raise UserError(f"stage2.batch_size={s2.batch_size} must be divisible by the "
-                    f"{mesh.devices.size} devices")
-  hold = holdout_rows(split.train_is_anomaly, s2.holdout_fraction, config.seed)
-  fit = ~hold
-  fit_normal = fit & ~split.train_is_anomaly
-  n_fit = int(fit.sum())
   logging.info("Stage 2: detector inputs %s for %d training images",
                ", ".join(f"{s} {k}" for s, k in inputs.values()), split.n_train)
-  frozen = read_frozen(frozen_model(config), s1.state, split.train_images,
-                      tuple(config.memory.scales), s2.deviation, config.evaluate.batch_size,
-                      inputs=inputs)
-  maps = frozen["inputs"]
-  detector = build_detector(config)
-  total, per_epoch = num_steps(config, n_fit)
-  tx, schedule = build_optimizer(config, total)
-  state = init_state(config, detector, tx, {s: m[fit_normal] for s, m in maps.items()}, mesh)
-  n_dev, spec = mesh.devices.size, sharding.data_sharding(mesh)
-  fit_maps = {s: jax.device_put(sharding.pad_to_multiple(m[fit], n_dev), spec)
-              for s, m in maps.items()}
-  flags = jax.device_put(sharding.pad_to_multiple(split.train_is_anomaly[fit], n_dev), spec)
-  step_fn = make_train_step(config, detector, tx, schedule, n_fit, mesh)
-  res = loop.run(STAGE, workdir, state, lambda st: step_fn(st, fit_maps, flags), total=total,
-                 log_every=s2.log_every_steps, checkpoint_every=s2.checkpoint_every_steps,
-                 items_per_step=s2.batch_size, steps_per_epoch=per_epoch,
-                 stop_after=stop_after, unit="maps")
-  ref = hold if hold.any() else fit_normal
-  ref_maps = {s: m[ref] for s, m in maps.items()}
-  norm = {"mscm": spread(distances(detector, res.state, ref_maps, config.evaluate.batch_size)),
-          "deviation": spread({s: v[ref] for s, v in frozen["deviation"].items()})}
-  if res.step >= total:
+  read = frozen.read(frozen.frozen_model(config), s1.state, split.train_images,
+                     tuple(config.memory.scales), kind=s2.deviation, inputs=inputs,
+                     batch_size=config.evaluate.batch_size)
+  res = fit(config, read["inputs"], split.train_is_anomaly, workdir, mesh,
+            stop_after=stop_after)
+  norm = {"mscm": res.norm,
+          "deviation": spread({s: v[res.reference] for s, v in read["deviation"].items()})}
+  total, _ = num_steps(config, res.n_fit)
+  if res.steps >= total:
     checkpoints.mark_finished(os.path.join(workdir, STAGE),
-                              {"step": res.step, "norm": norm, "n_fit": n_fit,
-                               "n_holdout": int(hold.sum()),
+                              {"step": res.steps, "norm": norm, "n_fit": res.n_fit,
+                               "n_holdout": int(split.n_train - res.n_fit),
                                "maps_per_second": res.rate})
-  return Stage2Result(res.state, detector, res.step, norm, time.time() - t_start)
-
-
-def method_scores(config: ml_collections.ConfigDict, s1: stage1.Stage1Result,
-                  s2: Stage2Result, images: np.ndarray) -> tuple[dict[str, np.ndarray], dict]:
-  """The method's scores of `images`: 'mscm' and each detector's, 'deviation' and each
-  scale's; also the frozen pass (maps, embedding) they came from. One definition for
-  evaluation and the API."""
-  c = config
-  out = read_frozen(frozen_model(c), s1.state, images, tuple(c.memory.scales),
-                    c.stage2.deviation, c.evaluate.batch_size, inputs=detectors(c))
-  per_detector = distances(s2.detector, s2.state, out["inputs"], c.evaluate.batch_size)
-  scores = {"mscm": combine(per_detector, s2.norm["mscm"], detector_weights(c)),
-            "deviation": combine(out["deviation"], s2.norm["deviation"], deviation_weights(c))}
-  scores.update({f"mscm_{name}": v for name, v in per_detector.items()})
-  scores.update({f"deviation_{s}": v for s, v in out["deviation"].items()})
-  return scores, out
+  return Stage2Result(res.state, res.detector, res.steps, norm, time.time() - t_start)
 
 
 def load_finished(config: ml_collections.ConfigDict, workdir: str, image_shape: Sequence[int],
@@ -351,7 +321,7 @@ def load_finished(config: ml_collections.ConfigDict, workdir: str, image_shape: 
   if info is None:
     raise UserError(f"{workdir}/{STAGE} holds no finished stage 2: run the training first")
   detector = build_detector(config)
-  model, inputs = frozen_model(config), detectors(config)
+  model, inputs = frozen.frozen_model(config), detectors(config)
 
   def map_shapes(x):
     out = model.apply(model.init(jax.random.PRNGKey(0), x, train=False), x, train=False)
@@ -363,9 +333,5 @@ def load_finished(config: ml_collections.ConfigDict, workdir: str, image_shape: 
   total = info["step"]
   tx, _ = build_optimizer(config, total)
   template = init_state(config, detector, tx, dummy, mesh)
-  mngr = checkpoints.manager(os.path.join(workdir, STAGE))
-  try:
-    state, _ = checkpoints.restore_latest(mngr, template)
-  finally:
-    mngr.close()
+  state, _ = checkpoints.restore_latest(os.path.join(workdir, STAGE), template)
   return Stage2Result(state, detector, int(state.step), info["norm"], 0.0)

@@ -80,7 +80,7 @@ def test_sigterm_saves_and_the_same_command_resumes(folder_tree, tmp_path):
     time.sleep(0.2)
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=120)
-  assert proc.returncode == 2, err
+  assert proc.returncode == 75, err  # pre-empted: its own status, not a config error
   assert "SIGTERM at step" in err and "Traceback" not in err
   saved = int(err.split("SIGTERM at step ")[1].split(":")[0])
   assert 3 <= saved < 400 and (workdir / "stage1" / str(saved)).is_dir()

@@ -16,7 +16,7 @@ def test_results_json_has_every_field(finished_run):
   saved = json.loads((workdir / "results.json").read_text())
   assert saved == json.loads(json.dumps(results))
   for key in ("dataset", "setting", "normal_classes", "seed", "n_train", "n_train_anomalies",
-              "n_test", "n_test_anomalous", "scores", "seconds", "config_hash"):
+              "n_test", "n_test_anomalous", "scores", "seconds", "identity", "identities"):
     assert key in saved, key
   assert saved["dataset"] == "folder" and saved["normal_classes"] == ["c0"]
   assert saved["n_train"] == 48 and saved["n_test"] == 32 and saved["n_test_anomalous"] == 16
@@ -70,15 +70,13 @@ def test_summary_table_lists_headline_scores_first(finished_run):
 
 
 def test_changed_stage2_config_reuses_stage1(finished_run, tmp_path):
-  """A new workdir holding only the finished stage 1: stage 2 and evaluation run."""
-  import shutil
+  """--stage1_from: a new workdir takes the finished stage 1; stage 2 and evaluation run."""
   config, workdir, _ = finished_run
-  shutil.copytree(workdir / "stage1", tmp_path / "stage1")
   c = config.copy_and_resolve_references()
   c.stage2.scales = ("pooled",)
   c.stage2.deviation = "euclidean"
   c.stage2.deviation_scales = ("res3",)
-  out = pipeline.run(c, str(tmp_path))
+  out = pipeline.run(c, str(tmp_path), stage1_from=str(workdir))
   assert out["stage1"]["steps"] == 6
   assert out["stage2"]["detectors"] == {"pooled": ["pooled", "euclidean"]}
   assert out["stage2"]["deviation_scales"] == ["res3"]

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mscm_jax import checkpoints, config as config_lib, sharding, stage1
+from mscm_jax import checkpoints, config as config_lib, errors, sharding, stage1
 from mscm_jax.data import device, protocols, sources
 
 SIZE = 16  # 16x16 images keep compile and step times small
@@ -134,14 +134,15 @@ def test_nan_guard_stops_without_saving(tmp_path):
   mesh = sharding.make_mesh(1)
   stage1.train(c, split, str(tmp_path), mesh, stop_after=2, probe=False)
   # Corrupt the saved state, as a diverged run would leave it, and resume from it.
-  mngr = checkpoints.manager(str(tmp_path / "stage1"))
   parts = stage1.components(c, split.n_train, split.train_images.shape[1:], mesh)
-  state, step = checkpoints.restore_latest(mngr, parts.init_fn(jax.random.PRNGKey(0)))
+  state, step = checkpoints.restore_latest(str(tmp_path / "stage1"),
+                                           parts.init_fn(jax.random.PRNGKey(0)))
+  mngr = checkpoints.manager(str(tmp_path / "stage1"))
   params = jax.tree.map(lambda x: x, state.params)
   params["head"]["dense0"]["kernel"] = params["head"]["dense0"]["kernel"].at[0, 0].set(
       jnp.nan)
   checkpoints.save(mngr, 3, state.replace(params=params))
   mngr.close()
-  with pytest.raises(stage1.NonFiniteError, match="between steps 2 and 3|between steps 3 and 4"):
+  with pytest.raises(errors.NonFiniteError, match="between steps 2 and 3|between steps 3 and 4"):
     stage1.train(c, split, str(tmp_path), mesh, probe=False)
   assert checkpoints.manager(str(tmp_path / "stage1")).latest_step() == 3  # nothing new

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mscm_jax import checkpoints, evaluate, metrics, sharding, stage1, stage2
+from mscm_jax import checkpoints, evaluate, frozen as frozen_lib, metrics, sharding, stage1, stage2
+from mscm_jax.scoring import Scorer
 from mscm_jax import config as config_lib
 from mscm_jax.data import augment, protocols
 from mscm_jax.models import cosine_deviation
@@ -32,11 +33,12 @@ def frozen():
 def test_maps_and_training_free_scores(frozen):
   model, state = frozen
   images = np.random.default_rng(0).integers(0, 256, (7, 16, 16, 3), dtype=np.uint8)
-  out = stage2.read_frozen(model, state, images, ("res3", "pooled"), batch_size=4)
+  out = frozen_lib.read(model, state, images, ("res3", "pooled"), batch_size=4,
+                       inputs=stage2.detector_inputs(("res3", "pooled"), "cosine"))
   maps = out["inputs"]
   np.testing.assert_array_equal(out["maps"]["res3"], maps["res3"][..., 0])
-  only = stage2.read_frozen(model, state, images, ("res3", "pooled"),
-                           inputs=stage2.detector_inputs(("pooled",), "cosine"))
+  only = frozen_lib.read(model, state, images, ("res3", "pooled"),
+                        inputs=stage2.detector_inputs(("pooled",), "cosine"))
   assert set(only["inputs"]) == {"pooled"} and set(only["deviation"]) == {"res3", "pooled"}
   assert maps["res3"].shape == (7, 4, 4, 1) and maps["pooled"].shape == (7, 1, 1, 1)
   assert out["embedding"].shape == (7, 16)
@@ -48,17 +50,19 @@ def test_maps_and_training_free_scores(frozen):
                              atol=1e-5)
   np.testing.assert_allclose(out["deviation"]["res3"], maps["res3"].mean(axis=(1, 2, 3)),
                              rtol=1e-5)
-  diff = stage2.read_frozen(model, state, images, ("res3",), kind="difference")
+  diff = frozen_lib.read(model, state, images, ("res3",), kind="difference",
+                        inputs=stage2.detector_inputs(("res3",), "difference"))
   assert diff["inputs"]["res3"].shape == (7, 4, 4, 16)
   np.testing.assert_allclose(diff["deviation"]["res3"], out["deviation"]["res3"], rtol=1e-5)
-  both = stage2.read_frozen(model, state, images, ("res3",), kind="cosine+difference")
+  both = frozen_lib.read(model, state, images, ("res3",), kind="cosine+difference",
+                        inputs=stage2.detector_inputs(("res3",), "cosine+difference"))
   assert set(both["inputs"]) == {"res3_cosine", "res3_difference"}
   np.testing.assert_array_equal(both["inputs"]["res3_cosine"], maps["res3"])
   np.testing.assert_array_equal(both["inputs"]["res3_difference"], diff["inputs"]["res3"])
   np.testing.assert_array_equal(both["maps"]["res3"], out["maps"]["res3"])
-  assert stage2.map_kind("similarity+difference") == "cosine"  # higher = more deviant
-  assert stage2.map_kind("difference+euclidean") == "euclidean"
-  euclid = stage2.deviation_maps(model, state, images, ("res3",), kind="euclidean")["res3"]
+  assert frozen_lib.map_kind("similarity+difference") == "cosine"  # higher = more deviant
+  assert frozen_lib.map_kind("difference+euclidean") == "euclidean"
+  euclid = frozen_lib.deviation_maps(model, state, images, ("res3",), kind="euclidean")["res3"]
   f, r = ref["features"]["res3"], ref["readout"]["res3"]
   np.testing.assert_allclose(euclid[:2], np.mean(np.square(f - r), axis=-1), rtol=1e-4)
 
@@ -66,7 +70,7 @@ def test_maps_and_training_free_scores(frozen):
 def test_unknown_scale_is_a_clear_error(frozen):
   model, state = frozen
   with pytest.raises(ValueError, match="res2"):
-    stage2.deviation_maps(model, state, np.zeros((2, 16, 16, 3), np.uint8), ("res2",))
+    frozen_lib.deviation_maps(model, state, np.zeros((2, 16, 16, 3), np.uint8), ("res2",))
 
 
 def test_holdout_takes_normal_rows_only_and_is_seeded():
@@ -262,7 +266,7 @@ def test_joined_kinds_train_one_detector_per_scale_and_kind(tmp_path):
   s2 = stage2.train(c, split, str(tmp_path), mesh, s1)
   assert set(s2.norm["mscm"]) == set(stage2.detectors(c))
   assert set(s2.norm["deviation"]) == {"res3", "pooled"}
-  scores, out = stage2.method_scores(c, s1, s2, split.test_images)
+  scores, out = Scorer(c, s1, s2).scores_and_read(split.test_images)
   assert out["inputs"]["res3_difference"].shape[-1] > 1
   assert out["inputs"]["res3_similarity"].shape[-1] == 1
   per = {name: scores[f"mscm_{name}"] for name in stage2.detectors(c)}
@@ -271,5 +275,5 @@ def test_joined_kinds_train_one_detector_per_scale_and_kind(tmp_path):
   np.testing.assert_allclose(out["maps"]["res3"], 1 - out["inputs"]["res3_similarity"][..., 0],
                              atol=1e-6)
   loaded = stage2.load_finished(c, str(tmp_path), split.train_images.shape[1:], mesh)
-  again, _ = stage2.method_scores(c, s1, loaded, split.test_images)
+  again = Scorer(c, s1, loaded).scores(split.test_images)
   np.testing.assert_array_equal(again["mscm"], scores["mscm"])

@@ -132,15 +132,22 @@ def unbalanced_split(train: LabelledImages, test: LabelledImages,
   )
 
 
+def config_classes(config, class_names: Sequence[str]) -> tuple[tuple[int, ...],
+                                                               tuple[int, ...]]:
+  """(normal, labelled-anomaly) class indices the config names; a ConfigError for a name
+  or index the dataset does not have. Needs only the class names, not the images."""
+  normal = resolve_classes(config.dataset.normal_class, class_names, "dataset.normal_class")
+  if config.setting == "oneclass":
+    return normal, ()
+  return normal, resolve_classes(config.anomaly_classes, class_names, "anomaly_classes")
+
+
 def make_split(config, train: LabelledImages, test: LabelledImages) -> ADSplit:
   """The split that `config.setting` asks for."""
   if train.class_names != test.class_names:
     raise ConfigError("train and test splits disagree on the class names")
-  normal = resolve_classes(config.dataset.normal_class, train.class_names,
-                           "dataset.normal_class")
+  normal, anomaly_classes = config_classes(config, train.class_names)
   if config.setting == "oneclass":
     return one_class_split(train, test, normal)
-  anomaly_classes = resolve_classes(config.anomaly_classes, train.class_names,
-                                    "anomaly_classes")
   return unbalanced_split(train, test, normal, config.anomaly_ratio, config.seed,
                           anomaly_classes)

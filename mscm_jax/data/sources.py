@@ -106,9 +106,9 @@ def find_prepared(name: str, data_dir: str) -> str | None:
   return os.path.dirname(hits[-1]) if hits else None
 
 
-def load_tfds(name: str, split: str, *, data_dir: str = "", label_key: str = "label",
-              download: bool = False) -> LabelledImages:
-  """Reads a whole tfds split into memory; fails fast when the data is not prepared."""
+def _tfds_builder(name: str, splits: Sequence[str], *, data_dir: str = "",
+                  label_key: str = "label", download: bool = False):
+  """A tfds builder whose data, label feature and splits are checked: no decoding yet."""
   resolved, origin = resolve_tfds_dir(data_dir)
   if not download and find_prepared(name, resolved) is None:
     raise DatasetNotFoundError(
@@ -130,10 +130,22 @@ def load_tfds(name: str, split: str, *, data_dir: str = "", label_key: str = "la
     raise UserError(f"tfds dataset '{name}' has no feature '{label_key}' "
                     f"(features: {', '.join(features.keys())}); set dataset.label_key")
   known = builder.info.splits
-  if known and split.split("[")[0] not in known and "+" not in split:
-    raise UserError(f"tfds dataset '{name}' has no split '{split}' "
-                    f"(splits: {', '.join(known.keys())})")
-  logging.info("Reading tfds %s[%s] from %s", name, split, resolved)
+  for split in splits:
+    if known and split.split("[")[0] not in known and "+" not in split:
+      raise UserError(f"tfds dataset '{name}' has no split '{split}' "
+                      f"(splits: {', '.join(known.keys())}); set dataset.train_split / "
+                      "dataset.test_split")
+  return builder
+
+
+def load_tfds(name: str, split: str, *, data_dir: str = "", label_key: str = "label",
+              download: bool = False) -> LabelledImages:
+  """Reads a whole tfds split into memory; fails fast when the data is not prepared."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  builder = _tfds_builder(name, (split,), data_dir=data_dir, label_key=label_key,
+                          download=download)
+  logging.info("Reading tfds %s[%s] from %s", name, split, builder.data_dir)
   ds = builder.as_dataset(split=split, batch_size=4096, shuffle_files=False)
   images, labels = [], []
   for batch in tfds.as_numpy(ds):
@@ -145,7 +157,7 @@ def load_tfds(name: str, split: str, *, data_dir: str = "", label_key: str = "la
   if images.shape[-1] == 1:
     images = np.repeat(images, 3, axis=-1)
   return LabelledImages(images.astype(np.uint8), np.concatenate(labels).astype(np.int64),
-                        tuple(features[label_key].names))
+                        tuple(builder.info.features[label_key].names))
 
 
 # --------------------------------------------------------------------------- folders
@@ -213,6 +225,20 @@ def load_folder(root: str, split: str, *, image_size: int = 32,
 
 
 # --------------------------------------------------------------------------- dispatch
+
+
+def class_names(dataset) -> tuple[str, ...]:
+  """The class names of a `config.dataset` section without decoding any image, so that
+  the classes a config names are checked in seconds, not after the whole decode."""
+  if dataset.name == "folder":
+    if not dataset.data_dir:
+      raise UserError("dataset.name='folder' needs --config.dataset.data_dir=ROOT "
+                      "(a tree ROOT/{train,test}/<class>/<image>)")
+    return folder_class_names(dataset.data_dir, (dataset.train_split, dataset.test_split))
+  builder = _tfds_builder(dataset.name, (dataset.train_split, dataset.test_split),
+                          data_dir=dataset.data_dir, label_key=dataset.label_key,
+                          download=dataset.download)
+  return tuple(builder.info.features[dataset.label_key].names)
 
 
 def load_splits(dataset) -> tuple[LabelledImages, LabelledImages]:

@@ -29,7 +29,8 @@ from flax import linen as nn
 
 from mscm_jax.models.heads import ProjectionHead
 from mscm_jax.models.memory import HopfieldMemory
-from mscm_jax.models.resnet import STAGE_NAMES, ResNetStage, Stem, normalize_images
+from mscm_jax.models.resnet import ResNetStage, Stem, normalize_images
+from mscm_jax.names import MEMORY_MODES, MEMORY_TRAIN, SCALES, STAGE_NAMES
 
 __all__ = [
   "AnoMem",
@@ -42,9 +43,6 @@ __all__ = [
 
 Dtype = Any
 
-SCALES: tuple[str, ...] = STAGE_NAMES + ("pooled",)
-MEMORY_MODES: tuple[str, ...] = ("replace", "residual", "branch")
-MEMORY_TRAIN: tuple[str, ...] = ("contrastive", "codebook")
 
 
 def mask_anomaly_readout(f: jax.Array, r: jax.Array, anomaly_mask: jax.Array | None) -> jax.Array:

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from mscm_jax.models.conv import Conv
+from mscm_jax.names import STAGE_NAMES
 
 __all__ = [
   "CIFAR_MEAN",
@@ -32,7 +33,6 @@ Dtype = Any
 # Per-channel statistics of the CIFAR-10 training set, for images in [0, 1].
 CIFAR_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
 CIFAR_STD: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
-STAGE_NAMES: tuple[str, str, str, str] = ("res1", "res2", "res3", "res4")
 
 # He init on fan-out, as torchvision's ResNet: keeps activations at scale from scratch.
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")

@@ -1,0 +1,111 @@
+"""The stage-1 model and its frozen read-out: features f, memory read-outs r, embedding.
+
+Stage 2, the evaluation, the Python API and the experiments all read a trained stage 1
+the same way: the eval-mode model over padded batches (every image once, nothing
+updated). `build_model` is the one place a config becomes an `AnoMem`; `read` gives
+the deviation maps, the training-free scores, the detector inputs and the embedding in
+one pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from mscm_jax.data import augment, device
+from mscm_jax.models import AnoMem
+from mscm_jax.models.detector import deviation_input
+
+
+def build_model(config: ml_collections.ConfigDict, top_k: int | None = None) -> AnoMem:
+  """The stage-1 model; `top_k` overrides memory.top_k (retrieval sharpness at evaluation)."""
+  m, mem = config.model, config.memory
+  return AnoMem(
+      stage_sizes=tuple(m.stage_sizes), widths=tuple(m.widths),
+      dtype=jnp.dtype(m.dtype), memory_scales=tuple(mem.scales), memory_mode=mem.mode,
+      memory_train=mem.train, num_prototypes=mem.num_prototypes, proto_dim=mem.proto_dim,
+      beta=mem.beta or None, learnable_beta=mem.learnable_beta,
+      shrink_threshold=mem.shrink_threshold, retrieval_steps=mem.retrieval_steps,
+      top_k=mem.top_k if top_k is None else top_k,
+      head_dims=tuple(m.head_dims), scale_head_dims=tuple(m.head_dims))
+
+
+def frozen_model(config: ml_collections.ConfigDict) -> AnoMem:
+  """The stage-1 model as stage 2 reads it (retrieval top-k possibly overridden)."""
+  top_k = config.stage2.top_k
+  return build_model(config, top_k=None if top_k < 0 else top_k)
+
+
+def outputs(model: AnoMem, state: Any, images: np.ndarray,
+            select: Callable[[dict[str, Any]], Any], batch_size: int = 500) -> Any:
+  """`select(outputs)` of the eval-mode model for every image, in padded batches.
+
+  `state` is anything with `params` and `batch_stats` (a stage-1 TrainState).
+  """
+
+  @jax.jit
+  def fn(batch):
+    out = model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                      augment.to_float(batch), train=False)
+    return select(out)
+
+  return device.map_batches(fn, images, min(batch_size, len(images)))
+
+
+def embed(model: AnoMem, state: Any, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
+  """The final embedding of every image, float32."""
+  return outputs(model, state, images, lambda out: out["embedding"].astype(jnp.float32),
+                 batch_size)
+
+
+def map_kind(deviation: str) -> str:
+  """The map behind the training-free score and the heat maps, higher = more deviant:
+  'euclidean' when the detector reads it, else 1 - cos (also for 'similarity', its
+  upside-down twin, and for f - r)."""
+  return "euclidean" if "euclidean" in deviation.split("+") else "cosine"
+
+
+def read(model: AnoMem, state: Any, images: np.ndarray, scales: Sequence[str], *,
+         kind: str = "cosine", inputs: dict[str, tuple[str, str]] | None = None,
+         maps: bool = True, batch_size: int = 500) -> dict[str, Any]:
+  """One eval-mode pass over `images` giving
+  'deviation': {scale: [N]} the training-free score, the mean of the `map_kind(kind)` map;
+  'maps': {scale: [N, h, w]} those maps (only with `maps`);
+  'inputs': {detector: [N, h, w, 1 or C]} the detector inputs named by `inputs`
+    ({name: (scale, input kind)}; only with `maps`);
+  'embedding': [N, C], the final embedding.
+  """
+  inputs = dict(inputs or {})
+  wanted = set(scales) | {s for s, _ in inputs.values()}
+  missing = [s for s in wanted if s not in model.memory_scales]
+  if missing:
+    raise ValueError(f"scales {sorted(missing)} have no memory (memory.scales="
+                     f"{tuple(model.memory_scales)})")
+
+  def select(out):
+    f, r = out["features"], out["readout"]
+    result = {"embedding": out["embedding"].astype(jnp.float32), "deviation": {}, "maps": {}}
+    for s in scales:
+      d = deviation_input(f[s], r[s], map_kind(kind))
+      result["deviation"][s] = jnp.mean(d, axis=(1, 2, 3))
+      if maps:
+        result["maps"][s] = d[..., 0]
+    if maps:
+      result["inputs"] = {name: deviation_input(f[s], r[s], k)
+                          for name, (s, k) in inputs.items()}
+    return result
+
+  out = outputs(model, state, images, select, batch_size)
+  out["deviation"] = {s: v.astype(np.float64) for s, v in out["deviation"].items()}
+  return out
+
+
+def deviation_maps(model: AnoMem, state: Any, images: np.ndarray, scales: Sequence[str],
+                   kind: str = "cosine", batch_size: int = 500) -> dict[str, np.ndarray]:
+  """{scale: [N, h, w]}: the deviation map (`map_kind(kind)`) of every image."""
+  return read(model, state, images, scales, kind=kind, batch_size=batch_size)["maps"]

@@ -1,0 +1,66 @@
+"""The method's scores of any images from a finished stage 1 and stage 2.
+
+One object, shared by the evaluation and the Python API, so that both compute `mscm`,
+`deviation` and their parts by the same definition. Like big_vision's evaluators, the
+evaluation is handed a `Scorer`; it never touches the trainers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from mscm_jax import frozen, stage1, stage2
+from mscm_jax.models import AnoMem
+
+
+@dataclasses.dataclass
+class Scorer:
+  """`scores(images)`: {'mscm', 'mscm_<detector>', 'deviation', 'deviation_<scale>': [N]}."""
+
+  config: ml_collections.ConfigDict
+  s1: stage1.Stage1Result
+  s2: stage2.Stage2Result
+
+  @property
+  def model(self) -> AnoMem:
+    return frozen.frozen_model(self.config)
+
+  @property
+  def batch_size(self) -> int:
+    return self.config.evaluate.batch_size
+
+  def read(self, images: np.ndarray) -> dict[str, Any]:
+    """The frozen pass the scores come from: maps, detector inputs, embedding."""
+    c = self.config
+    return frozen.read(self.model, self.s1.state, images, tuple(c.memory.scales),
+                       kind=c.stage2.deviation, inputs=stage2.detectors(c),
+                       batch_size=self.batch_size)
+
+  def scores_and_read(self, images: np.ndarray) -> tuple[dict[str, np.ndarray], dict]:
+    c, s2 = self.config, self.s2
+    out = self.read(images)
+    per_detector = stage2.distances(s2.detector, s2.state, out["inputs"], self.batch_size)
+    scores = {
+        "mscm": stage2.combine(per_detector, s2.norm["mscm"], stage2.detector_weights(c)),
+        "deviation": stage2.combine(out["deviation"], s2.norm["deviation"],
+                                    stage2.deviation_weights(c)),
+    }
+    scores.update({f"mscm_{name}": v for name, v in per_detector.items()})
+    scores.update({f"deviation_{s}": v for s, v in out["deviation"].items()})
+    return scores, out
+
+  def scores(self, images: np.ndarray) -> dict[str, np.ndarray]:
+    return self.scores_and_read(images)[0]
+
+  def embedding(self, images: np.ndarray) -> np.ndarray:
+    return frozen.embed(self.model, self.s1.state, images, self.batch_size)
+
+  def deviation_maps(self, images: np.ndarray) -> dict[str, np.ndarray]:
+    """{scale: [N, h, w]} of every memory scale (`frozen.map_kind` of stage2.deviation)."""
+    c = self.config
+    return frozen.deviation_maps(self.model, self.s1.state, images, tuple(c.memory.scales),
+                                 c.stage2.deviation, self.batch_size)
