@@ -7,7 +7,8 @@ evaluation-time variant (retrieval sharpness: top-k; unit-sphere vs Euclidean ma
 whole command runs in ROOT/<run>/eval/<variant>/ on the run's stage 1 (`pipeline.run`
 with `stage1_from`, which checks that the stage 1 is the one the variant describes),
 all scores are computed, and one JSON line per (run, variant) goes to
-ROOT/ablation.jsonl (resumable: done pairs are skipped). Scale subsets feeding the detector are compared from the same
+ROOT/ablation.jsonl (resumable: done pairs are skipped). Scale subsets feeding the
+detector are compared from the same
 per-scale detectors (each scale's detector is trained independently).
 
   TFDS_DATA_DIR=../shared/tfds python experiments/ablation.py --root=/work/ablation \

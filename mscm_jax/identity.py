@@ -136,10 +136,13 @@ def differences(recorded: Identity, expected: Identity,
   parts = (("config", ""),) if config_only else (("config", ""), ("data", "data."))
   for part, prefix in parts:
     old, new = getattr(recorded, part), getattr(expected, part)
-    for k in sorted(set(old) | set(new)):
-      if old.get(k, "<unset>") != new.get(k, "<unset>"):
-        out.append(f"{prefix}{k}: {_short(old.get(k, '<unset>'))} -> "
-                   f"{_short(new.get(k, '<unset>'))}")
+    keys = [k for k in sorted(set(old) | set(new))
+            if old.get(k, "<unset>") != new.get(k, "<unset>")]
+    if len(keys) > 1:  # a digest says nothing more once a readable field differs
+      keys = [k for k in keys if not k.endswith("_digest")]
+    for k in keys:
+      out.append(f"{prefix}{k}: {_short(old.get(k, '<unset>'))} -> "
+                 f"{_short(new.get(k, '<unset>'))}")
   if not config_only and not out and recorded.reads != expected.reads:
     out.append("the stage it reads from was retrained")
   return out
