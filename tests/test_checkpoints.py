@@ -49,7 +49,8 @@ def _garble(step_dir):
 
 
 def _drop_metadata(step_dir):
-  for p in glob.glob(f"{step_dir}/default/_METADATA") + glob.glob(f"{step_dir}/_CHECKPOINT_METADATA"):
+  for p in glob.glob(f"{step_dir}/default/_METADATA") + glob.glob(
+      f"{step_dir}/_CHECKPOINT_METADATA"):
     os.remove(p)
 
 
