@@ -76,7 +76,10 @@ class AnoMemDetector:
     trained with another config or other images raises StaleStageError, unless
     `discard_stale`, which retrains the stale stages.
     """
-    x = sources.as_uint8_images(images)
+    try:
+      x = sources.as_uint8_images(images)
+    except UserError as e:
+      raise InputError(str(e)) from None
     if len(x) < 2:
       raise InputError(f"fit needs at least 2 images, got {len(x)}")
     flags = np.zeros(len(x), bool) if is_anomaly is None else np.asarray(is_anomaly, bool)
@@ -120,12 +123,12 @@ class AnoMemDetector:
   def _check(self, images: Any) -> np.ndarray:
     if self._scorer is None:
       raise NotFittedError("call fit(images) or AnoMemDetector.load(workdir) first")
-    if np.ndim(images) == 3 and tuple(np.shape(images)) == tuple(self.image_shape):
-      raise InputError(f"got one image of shape {np.shape(images)}: pass images[None]")
     try:
       x = sources.as_uint8_images(images)
     except UserError as e:
       raise InputError(str(e)) from None
+    if np.ndim(images) == 3 and tuple(np.shape(images)) == tuple(self.image_shape):
+      raise InputError(f"got one image of shape {np.shape(images)}: pass images[None]")
     if len(x) == 0:
       raise InputError("no images to score (empty array)")
     if tuple(x.shape[1:]) != tuple(self.image_shape):

@@ -203,8 +203,12 @@ def load_json(path: str) -> ml_collections.ConfigDict:
   """
   import json  # pylint: disable=g-import-not-at-top
 
-  with open(path) as f:
-    raw = json.load(f)
+  try:
+    with open(path) as f:
+      raw = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"{path} cannot be read as a saved config ({type(e).__name__}: {e}); "
+                      "rerun the training in this workdir to rewrite it") from None
   flat: dict[str, Any] = {}
 
   def walk(tree: dict[str, Any], prefix: str) -> None:
@@ -335,8 +339,9 @@ def validate(c: ml_collections.ConfigDict,
   o = c.optim
   _check_choice("optim.name", o.name, OPTIMIZERS)
   _check_positive("optim.learning_rate", o.learning_rate)
-  if o.warmup_epochs < 0 or o.weight_decay < 0:
-    raise ConfigError("optim.warmup_epochs and optim.weight_decay must be >= 0")
+  for name in ("warmup_epochs", "weight_decay"):
+    if o[name] < 0:
+      raise ConfigError(f"optim.{name}={o[name]!r} must be >= 0")
   _check_range("optim.momentum", o.momentum, 0.0, 0.999)
 
   t = c.train
@@ -367,8 +372,9 @@ def validate(c: ml_collections.ConfigDict,
   _check_int("stage2.out_dim", s2.out_dim, 1)
   _check_positive("stage2.learning_rate", s2.learning_rate)
   _check_positive("stage2.eta", s2.eta)
-  if s2.weight_decay < 0 or s2.bce_weight < 0:
-    raise ConfigError("stage2.weight_decay and stage2.bce_weight must be >= 0")
+  for name in ("weight_decay", "bce_weight"):
+    if s2[name] < 0:
+      raise ConfigError(f"stage2.{name}={s2[name]!r} must be >= 0")
   _check_int("stage2.batch_size", s2.batch_size, 1)
   _check_positive("stage2.epochs", s2.epochs)
   _check_range("stage2.holdout_fraction", s2.holdout_fraction, 0.0, 0.5)

@@ -44,7 +44,15 @@ def _parse_flags(argv: list[str]) -> list[str]:
     if any(a.split("=", 1)[0] == "--config" for a in argv):
       _ = _CONFIG.value.seed  # a file that failed to load raises on first use: here
   except flags.Error as e:
-    _fail(" ".join(str(e).split()))
+    text = " ".join(str(e).split())
+    if "invalid literal for int()" in text or "could not convert string to float" in text:
+      text += " (give a number)"
+    elif "Non-boolean argument" in text:
+      text += " (give true or false)"
+    elif "Unknown command line flag" in text:
+      text += (" (flags: --config, --config.<field>, --workdir, --discard_stale, "
+               "--stage1_from, --debug)")
+    _fail(text)
   except UserError as e:  # an unknown preset, raised while the config file loads
     _fail(str(e))
   except (AttributeError, KeyError) as e:  # ml_collections: an override of no field

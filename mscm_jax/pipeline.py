@@ -27,7 +27,8 @@ from mscm_jax.scoring import Scorer
 def load_split(config: ml_collections.ConfigDict) -> protocols.ADSplit:
   """Checks the classes the config names (no decoding yet), then decodes the dataset
   once and applies the config's protocol."""
-  protocols.config_classes(config, sources.class_names(config.dataset))
+  names = sources.class_names(config.dataset)
+  protocols.config_classes(config, names, sources.train_class_counts(config.dataset, names))
   train, test = sources.load_splits(config.dataset)
   return protocols.make_split(config, train, test)
 
@@ -97,13 +98,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   # A config that differs from a recorded stage is refused before any data is decoded.
   workdir_lib.check(workdir, identity.plan(config), discard_stale=discard_stale,
                     config_only=True)
+  mesh = sharding.make_mesh(config.train.num_devices)
+  config_lib.validate(config, mesh.devices.size)
   seconds: dict[str, float] = {}
   t = time.time()
   dataset = config.dataset.name if split is None else "arrays"
   split = load_split(config) if split is None else split
   plan = identity.plan(config, split)
-  mesh = sharding.make_mesh(config.train.num_devices)
-  config_lib.validate(config, mesh.devices.size)
   stale = workdir_lib.check(workdir, plan, discard_stale=discard_stale)
   source = (workdir_lib.check_stage1_source(stage1_from, plan["stage1"])
             if stage1_from else None)

@@ -32,7 +32,7 @@ from absl import logging
 from mscm_jax import checkpoints, frozen, loop, losses, sharding, stage1
 from mscm_jax import config as config_lib
 from mscm_jax.data import device, protocols
-from mscm_jax.errors import UserError
+from mscm_jax.errors import CheckpointError, UserError
 from mscm_jax.models.detector import DistanceDetector, deviation_input
 
 STAGE = "stage2"
@@ -294,8 +294,12 @@ def train(config: ml_collections.ConfigDict, split: protocols.ADSplit, workdir: 
   t_start = time.time()
   s2, inputs = config.stage2, detectors(config)
   if checkpoints.finished_info(os.path.join(workdir, STAGE)) is not None:
-    logging.info("Stage 2 already finished: loaded from %s", os.path.join(workdir, STAGE))
-    return load_finished(config, workdir, split.train_images.shape[1:], mesh)
+    try:
+      s2 = load_finished(config, workdir, split.train_images.shape[1:], mesh)
+      logging.info("Stage 2 already finished: loaded from %s", os.path.join(workdir, STAGE))
+      return s2
+    except CheckpointError as e:  # resume from the newest intact checkpoint instead
+      logging.warning("%s", e)
   logging.info("Stage 2: detector inputs %s for %d training images",
                ", ".join(f"{s} {k}" for s, k in inputs.values()), split.n_train)
   read = frozen.read(frozen.frozen_model(config), s1.state, split.train_images,
@@ -333,5 +337,9 @@ def load_finished(config: ml_collections.ConfigDict, workdir: str, image_shape: 
   total = info["step"]
   tx, _ = build_optimizer(config, total)
   template = init_state(config, detector, tx, dummy, mesh)
-  state, _ = checkpoints.restore_latest(os.path.join(workdir, STAGE), template)
+  state, step = checkpoints.restore_latest(os.path.join(workdir, STAGE), template)
+  if step != info["step"]:
+    raise CheckpointError(f"{workdir}/{STAGE}: the final checkpoint (step {info['step']}) is "
+                          f"damaged or missing: rerun the training in {workdir} to recompute "
+                          "it (it resumes from the newest intact checkpoint)")
   return Stage2Result(state, detector, int(state.step), info["norm"], 0.0)

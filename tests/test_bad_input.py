@@ -199,6 +199,8 @@ DATA_ROWS = [
     CliRow("data:anomaly_classes=('durian',)",
            ("--config.setting=unbalanced", "--config.anomaly_classes=('durian',)"),
            ("anomaly_classes",)),
+    CliRow("data:anomaly_ratio=5 larger than the pool",
+           ("--config.setting=unbalanced", "--config.anomaly_ratio=5.0"), ("anomaly_ratio",)),
     CliRow("data:data_dir missing", ("--config.dataset.data_dir={tmp}/nowhere",),
            ("{tmp}/nowhere",)),
     CliRow("data:no test split", ("--config.dataset.data_dir={notest}",), ("{notest}/test",)),
@@ -238,7 +240,7 @@ class CliResult:
   returncode: int
   stderr: str
   seconds: float
-  workdir: pathlib.Path | None  # the row's own workdir, None for /proc or a file
+  workdir: pathlib.Path  # the row's own {w} (unused when args give another --workdir)
   argv: list[str]
 
 
@@ -346,9 +348,18 @@ def test_file_workdir_is_left_alone(cli_results, trees):
   assert pathlib.Path(trees["file"]).read_text() == "not a directory\n"
 
 
+def test_debug_shows_the_traceback(tmp_path):
+  r = subprocess.run([sys.executable, "-m", "mscm_jax.main", "--debug",
+                      *(a.format(tree=tmp_path) for a in BASE), "--config.train.epochs=0",
+                      f"--workdir={tmp_path / 'w'}"], cwd=ROOT, capture_output=True, text=True,
+                     timeout=60)
+  assert r.returncode == 2 and "Traceback" in r.stderr
+  assert r.stderr.strip().splitlines()[-1] == "error: train.epochs=0 must be > 0"
+
+
 def test_every_ranged_config_field_has_a_row():
-  """Each leaf of the schema is exercised by a row, or its range is the data's (class
-  names, the data dir) and a data row covers it."""
+  """Each leaf of the schema is set to a wrong value by some row (a value out of its
+  range, of the wrong type, or one the data does not have)."""
   named = {a.split("=", 1)[0][len("--config."):] for r in CLI_ROWS for a in r.args
            if a.startswith("--config.")}
 
@@ -441,13 +452,14 @@ def _load_tampered(tamper: Callable[[pathlib.Path], None],
   return lambda c: AnoMemDetector.load(c.workdir(tamper, watch))
 
 
-def _garble_checkpoints(stage: str) -> Callable[[pathlib.Path], None]:
+def _garble_checkpoints(stage: str, newest_only: bool = False) -> Callable[[pathlib.Path], None]:
   def tamper(w: pathlib.Path) -> None:
-    for step in (w / stage).iterdir():
-      if step.is_dir() and step.name.isdigit():
-        for f in step.rglob("*"):
-          if f.is_file():
-            f.write_bytes(b"garbage")
+    steps = sorted((d for d in (w / stage).iterdir() if d.is_dir() and d.name.isdigit()),
+                   key=lambda d: int(d.name))
+    for step in steps[-1:] if newest_only else steps:
+      for f in step.rglob("*"):
+        if f.is_file():
+          f.write_bytes(b"garbage")
   return tamper
 
 
@@ -523,6 +535,11 @@ STALE_ROWS = [
     InRow("load:stage1 checkpoints garbled",
           _load_tampered(_garble_checkpoints("stage1"), watch=False), ("stage1",),
           CheckpointError),
+    # FINISHED.json names the final step; an older checkpoint is another model, and the
+    # stage 2 beside it was trained on the final one.
+    InRow("load:newest stage1 checkpoint garbled",
+          _load_tampered(_garble_checkpoints("stage1", newest_only=True), watch=False),
+          ("stage1",), CheckpointError),
     InRow("load:again after the garbled checkpoints were moved aside",
           _load_twice_after_damage, ("stage1",), UserError),
     InRow("fit:other images into a finished workdir", _fit_into_finished,
@@ -537,7 +554,7 @@ def _api_rows() -> list[InRow]:
             ("trained on", "resize"), InputError),
       InRow("score:one image without batch axis", _score(np.zeros((16, 16, 3), np.uint8)),
             ("images[None]",), InputError),
-      InRow("score:float values in [0, 2]", _score(np.full((2, 16, 16, 3), 2.0, np.float32)),
+      InRow("score:floats of 2.0", _score(np.full((2, 16, 16, 3), 2.0, np.float32)),
             ("[0, 1]",), InputError),
       InRow("score:NaN", _score(np.full((2, 16, 16, 3), np.nan, np.float32)), ("NaN",),
             InputError),

@@ -132,21 +132,47 @@ def unbalanced_split(train: LabelledImages, test: LabelledImages,
   )
 
 
-def config_classes(config, class_names: Sequence[str]) -> tuple[tuple[int, ...],
-                                                               tuple[int, ...]]:
-  """(normal, labelled-anomaly) class indices the config names; a ConfigError for a name
-  or index the dataset does not have. Needs only the class names, not the images."""
+def config_classes(config, class_names: Sequence[str],
+                   train_counts: np.ndarray | None = None) -> tuple[tuple[int, ...],
+                                                                    tuple[int, ...]]:
+  """(normal, labelled-anomaly) class indices the config names, checked: a ConfigError for
+  a name or index the dataset does not have, and, given the training images per class
+  (a folder listing, before decoding; the labels, after), for a normal class without
+  training images or a labelled-anomaly pool smaller than `anomaly_ratio` asks for."""
   normal = resolve_classes(config.dataset.normal_class, class_names, "dataset.normal_class")
-  if config.setting == "oneclass":
-    return normal, ()
-  return normal, resolve_classes(config.anomaly_classes, class_names, "anomaly_classes")
+  anomaly: tuple[int, ...] = ()
+  if config.setting == "unbalanced":
+    anomaly = resolve_classes(config.anomaly_classes, class_names, "anomaly_classes")
+    if set(anomaly) & set(normal):
+      raise ConfigError(f"anomaly_classes={tuple(class_names[i] for i in anomaly)} includes "
+                        "a normal class: labelled anomalies must come from other classes")
+  if train_counts is None:
+    return normal, anomaly
+  n_normal = int(sum(train_counts[i] for i in normal))
+  if n_normal == 0:
+    raise ConfigError(f"dataset.normal_class: no training image of the normal class(es) "
+                      f"{[class_names[i] for i in normal]} (a class seen only in the test "
+                      "split cannot be normal)")
+  if config.setting == "unbalanced":
+    pool_classes = [c for c in (anomaly or range(len(class_names))) if c not in normal]
+    pool = int(sum(train_counts[c] for c in pool_classes))
+    wanted = int(round(config.anomaly_ratio * n_normal))
+    if wanted > pool:
+      raise ConfigError(f"anomaly_ratio={config.anomaly_ratio} asks for {wanted} labelled "
+                        f"anomalies but the pool holds {pool}: set anomaly_ratio <= "
+                        f"{pool / n_normal:.3g} or widen anomaly_classes")
+    if wanted < 1:
+      raise ConfigError(f"anomaly_ratio={config.anomaly_ratio} x {n_normal} normal images "
+                        "rounds to no labelled anomaly: raise anomaly_ratio")
+  return normal, anomaly
 
 
 def make_split(config, train: LabelledImages, test: LabelledImages) -> ADSplit:
   """The split that `config.setting` asks for."""
   if train.class_names != test.class_names:
     raise ConfigError("train and test splits disagree on the class names")
-  normal, anomaly_classes = config_classes(config, train.class_names)
+  counts = np.bincount(train.labels, minlength=len(train.class_names))
+  normal, anomaly_classes = config_classes(config, train.class_names, counts)
   if config.setting == "oneclass":
     return one_class_split(train, test, normal)
   return unbalanced_split(train, test, normal, config.anomaly_ratio, config.seed,

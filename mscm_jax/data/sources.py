@@ -52,12 +52,18 @@ def as_uint8_images(images: Any, name: str = "images") -> np.ndarray:
   RGB. Anything else (other dtypes, NaN, values out of range, wrong rank) is a UserError
   that says what to change.
   """
-  images = np.asarray(images)
+  try:
+    images = np.asarray(images)
+  except ValueError:
+    raise UserError(f"{name} must be one array [N, H, W, 3]: got a ragged sequence (images "
+                    "of different shapes); resize them to one size first") from None
   if images.ndim == 3:
     images = images[..., None]
   if images.ndim != 4 or images.shape[-1] not in (1, 3):
     raise UserError(f"{name} must be [N, H, W] or [N, H, W, 1|3], got shape {images.shape}"
                     " (one image: add a leading axis, images[None])")
+  if images.dtype == object:
+    raise UserError(f"{name} must be one array [N, H, W, 3] of numbers, got objects")
   if images.shape[-1] == 1:
     images = np.repeat(images, 3, axis=-1)
   if images.dtype != np.uint8:
@@ -225,6 +231,20 @@ def load_folder(root: str, split: str, *, image_size: int = 32,
 
 
 # --------------------------------------------------------------------------- dispatch
+
+
+def train_class_counts(dataset, names: Sequence[str]) -> np.ndarray | None:
+  """Training images per class from a folder tree's file listing (no decoding); None for
+  tfds, whose metadata has no per-class counts."""
+  if dataset.name != "folder":
+    return None
+  split_dir = os.path.join(os.path.expanduser(dataset.data_dir), dataset.train_split)
+  counts = np.zeros(len(names), np.int64)
+  for i, name in enumerate(names):
+    d = os.path.join(split_dir, name)
+    if os.path.isdir(d):
+      counts[i] = sum(f.lower().endswith(IMAGE_EXTENSIONS) for f in os.listdir(d))
+  return counts
 
 
 def class_names(dataset) -> tuple[str, ...]:
