@@ -33,6 +33,14 @@ class MetricWriter:
     self._tb_dir = os.path.join(workdir, "tensorboard", stage)
 
   def truncate_after(self, step: int) -> None:
+    self._drop(lambda record: record.get("step", -1) > step)
+
+  def drop_key(self, key: str) -> None:
+    """Removes this stage's records holding `key`: a once-per-stage record (the probe) is
+    then written exactly once, even by a run resumed after a kill that followed it."""
+    self._drop(lambda record: key in record)
+
+  def _drop(self, condition) -> None:
     if not os.path.exists(self.path):
       return
     with open(self.path) as f:
@@ -43,7 +51,7 @@ class MetricWriter:
         record = json.loads(line)
       except ValueError:  # a line cut short by a kill mid-write
         continue
-      if not (record.get("stage") == self.stage and record.get("step", -1) > step):
+      if not (record.get("stage") == self.stage and condition(record)):
         keep.append(line if line.endswith("\n") else line + "\n")
     if keep != lines:
       with open(self.path + ".tmp", "w") as f:

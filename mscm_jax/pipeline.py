@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from mscm_jax import checkpoints, evaluate, identity, sharding, stage1, stage2
+from mscm_jax import evaluate, identity, sharding, stage1, stage2
 from mscm_jax import config as config_lib
 from mscm_jax import workdir as workdir_lib
 from mscm_jax.data import augment, device, protocols, sources
@@ -125,12 +125,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   summary: dict[str, Any] = {"dataset": dataset, "setting": config.setting,
                              "seed": config.seed, **split.summary()}
   logging.info("Split: %s", json.dumps(summary))
-  data = None
-  if checkpoints.finished_info(os.path.join(workdir, stage1.STAGE)) is None:
-    data = device.put_on_device(split.train_images, split.train_is_anomaly, mesh)
-    summary["preview"] = preview_augmentations(config, data, mesh,
-                                               os.path.join(workdir, "preview"))
-    logging.info("Augmented views written to %s", summary["preview"]["picture"])
+  # Also for a finished stage 1: results.json then reads the same however often the
+  # run was interrupted (the copy and the preview take well under a second).
+  data = device.put_on_device(split.train_images, split.train_is_anomaly, mesh)
+  summary["preview"] = preview_augmentations(config, data, mesh,
+                                             os.path.join(workdir, "preview"))
+  logging.info("Augmented views written to %s", summary["preview"]["picture"])
   seconds["data"] = time.time() - t
   if config.stop_after == "data":
     return _finish(workdir, summary, seconds, "data")

@@ -291,6 +291,7 @@ def train(config: ml_collections.ConfigDict, split: protocols.ADSplit, workdir: 
       logging.info("Stage 1 health probe: k-NN AUROC of the embedding on the test split %.4f",
                    probe_auroc)
       writer = monitoring.MetricWriter(workdir, STAGE)
+      writer.drop_key("probe_knn_auroc")
       writer.write(res.step, {"probe_knn_auroc": probe_auroc})
       writer.close()
     checkpoints.mark_finished(os.path.join(workdir, STAGE),

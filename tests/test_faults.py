@@ -172,7 +172,7 @@ def _attempt(cmd: list[str], workdir: pathlib.Path, kill: dict[str, Any] | None,
       if kill is not None and (kill["place"] is None or stage2_done):
         # Before the first logged step; or nothing is left to log but the evaluation.
         fire_at = start + kill["delay"] + (1.0 if stage2_done else 0.0)
-      deadline = start + 600
+      deadline = start + 300  # a hung run fails the test below, it does not stall it
       while proc.poll() is None and time.time() < deadline:
         now = time.time()
         if kill is not None and fire_at is None:
@@ -184,7 +184,7 @@ def _attempt(cmd: list[str], workdir: pathlib.Path, kill: dict[str, Any] | None,
           proc.kill()
           break
         time.sleep(0.005 if fire_at is not None and kill["mode"] == "write" else 0.02)
-      rc = proc.wait(timeout=600)
+      rc = proc.wait(timeout=30)
     finally:
       if proc.poll() is None:
         proc.kill()
