@@ -28,7 +28,7 @@ from mscm_jax.workdir import DISCARD_HINT, FINAL_MARKER, read_json, write_json
 CHECKSUMS = "checksums.json"
 
 __all__ = ["FINAL_MARKER", "all_finite", "finished_info", "manager", "mark_finished",
-           "restore_latest", "save", "state_checksum"]
+           "restore_final", "restore_latest", "save", "state_checksum"]
 
 
 def manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
@@ -112,6 +112,17 @@ def restore_latest(directory: str, template: Any) -> tuple[Any, int | None]:
     logging.warning("%s: resuming from step %d, the newest intact checkpoint", directory,
                     step)
   return state, step
+
+
+def restore_final(directory: str, template: Any, final_step: int) -> Any:
+  """The state of a finished stage's final checkpoint (FINISHED.json's step). Loading a
+  finished stage must not fall back to an older checkpoint: a CheckpointError instead."""
+  state, step = restore_latest(directory, template)
+  if step != final_step:
+    raise CheckpointError(f"{directory}: the final checkpoint (step {final_step}) is damaged "
+                          f"or missing: rerun the training in {os.path.dirname(directory)} "
+                          "to recompute it (it resumes from the newest intact checkpoint)")
+  return state
 
 
 def _damaged_dir(directory: str) -> str:

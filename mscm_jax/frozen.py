@@ -72,12 +72,12 @@ def map_kind(deviation: str) -> str:
 
 def read(model: AnoMem, state: Any, images: np.ndarray, scales: Sequence[str], *,
          kind: str = "cosine", inputs: dict[str, tuple[str, str]] | None = None,
-         maps: bool = True, batch_size: int = 500) -> dict[str, Any]:
+         batch_size: int = 500) -> dict[str, Any]:
   """One eval-mode pass over `images` giving
   'deviation': {scale: [N]} the training-free score, the mean of the `map_kind(kind)` map;
-  'maps': {scale: [N, h, w]} those maps (only with `maps`);
+  'maps': {scale: [N, h, w]} those maps;
   'inputs': {detector: [N, h, w, 1 or C]} the detector inputs named by `inputs`
-    ({name: (scale, input kind)}; only with `maps`);
+    ({name: (scale, input kind)});
   'embedding': [N, C], the final embedding.
   """
   inputs = dict(inputs or {})
@@ -93,11 +93,9 @@ def read(model: AnoMem, state: Any, images: np.ndarray, scales: Sequence[str], *
     for s in scales:
       d = deviation_input(f[s], r[s], map_kind(kind))
       result["deviation"][s] = jnp.mean(d, axis=(1, 2, 3))
-      if maps:
-        result["maps"][s] = d[..., 0]
-    if maps:
-      result["inputs"] = {name: deviation_input(f[s], r[s], k)
-                          for name, (s, k) in inputs.items()}
+      result["maps"][s] = d[..., 0]
+    result["inputs"] = {name: deviation_input(f[s], r[s], k)
+                        for name, (s, k) in inputs.items()}
     return result
 
   out = outputs(model, state, images, select, batch_size)

@@ -27,7 +27,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-STAGES = ("stage1", "stage2", "evaluation")
+TRAINED = ("stage1", "stage2")  # the stages with checkpoints, in the order they run
 
 # Config sections (or single fields) that each stage reads.
 _READS = {
@@ -146,6 +146,12 @@ def differences(recorded: Identity, expected: Identity,
   if not config_only and not out and recorded.reads != expected.reads:
     out.append("the stage it reads from was retrained")
   return out
+
+
+def describe(diffs: list[str], most: int = 4) -> str:
+  """The first `most` differences on one line, for an error message."""
+  more = f" and {len(diffs) - most} more" if len(diffs) > most else ""
+  return "; ".join(diffs[:most]) + more
 
 
 def _short(value: Any) -> str:

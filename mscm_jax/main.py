@@ -30,8 +30,15 @@ _STAGE1_FROM = flags.DEFINE_string(
 _DEBUG = flags.DEFINE_bool("debug", False, "On an error, show the traceback too.")
 
 
+def _debug() -> bool:
+  """--debug, also when the error came while the flags were being parsed."""
+  if flags.FLAGS.is_parsed():
+    return _DEBUG.value
+  return any(a.lower() in ("--debug", "--debug=true", "--debug=1") for a in sys.argv)
+
+
 def _fail(message: str, code: int = 2) -> None:
-  if "--debug" in sys.argv or "--debug=true" in sys.argv:
+  if _debug():
     traceback.print_exc()
   print(f"error: {message}", file=sys.stderr, flush=True)
   sys.exit(code)

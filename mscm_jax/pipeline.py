@@ -114,12 +114,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   if source:
     workdir_lib.copy_stage1(source, workdir)
   done = workdir_lib.finished_results(workdir, plan["evaluation"])
-  if done is not None and not config.stop_after:
+  if done is None:
+    workdir_lib.discard_results(workdir)  # made by another evaluation identity, or partial
+  elif not config.stop_after:
     logging.info("All stages finished earlier with this identity: %s",
                  os.path.join(workdir, "results.json"))
     print(evaluate.summary_table(done), flush=True)
     return done
-  workdir_lib.discard_results(workdir)  # made by another evaluation identity, or partial
   workdir_lib.write_json(os.path.join(workdir, "config.json"),
                          json.loads(config.to_json_best_effort()))
   summary: dict[str, Any] = {"dataset": dataset, "setting": config.setting,

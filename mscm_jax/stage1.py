@@ -25,7 +25,7 @@ from absl import logging
 from mscm_jax import checkpoints, frozen, knn, loop, losses, metrics, monitoring, sharding
 from mscm_jax import config as config_lib
 from mscm_jax.data import augment, device, protocols
-from mscm_jax.errors import CheckpointError, UserError
+from mscm_jax.errors import UserError
 from mscm_jax.frozen import build_model
 from mscm_jax.models import AnoMem
 
@@ -313,10 +313,6 @@ def load_finished(config: ml_collections.ConfigDict, workdir: str,
   model = build_model(config)
   tx = build_optimizer(config, learning_rate_schedule(config, 2, 1))  # shapes only
   template = make_init_fn(model, tx, image_shape, mesh)(jax.random.PRNGKey(config.seed))
-  state, step = checkpoints.restore_latest(os.path.join(workdir, STAGE), template)
-  if step != info["step"]:
-    raise CheckpointError(f"{workdir}/{STAGE}: the final checkpoint (step {info['step']}) is "
-                          f"damaged or missing: rerun the training in {workdir} to recompute "
-                          "it (it resumes from the newest intact checkpoint)")
+  state = checkpoints.restore_final(os.path.join(workdir, STAGE), template, info["step"])
   return (Stage1Result(state, model, int(state.step), info.get("probe_auroc"),
                        info.get("views_per_second"), 0.0), image_shape)

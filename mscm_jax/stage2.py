@@ -337,9 +337,5 @@ def load_finished(config: ml_collections.ConfigDict, workdir: str, image_shape: 
   total = info["step"]
   tx, _ = build_optimizer(config, total)
   template = init_state(config, detector, tx, dummy, mesh)
-  state, step = checkpoints.restore_latest(os.path.join(workdir, STAGE), template)
-  if step != info["step"]:
-    raise CheckpointError(f"{workdir}/{STAGE}: the final checkpoint (step {info['step']}) is "
-                          f"damaged or missing: rerun the training in {workdir} to recompute "
-                          "it (it resumes from the newest intact checkpoint)")
+  state = checkpoints.restore_final(os.path.join(workdir, STAGE), template, info["step"])
   return Stage2Result(state, detector, int(state.step), info["norm"], 0.0)

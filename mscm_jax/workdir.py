@@ -9,8 +9,9 @@
 `check` compares each stage's recorded identity with this run's and refuses, in one
 line naming the fields, when they differ; nothing in the workdir changes before it
 passes. `discard` (the `--discard_stale` flag) deletes the stale stages and every stage
-after them instead. `import_stage1` (`--stage1_from`) copies another workdir's finished
-stage 1 after checking its identity: the way to share one stage 1 across stage-2 runs.
+after them instead. `check_stage1_source` and `copy_stage1` (`--stage1_from`) check
+another workdir's finished stage 1 against this run's identity and copy it in: the way
+to share one stage 1 across stage-2 runs.
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ def stale_stages(workdir: str, plan: dict[str, Identity],
                  config_only: bool = False) -> dict[str, str]:
   """{stage: why} for every trained stage whose recorded identity differs from `plan`."""
   stale: dict[str, str] = {}
-  for stage in ("stage1", "stage2"):
+  for stage in identity_lib.TRAINED:
     try:
       recorded = recorded_identity(workdir, stage)
     except WorkdirError as e:
@@ -119,9 +120,8 @@ def stale_stages(workdir: str, plan: dict[str, Identity],
       continue
     diffs = identity_lib.differences(recorded, plan[stage], config_only)
     if diffs:
-      more = f" and {len(diffs) - 4} more" if len(diffs) > 4 else ""
       stale[stage] = (f"{stage} in {workdir} was made with another config or data ("
-                      f"{'; '.join(diffs[:4])}{more})")
+                      f"{identity_lib.describe(diffs)})")
   return stale
 
 
@@ -132,14 +132,17 @@ def check(workdir: str, plan: dict[str, Identity], *, discard_stale: bool,
   stale = stale_stages(workdir, plan, config_only)
   if not stale:
     return []
-  first = next(s for s in ("stage1", "stage2") if s in stale)
+  trained = identity_lib.TRAINED
+  first = next(s for s in trained if s in stale)
   if not discard_stale:
     raise StaleStageError(f"{stale[first]}: {DISCARD_HINT}")
-  return ["stage1", "stage2"][["stage1", "stage2"].index(first):]
+  return list(trained[trained.index(first):])
 
 
 def discard(workdir: str, stages: list[str]) -> None:
-  """Deletes the stages' checkpoints, logged metrics and the evaluation made from them."""
+  """Deletes the stages' checkpoints and logged metrics. The evaluation made from them no
+  longer matches its identity (it reads the discarded stage), so the pipeline's
+  `discard_results` removes it before it writes anything."""
   from mscm_jax import monitoring  # pylint: disable=g-import-not-at-top
 
   for stage in stages:
@@ -148,10 +151,10 @@ def discard(workdir: str, stages: list[str]) -> None:
     shutil.rmtree(stage_dir(workdir, stage), ignore_errors=True)
     shutil.rmtree(os.path.join(workdir, "tensorboard", stage), ignore_errors=True)
     monitoring.MetricWriter(workdir, stage).truncate_after(0)
-  discard_results(workdir)
 
 
 def discard_results(workdir: str) -> None:
+  """Removes an evaluation that another identity made (or a partial one)."""
   for name in RESULT_FILES:
     if os.path.exists(os.path.join(workdir, name)):
       os.remove(os.path.join(workdir, name))
@@ -180,7 +183,7 @@ def check_stage1_source(source: str, expected: Identity) -> str:
   diffs = identity_lib.differences(recorded_identity(root, "stage1"), expected)
   if diffs:
     raise StaleStageError(f"--stage1_from={source}: its stage 1 was made with another "
-                          f"config or data ({'; '.join(diffs[:4])}), so it cannot serve "
+                          f"config or data ({identity_lib.describe(diffs)}), so it cannot serve "
                           "this run")
   return src
 
@@ -201,7 +204,7 @@ def check_loadable(workdir: str, config_plan: dict[str, Identity]) -> None:
   """For `AnoMemDetector.load`: both stages finished, made with config.json's fields,
   and stage 2 trained on this stage 1."""
   idents = {}
-  for stage in ("stage1", "stage2"):
+  for stage in identity_lib.TRAINED:
     d = stage_dir(workdir, stage)
     if read_json(os.path.join(d, FINAL_MARKER)) is None:
       raise WorkdirError(f"{d} holds no finished {stage}: run the training first")
@@ -211,7 +214,8 @@ def check_loadable(workdir: str, config_plan: dict[str, Identity]) -> None:
     diffs = identity_lib.differences(ident, config_plan[stage], config_only=True)
     if diffs:
       raise StaleStageError(f"{d} was made with another config than {workdir}/config.json "
-                            f"({'; '.join(diffs[:4])}): rerun the training in this workdir")
+                            f"({identity_lib.describe(diffs)}): rerun the training in this "
+                            "workdir")
     idents[stage] = ident
   if idents["stage2"].reads != idents["stage1"].fingerprint:
     raise StaleStageError(f"{workdir}/stage2 was trained on another stage 1 than the one "

@@ -167,3 +167,12 @@ def test_workdir_that_cannot_hold_a_run(tmp_path):
     workdir_lib.prepare("/proc/mscm_jax_test")
   with pytest.raises(WorkdirError, match="empty"):
     workdir_lib.prepare("")
+
+
+def test_stop_after_on_a_finished_workdir_keeps_its_results(finished_run, tmp_path):
+  c, w, _ = _copy(finished_run, tmp_path)
+  saved = (w / "results.json").read_text()
+  c.stop_after = "stage1"
+  out = pipeline.run(c, str(w))
+  assert out["not_run"] == ["stage2", "evaluation"]
+  assert (w / "results.json").read_text() == saved  # still this identity's evaluation

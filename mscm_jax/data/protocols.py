@@ -85,10 +85,8 @@ def resolve_classes(spec: Any, class_names: Sequence[str], field: str) -> tuple[
 def one_class_split(train: LabelledImages, test: LabelledImages,
                     normal_classes: Sequence[int]) -> ADSplit:
   """Train on the normal class(es) only; test on everything, anomaly = any other class."""
+  check_normal(train.class_names, normal_classes, _counts(train))
   normal = np.isin(train.labels, normal_classes)
-  if not normal.any():
-    raise ConfigError(f"no training image of the normal class(es) "
-                      f"{[train.class_names[i] for i in normal_classes]}")
   test_anom = ~np.isin(test.labels, normal_classes)
   return ADSplit(
       train_images=train.images[normal],
@@ -111,18 +109,10 @@ def unbalanced_split(train: LabelledImages, test: LabelledImages,
   `anomaly_classes` only, to test on anomaly types never seen in training).
   """
   base = one_class_split(train, test, normal_classes)
-  if set(anomaly_classes) & set(normal_classes):
-    raise ConfigError("anomaly_classes must not include a normal class")
-  pool_classes = [c for c in (anomaly_classes or range(len(train.class_names)))
-                  if c not in normal_classes]
-  pool = np.flatnonzero(np.isin(train.labels, pool_classes))
-  n_normal = base.n_train
-  n_anom = int(round(anomaly_ratio * n_normal))
-  if n_anom < 1:
-    raise ConfigError(f"anomaly_ratio={anomaly_ratio} x {n_normal} normal images rounds to "
-                      f"no labelled anomaly")
-  if n_anom > len(pool):
-    raise ConfigError(f"asked for {n_anom} labelled anomalies but the pool holds {len(pool)}")
+  n_anom = check_unbalanced(train.class_names, normal_classes, anomaly_classes,
+                            anomaly_ratio, _counts(train))
+  pool = np.flatnonzero(np.isin(train.labels, _pool_classes(
+      len(train.class_names), normal_classes, anomaly_classes)))
   chosen = np.sort(np.random.default_rng(seed).choice(pool, n_anom, replace=False))
   return dataclasses.replace(
       base,
@@ -132,38 +122,63 @@ def unbalanced_split(train: LabelledImages, test: LabelledImages,
   )
 
 
+def _counts(images: LabelledImages) -> np.ndarray:
+  return np.bincount(images.labels, minlength=len(images.class_names))
+
+
+def _pool_classes(n_classes: int, normal: Sequence[int],
+                  anomaly_classes: Sequence[int]) -> list[int]:
+  """Where labelled anomalies come from: `anomaly_classes`, or every non-normal class."""
+  return [c for c in (anomaly_classes or range(n_classes)) if c not in normal]
+
+
+def check_normal(class_names: Sequence[str], normal: Sequence[int],
+                 train_counts: np.ndarray) -> None:
+  if not sum(int(train_counts[i]) for i in normal):
+    raise ConfigError(f"dataset.normal_class: no training image of the normal class(es) "
+                      f"{[class_names[i] for i in normal]} (a class seen only in the test "
+                      "split cannot be normal)")
+
+
+def check_unbalanced(class_names: Sequence[str], normal: Sequence[int],
+                     anomaly_classes: Sequence[int], anomaly_ratio: float,
+                     train_counts: np.ndarray | None) -> int | None:
+  """The number of labelled anomalies `anomaly_ratio` asks for (None without counts);
+  a ConfigError when the classes overlap or the pool cannot supply them."""
+  if set(anomaly_classes) & set(normal):
+    raise ConfigError(f"anomaly_classes={tuple(class_names[i] for i in anomaly_classes)} "
+                      "must not include a normal class: labelled anomalies come from the "
+                      "other classes")
+  if train_counts is None:
+    return None
+  n_normal = sum(int(train_counts[i]) for i in normal)
+  pool = sum(int(train_counts[c]) for c in _pool_classes(len(class_names), normal,
+                                                         anomaly_classes))
+  wanted = int(round(anomaly_ratio * n_normal))
+  if wanted < 1:
+    raise ConfigError(f"anomaly_ratio={anomaly_ratio} x {n_normal} normal images rounds to "
+                      "no labelled anomaly: raise anomaly_ratio")
+  if wanted > pool:
+    raise ConfigError(f"anomaly_ratio={anomaly_ratio} asks for {wanted} labelled anomalies "
+                      f"but the pool holds {pool}: set anomaly_ratio <= "
+                      f"{pool / n_normal:.3g} or widen anomaly_classes")
+  return wanted
+
+
 def config_classes(config, class_names: Sequence[str],
                    train_counts: np.ndarray | None = None) -> tuple[tuple[int, ...],
                                                                     tuple[int, ...]]:
   """(normal, labelled-anomaly) class indices the config names, checked: a ConfigError for
   a name or index the dataset does not have, and, given the training images per class
-  (a folder listing, before decoding; the labels, after), for a normal class without
-  training images or a labelled-anomaly pool smaller than `anomaly_ratio` asks for."""
+  (a folder listing, before decoding), for a normal class without training images or a
+  labelled-anomaly pool smaller than `anomaly_ratio` asks for."""
   normal = resolve_classes(config.dataset.normal_class, class_names, "dataset.normal_class")
   anomaly: tuple[int, ...] = ()
+  if train_counts is not None:
+    check_normal(class_names, normal, train_counts)
   if config.setting == "unbalanced":
     anomaly = resolve_classes(config.anomaly_classes, class_names, "anomaly_classes")
-    if set(anomaly) & set(normal):
-      raise ConfigError(f"anomaly_classes={tuple(class_names[i] for i in anomaly)} includes "
-                        "a normal class: labelled anomalies must come from other classes")
-  if train_counts is None:
-    return normal, anomaly
-  n_normal = int(sum(train_counts[i] for i in normal))
-  if n_normal == 0:
-    raise ConfigError(f"dataset.normal_class: no training image of the normal class(es) "
-                      f"{[class_names[i] for i in normal]} (a class seen only in the test "
-                      "split cannot be normal)")
-  if config.setting == "unbalanced":
-    pool_classes = [c for c in (anomaly or range(len(class_names))) if c not in normal]
-    pool = int(sum(train_counts[c] for c in pool_classes))
-    wanted = int(round(config.anomaly_ratio * n_normal))
-    if wanted > pool:
-      raise ConfigError(f"anomaly_ratio={config.anomaly_ratio} asks for {wanted} labelled "
-                        f"anomalies but the pool holds {pool}: set anomaly_ratio <= "
-                        f"{pool / n_normal:.3g} or widen anomaly_classes")
-    if wanted < 1:
-      raise ConfigError(f"anomaly_ratio={config.anomaly_ratio} x {n_normal} normal images "
-                        "rounds to no labelled anomaly: raise anomaly_ratio")
+    check_unbalanced(class_names, normal, anomaly, config.anomaly_ratio, train_counts)
   return normal, anomaly
 
 
@@ -171,8 +186,7 @@ def make_split(config, train: LabelledImages, test: LabelledImages) -> ADSplit:
   """The split that `config.setting` asks for."""
   if train.class_names != test.class_names:
     raise ConfigError("train and test splits disagree on the class names")
-  counts = np.bincount(train.labels, minlength=len(train.class_names))
-  normal, anomaly_classes = config_classes(config, train.class_names, counts)
+  normal, anomaly_classes = config_classes(config, train.class_names)
   if config.setting == "oneclass":
     return one_class_split(train, test, normal)
   return unbalanced_split(train, test, normal, config.anomaly_ratio, config.seed,
