@@ -9,6 +9,7 @@ one pass.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,7 +19,7 @@ import ml_collections
 import numpy as np
 
 from mscm_jax.data import augment, device
-from mscm_jax.models import AnoMem
+from mscm_jax.models import AnoMem, conv
 from mscm_jax.models.detector import deviation_input
 
 
@@ -48,7 +49,7 @@ def outputs(model: AnoMem, state: Any, images: np.ndarray,
   `state` is anything with `params` and `batch_stats` (a stage-1 TrainState).
   """
 
-  @jax.jit
+  @functools.partial(jax.jit, compiler_options=conv.compiler_options())
   def fn(batch):
     out = model.apply({"params": state.params, "batch_stats": state.batch_stats},
                       augment.to_float(batch), train=False)

@@ -142,6 +142,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   del data
   seconds["stage1"] = time.time() - t
   summary["stage1"] = {"steps": s1.steps, "probe_knn_auroc": s1.probe_auroc,
+                       "probe_untrained_knn_auroc": s1.probe_untrained_auroc,
                        "views_per_second": s1.views_per_second}
   logging.info("Stage 1: %s", json.dumps(summary["stage1"]))
   if config.stop_after == "stage1":

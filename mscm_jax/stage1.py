@@ -27,7 +27,7 @@ from mscm_jax import config as config_lib
 from mscm_jax.data import augment, device, protocols
 from mscm_jax.errors import UserError
 from mscm_jax.frozen import build_model
-from mscm_jax.models import AnoMem
+from mscm_jax.models import AnoMem, conv
 
 STAGE = "stage1"
 
@@ -150,28 +150,17 @@ def nan_advice(config: ml_collections.ConfigDict) -> Callable[[list[str]], str]:
 # ------------------------------------------------------------------------- train step
 
 
-def make_train_step(config: ml_collections.ConfigDict, model: AnoMem, tx,
-                    schedule: optax.Schedule, data_size: int, mesh) -> Callable:
-  """One jitted step: draw the batch by index, augment twice, forward, update.
+def make_update(config: ml_collections.ConfigDict, model: AnoMem, tx,
+                schedule: optax.Schedule) -> Callable:
+  """The pure update on augmented views: (state, views [2B,H,W,3], flags [B]) -> (state, logged).
 
-  The state is replicated and donated; the data arrays are sharded on `data`. The
-  loss sees the global batch, so NT-Xent negatives and BatchNorm statistics span every
-  device (XLA inserts the collectives).
+  Views 0..B-1 and B..2B-1 are the two views of the same B images. Separate from the
+  sampling and augmentation so that benchmarks time the model's step on its own.
   """
-  batch_size = config.train.batch_size
-  aug_params = augment.AugmentParams.from_config(config.augment)
-  data_spec, repl = sharding.data_sharding(mesh), sharding.replicated(mesh)
   unbalanced = config.setting == "unbalanced"
 
-  def step_fn(state: TrainState, images: jax.Array, is_anomaly: jax.Array):
-    data_key = jax.random.fold_in(state.rng, 0)  # fixed: epochs are permutations of it
-    aug_key = jax.random.fold_in(jax.random.fold_in(state.rng, 1), state.step)
-    idx = device.sample_indices(data_key, state.step, data_size, batch_size)
-    batch = jax.lax.with_sharding_constraint(images[idx], data_spec)
-    flags = jax.lax.with_sharding_constraint(is_anomaly[idx], data_spec)
-    view1, view2 = augment.two_views(aug_key, batch, aug_params)
-    x = jnp.concatenate([view1, view2])
-    chex.assert_shape(x, (2 * batch_size,) + images.shape[1:])
+  def update(state: TrainState, x: jax.Array, flags: jax.Array):
+    chex.assert_shape(x, (2 * flags.shape[0],) + x.shape[1:])
     anomaly_mask = jnp.concatenate([flags, flags]) if unbalanced else None
 
     def loss_fn(params):
@@ -195,8 +184,36 @@ def make_train_step(config: ml_collections.ConfigDict, model: AnoMem, tx,
       logged[f"memory_entropy_{scale}"] = losses.memory_usage_entropy(out["attention"][scale])
     return new_state, logged
 
+  return update
+
+
+def make_train_step(config: ml_collections.ConfigDict, model: AnoMem, tx,
+                    schedule: optax.Schedule, data_size: int, mesh) -> Callable:
+  """One jitted step: draw the batch by index, augment twice, then `make_update`'s update.
+
+  The state is replicated and donated; the data arrays are sharded on `data`. The
+  loss sees the global batch, so NT-Xent negatives and BatchNorm statistics span every
+  device (XLA inserts the collectives).
+  """
+  batch_size = config.train.batch_size
+  aug_params = augment.AugmentParams.from_config(config.augment)
+  data_spec, repl = sharding.data_sharding(mesh), sharding.replicated(mesh)
+  update = make_update(config, model, tx, schedule)
+
+  def step_fn(state: TrainState, images: jax.Array, is_anomaly: jax.Array):
+    data_key = jax.random.fold_in(state.rng, 0)  # fixed: epochs are permutations of it
+    aug_key = jax.random.fold_in(jax.random.fold_in(state.rng, 1), state.step)
+    idx = device.sample_indices(data_key, state.step, data_size, batch_size)
+    batch = jax.lax.with_sharding_constraint(images[idx], data_spec)
+    flags = jax.lax.with_sharding_constraint(is_anomaly[idx], data_spec)
+    view1, view2 = augment.two_views(aug_key, batch, aug_params)
+    x = jnp.concatenate([view1, view2])
+    chex.assert_shape(x, (2 * batch_size,) + images.shape[1:])
+    return update(state, x, flags)
+
   return jax.jit(step_fn, in_shardings=(repl, data_spec, data_spec),
-                 out_shardings=(repl, repl), donate_argnums=(0,))
+                 out_shardings=(repl, repl), donate_argnums=(0,),
+                 compiler_options=conv.compiler_options())
 
 
 # ------------------------------------------------------------------------------ probe
@@ -252,6 +269,7 @@ class Stage1Result:
   probe_auroc: float | None
   views_per_second: float | None
   seconds: float
+  probe_untrained_auroc: float | None = None  # the same probe of the initial network
 
 
 def train(config: ml_collections.ConfigDict, split: protocols.ADSplit, workdir: str,
@@ -283,23 +301,29 @@ def train(config: ml_collections.ConfigDict, split: protocols.ADSplit, workdir: 
                  stop_after=stop_after, unit="views", advice=nan_advice(config))
   if res.finished is not None:
     return Stage1Result(res.state, model, res.step, res.finished.get("probe_auroc"),
-                        res.rate, 0.0)
-  probe_auroc = None
+                        res.rate, 0.0, res.finished.get("probe_untrained_auroc"))
+  probe_auroc = untrained = None
   if res.step >= total:
     if probe and split.n_test and split.test_is_anomaly.any() and not split.test_is_anomaly.all():
       probe_auroc = knn_probe(model, res.state, split)
-      logging.info("Stage 1 health probe: k-NN AUROC of the embedding on the test split %.4f",
-                   probe_auroc)
+      # The yardstick: has training beaten the random network it started from? (At 10
+      # epochs it had not: experiments/results/stage1_cpu.md.)
+      untrained = knn_probe(model, init_fn(jax.random.PRNGKey(config.seed)), split)
+      logging.info("Stage 1 health probe: k-NN AUROC of the embedding on the test split %.4f "
+                   "(the untrained network: %.4f)", probe_auroc, untrained)
       writer = monitoring.MetricWriter(workdir, STAGE)
       writer.drop_key("probe_knn_auroc")
-      writer.write(res.step, {"probe_knn_auroc": probe_auroc})
+      writer.drop_key("probe_untrained_knn_auroc")
+      writer.write(res.step, {"probe_knn_auroc": probe_auroc,
+                              "probe_untrained_knn_auroc": untrained})
       writer.close()
     checkpoints.mark_finished(os.path.join(workdir, STAGE),
                               {"step": res.step, "probe_auroc": probe_auroc,
+                               "probe_untrained_auroc": untrained,
                                "views_per_second": res.rate,
                                "image_shape": list(split.train_images.shape[1:])})
   return Stage1Result(res.state, model, res.step, probe_auroc, res.rate,
-                      time.time() - t_start)
+                      time.time() - t_start, untrained)
 
 
 def load_finished(config: ml_collections.ConfigDict, workdir: str,

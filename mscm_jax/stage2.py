@@ -33,6 +33,7 @@ from mscm_jax import checkpoints, frozen, loop, losses, sharding, stage1
 from mscm_jax import config as config_lib
 from mscm_jax.data import device, protocols
 from mscm_jax.errors import CheckpointError, UserError
+from mscm_jax.models import conv
 from mscm_jax.models.detector import DistanceDetector, deviation_input
 
 STAGE = "stage2"
@@ -189,7 +190,8 @@ def make_train_step(config: ml_collections.ConfigDict, detector: DistanceDetecto
                  "learning_rate": schedule(state.step)}
 
   return jax.jit(step_fn, in_shardings=(repl, data_spec, data_spec),
-                 out_shardings=(repl, repl), donate_argnums=(0,))
+                 out_shardings=(repl, repl), donate_argnums=(0,),
+                 compiler_options=conv.compiler_options())
 
 
 def distances(detector: DistanceDetector, state: DetectorState,

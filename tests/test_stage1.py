@@ -70,7 +70,9 @@ def test_sharded_step_equals_single_device(setting):
   assert _tree_max_diff(s1.params, s8.params) < 1e-5
   assert _tree_max_diff(s1.batch_stats, s8.batch_stats) < 1e-5
   for k in m1:
-    np.testing.assert_allclose(m1[k], m8[k], rtol=1e-5, atol=1e-5, err_msg=k)
+    # 3e-5: on 8 devices the CPU filter gradient sums its batch chunks in another order
+    # (grad_norm 38.1561 vs 38.1566 in the unbalanced setting).
+    np.testing.assert_allclose(m1[k], m8[k], rtol=3e-5, atol=1e-5, err_msg=k)
 
 
 def test_resume_equals_uninterrupted(tmp_path):
