@@ -6,18 +6,18 @@ Run (CPU preset, one class, 2 cores):
       --workdir=workdirs/c10_cat
 
 Presets: (none) = paper-scale schedule (ResNet-18, batch 512, 500 epochs; needs an
-accelerator), `cpu` = about 10 minutes per class on 2 CPU cores, `smoke` = seconds.
+accelerator), `cpu` = about 10 minutes per class on 2 CPU cores, `cpu_long` = the same
+model for about 60 minutes of stage 1, `smoke` = seconds.
 
 Expected result, `:cpu` (2 CPU cores, CIFAR-10 JPEG copy; experiments/results/
-detector_sweep.md): the whole command takes about 7 minutes (stage 1 about 6, stage 2
-about 1, evaluation 15-25 s) and prints, for class 5 (dog), seed 0: mscm 0.643, knn 0.580,
-pixel_knn 0.482 (AUROC). The mscm AUROC, seed 0, on all ten classes: airplane 0.621,
-automobile 0.572, bird 0.604, cat 0.604, deer 0.653, dog 0.643, frog 0.734, horse 0.655,
-ship 0.640, truck 0.677 (automobile and cat: the same preset's stage 2 on their ablation
-checkpoints) -- above pixel_knn on every class (by 0.03 on bird to 0.31 on truck), below
-knn on airplane, bird and deer. At 10 epochs stage 1 has barely learned (its k-NN probe
-is 0.46-0.69), so these are CPU-budget numbers, far from the paper's. Full schedule: not
-run yet (ResNet-18 at batch 64 runs at 14.8 views/s on 2 CPU cores: an accelerator's job).
+learning_curve.md): the whole command takes about 10 minutes (616 s for cat: stage 1 548,
+stage 2 36, evaluation 14) and prints, seed 0 (AUROC):
+  cat (3):        mscm 0.549, deviation 0.558, knn 0.549, pixel_knn 0.520
+  automobile (1): mscm 0.582, deviation 0.611, knn 0.650, pixel_knn 0.494
+Stage 1 (20 epochs) has only begun to learn: its k-NN probe is +0.012 (cat) and +0.056
+(automobile) above the same network untrained. `:cpu_long`: not yet measured to the end.
+Full schedule: not run (ResNet-18 at batch 64 runs at 30 views/s on 2 CPU cores:
+experiments/PERFORMANCE.md).
 """
 
 from mscm_jax import config as config_lib

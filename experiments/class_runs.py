@@ -1,14 +1,15 @@
-r"""The `:cpu` command on several CIFAR-10 classes, and the table of their results.json.
+r"""A preset's command on several CIFAR-10 classes and seeds, and the tables of their results.
 
-Each class runs `python -m mscm_jax.main` in ROOT/c<class> (resumable: a finished class
-returns at once, a workdir holding only a finished stage 1 trains stage 2 and
-evaluates); `--table` prints every score's AUROC and the seconds per stage, and the
-AUROC of the training-free `deviation` over every subset of scales (from scores.npz and
-the spreads in results.json, combined as the pipeline does).
+Each (class, seed) runs `python -m mscm_jax.main` in ROOT/<preset>_c<class>_s<seed>
+(resumable: a finished run returns at once, a workdir holding only a finished stage 1
+trains stage 2 and evaluates); `--table` prints every score's AUROC with the stage-1
+k-NN probe of the trained and of the untrained network, and the seconds per stage, and
+the AUROC of the training-free `deviation` over every subset of scales (from scores.npz
+and the spreads in results.json, combined as the pipeline does).
 
-  TFDS_DATA_DIR=../shared/tfds python experiments/class_runs.py --root=/work/val2 \
-      --classes=0,2,4,5,6,7,8,9
-  python experiments/class_runs.py --root=/work/val2 --table
+  TFDS_DATA_DIR=../shared/tfds python experiments/class_runs.py --root=/work/lc \
+      --preset=cpu --classes=0,1,3 --seeds=0,1
+  python experiments/class_runs.py --root=/work/lc --table
 """
 
 from __future__ import annotations
@@ -30,45 +31,72 @@ NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse"
 HEADLINE = ("mscm", "deviation", "knn", "pixel_knn")
 
 
-def run(root: str, cls: int, extra: list[str]) -> None:
-  workdir = os.path.join(root, f"c{cls}")
-  cmd = [sys.executable, "-m", "mscm_jax.main", "--config=configs/cifar10_oneclass.py:cpu",
-         f"--config.dataset.normal_class={cls}", f"--workdir={workdir}", *extra]
+def run(root: str, preset: str, cls: int, seed: int, extra: list[str]) -> None:
+  workdir = os.path.join(root, f"{preset}_c{cls}_s{seed}")
+  cmd = [sys.executable, "-m", "mscm_jax.main",
+         f"--config=configs/cifar10_oneclass.py:{preset}",
+         f"--config.dataset.normal_class={cls}", f"--config.seed={seed}", f"--workdir={workdir}",
+         *extra]
   os.makedirs(workdir, exist_ok=True)
   start = time.time()
-  with open(f"{workdir}.log", "w") as log:
+  with open(f"{workdir}.log", "a") as log:
     rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
-  print(f"class {cls} ({NAMES[cls]}): exit {rc}, {time.time() - start:.0f} s wall", flush=True)
+  print(f"{preset} class {cls} ({NAMES[cls]}) seed {seed}: exit {rc}, "
+        f"{time.time() - start:.0f} s wall", flush=True)
+
+
+def _results(root: str) -> dict[str, dict]:
+  out = {}
+  for path in sorted(glob.glob(os.path.join(root, "*", "results.json"))):
+    r = json.load(open(path))
+    out[os.path.basename(os.path.dirname(path))] = r
+  return out
 
 
 def table(root: str) -> str:
-  lines = ["| class | " + " | ".join(HEADLINE) + " | mscm - pixel_knn | stage-1 probe | "
-           "seconds: data / stage 1 / stage 2 / evaluation |", "|" + "---|" * 8]
-  for path in sorted(glob.glob(os.path.join(root, "c*", "results.json"))):  # c<class>
-    r = json.load(open(path))
+  """One row per run: headline AUROCs, the probes, seconds per stage."""
+  lines = ["| run | class | seed | " + " | ".join(HEADLINE) + " | probe | probe untrained | "
+           "probe gain | seconds: data / stage 1 / stage 2 / evaluation |", "|" + "---|" * 11]
+  for name, r in _results(root).items():
     a = {k: v["auroc"] for k, v in r["scores"].items()}
-    name = r["normal_classes"][0]
+    s1 = r.get("stage1", {})
+    probe, untrained = s1.get("probe_knn_auroc"), s1.get("probe_untrained_knn_auroc")
+    gain = f"{probe - untrained:+.3f}" if probe is not None and untrained is not None else "-"
     sec = r.get("seconds", {})
-    probe = r.get("stage1", {}).get("probe_knn_auroc")
-    lines.append(f"| {NAMES.index(name)} {name} s{r['seed']} | "
-                 + " | ".join(f"{a[k]:.3f}" for k in HEADLINE)
-                 + f" | {a['mscm'] - a['pixel_knn']:+.3f} | "
-                 + (f"{probe:.3f}" if probe is not None else "-") + " | "
+    lines.append(f"| {name} | {r['normal_classes'][0]} | {r['seed']} | "
+                 + " | ".join(f"{a[k]:.3f}" for k in HEADLINE) + " | "
+                 + " | ".join(f"{v:.3f}" if v is not None else "-" for v in (probe, untrained))
+                 + f" | {gain} | "
                  + " / ".join(f"{sec.get(k, 0):.0f}" for k in
                               ("data", "stage1", "stage2", "evaluation")) + " |")
   return "\n".join(lines)
 
 
+def all_scores(root: str) -> str:
+  """Every score's AUROC (per scale, per detector too), one column per run."""
+  runs = _results(root)
+  if not runs:
+    return ""
+  names = sorted({n for r in runs.values() for n in r["scores"]},
+                 key=lambda n: (n not in HEADLINE, HEADLINE.index(n) if n in HEADLINE else 0, n))
+  lines = ["| score | " + " | ".join(runs) + " |", "|" + "---|" * (len(runs) + 1)]
+  for n in names:
+    lines.append(f"| {n} | " + " | ".join(
+        f"{r['scores'][n]['auroc']:.3f}" if n in r["scores"] else "-" for r in runs.values())
+        + " |")
+  return "\n".join(lines)
+
+
 def deviation_subsets(root: str) -> str:
   rows = {}
-  for path in sorted(glob.glob(os.path.join(root, "c*", "results.json"))):
+  for path in sorted(glob.glob(os.path.join(root, "*", "results.json"))):
     r = json.load(open(path))
     z = np.load(os.path.join(os.path.dirname(path), "scores.npz"))
     norm = r["stage2"]["norm"]["deviation"]
     scales = sorted(norm)
     labels = z["is_anomaly"].astype(int)
     per = {s: z[f"deviation_{s}"] for s in scales}
-    rows[f"{r['normal_classes'][0]} s{r['seed']}"] = evaluate.subset_aurocs(
+    rows[os.path.basename(os.path.dirname(path))] = evaluate.subset_aurocs(
         per, norm, labels, scales, range(1, len(scales) + 1))
   if not rows:
     return ""
@@ -83,13 +111,18 @@ def deviation_subsets(root: str) -> str:
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--root", required=True)
+  p.add_argument("--preset", default="cpu")
   p.add_argument("--classes", default="0,1,2,3,4,5,6,7,8,9")
-  p.add_argument("--table", action="store_true", help="print the table and exit")
+  p.add_argument("--seeds", default="0")
+  p.add_argument("--table", action="store_true", help="print the tables and exit")
   args, extra = p.parse_known_args()
   if not args.table:
-    for cls in (int(c) for c in args.classes.split(",")):
-      run(args.root, cls, extra)
+    for seed in (int(s) for s in args.seeds.split(",")):
+      for cls in (int(c) for c in args.classes.split(",")):
+        run(args.root, args.preset, cls, seed, extra)
   print(table(args.root))
+  print()
+  print(all_scores(args.root))
   print()
   print(deviation_subsets(args.root))
 

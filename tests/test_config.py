@@ -25,7 +25,7 @@ def test_the_four_families_exist():
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.stem)
-@pytest.mark.parametrize("preset", ["", "cpu", "smoke"])
+@pytest.mark.parametrize("preset", ["", "cpu", "cpu_long", "smoke"])
 def test_every_config_and_preset_validates(path, preset):
   module = _load(path)
   assert "python -m mscm_jax.main" in module.__doc__  # each config states its command
@@ -45,6 +45,13 @@ def test_presets_shrink_the_schedule():
   assert full.model.widths == (64, 128, 256, 512) and full.train.epochs == 500
   assert cpu.model.widths[-1] < full.model.widths[-1] and cpu.train.epochs < full.train.epochs
   assert smoke.train.batch_size < cpu.train.batch_size
+  # cpu_long is the cpu model and objective with a longer schedule, nothing else.
+  long = config_lib.apply_preset(config_lib.base_config(), "cpu_long")
+  diff = {k for k, v in long.to_dict().items() if v != cpu.to_dict()[k]}
+  assert diff == {"train", "optim"}
+  assert long.train.epochs > cpu.train.epochs
+  assert long.optim.learning_rate == cpu.optim.learning_rate
+  assert long.model == cpu.model and long.memory == cpu.memory and long.stage2 == cpu.stage2
   with pytest.raises(ConfigError, match="unknown preset"):
     config_lib.apply_preset(config_lib.base_config(), "huge")
 
