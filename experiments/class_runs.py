@@ -89,14 +89,13 @@ def all_scores(root: str) -> str:
 
 def deviation_subsets(root: str) -> str:
   rows = {}
-  for path in sorted(glob.glob(os.path.join(root, "*", "results.json"))):
-    r = json.load(open(path))
-    z = np.load(os.path.join(os.path.dirname(path), "scores.npz"))
+  for name, r in _results(root).items():
+    z = np.load(os.path.join(root, name, "scores.npz"))
     norm = r["stage2"]["norm"]["deviation"]
     scales = sorted(norm)
     labels = z["is_anomaly"].astype(int)
     per = {s: z[f"deviation_{s}"] for s in scales}
-    rows[os.path.basename(os.path.dirname(path))] = evaluate.subset_aurocs(
+    rows[name] = evaluate.subset_aurocs(
         per, norm, labels, scales, range(1, len(scales) + 1))
   if not rows:
     return ""

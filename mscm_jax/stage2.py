@@ -140,7 +140,8 @@ def init_state(config: ml_collections.ConfigDict, detector: DistanceDetector, tx
             for i, (s, m) in enumerate(sorted(normal_maps.items()))}
   input_scale = {s: np.float32(max(float(np.std(m)), 1e-6)) for s, m in normal_maps.items()}
   apply = jax.jit(lambda p, m: {s: o["phi"] for s, o in phi(detector, p, m,
-                                                             input_scale).items()})
+                                                             input_scale).items()},
+                  compiler_options=conv.compiler_options())
   batch = min(config.evaluate.batch_size, len(next(iter(normal_maps.values()))))
   outs = device.map_batches(lambda m: apply(params, m), normal_maps, batch)
   centers = {}
@@ -199,7 +200,8 @@ def distances(detector: DistanceDetector, state: DetectorState,
   """{detector: ||phi - c||^2 per image}: each detector's score, float64."""
   fn = jax.jit(lambda m: {s: losses.svdd_distance(o["phi"], state.centers[s])
                           for s, o in phi(detector, state.params, m,
-                                          state.input_scale).items()})
+                                          state.input_scale).items()},
+               compiler_options=conv.compiler_options())
   n = len(next(iter(maps.values())))
   out = device.map_batches(fn, maps, min(batch_size, n))
   return {s: v.astype(np.float64) for s, v in out.items()}

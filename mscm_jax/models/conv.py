@@ -48,10 +48,6 @@ def _conv(x: jax.Array, w: jax.Array, stride: int, padding: int) -> jax.Array:
                                       dimension_numbers=_DIMS)
 
 
-def _out_size(n: int, k: int, stride: int, padding: int) -> int:
-  return (n + 2 * padding - k) // stride + 1
-
-
 def _tap_products(x: jax.Array, dy: jax.Array, k: int, stride: int,
                   padding: int) -> jax.Array:
   """Sum over batch and positions of patch x dy, one matrix product per tap: [k*k, Cin, Cout]."""
