@@ -155,8 +155,8 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str | None) -> ml_collect
     c.memory.mode = "branch"
     c.memory.train = "codebook"
     # The training-free score, re-chosen on stage 1s that learned (learning_curve.md):
-    # res4 + pooled beat the earlier res3 + pooled in all 5 runs (3 classes at 20 epochs,
-    # automobile at 40 and 150; 0.889 vs 0.749 at 150), where res3 alone fell to 0.34.
+    # res4 + pooled beat the earlier res3 + pooled in all 7 runs (5 class-seed pairs at 20
+    # epochs, automobile at 40 and 150; 0.889 vs 0.749 at 150); res3 alone fell to 0.34.
     # Pooled alone (0.899 at 150) fell to 0.479 on ship at 10 epochs (detector_sweep.md).
     c.stage2.deviation_scales = ("res4", "pooled")
     # The detector sweep (experiments/results/detector_sweep.md, on a 10-epoch stage 1 that
@@ -172,7 +172,8 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str | None) -> ml_collect
     c.loss.temperature = 0.2
     c.optim.name = "sgd"
     # 20 epochs on automobile, seed 0: k-NN probe 0.607 at lr 0.1, 0.620 at 0.3, 0.650 at
-    # 0.6 (untrained 0.594; experiments/results/learning_curve.md). Higher: not tried.
+    # 0.6 (untrained 0.594; experiments/results/learning_curve.md). Higher: not tried. With
+    # seed 1 at 0.6 the probe did not leave the untrained network's (automobile, cat).
     c.optim.learning_rate = 0.6
     c.optim.warmup_epochs = 1
     c.optim.weight_decay = 5e-4
