@@ -12,15 +12,14 @@ model for about 75 minutes of stage 1, `smoke` = seconds.
 Expected result, `:cpu` (2 CPU cores, CIFAR-10 JPEG copy; experiments/results/
 learning_curve.md): the whole command takes about 10 minutes (616 s for cat: stage 1 548,
 stage 2 36, evaluation 14) and prints, seed 0 (AUROC):
-  cat (3):        mscm 0.549, deviation 0.597, knn 0.549, pixel_knn 0.520
-  automobile (1): mscm 0.582, deviation 0.654, knn 0.650, pixel_knn 0.494
-  airplane (0):   mscm 0.583, deviation 0.641, knn 0.657, pixel_knn 0.576
+  cat (3):        mscm 0.549, deviation 0.558, knn 0.549, pixel_knn 0.520
+  automobile (1): mscm 0.582, deviation 0.611, knn 0.650, pixel_knn 0.494
+  airplane (0):   mscm 0.583, deviation 0.539, knn 0.657, pixel_knn 0.576
 Stage 1 (20 epochs) has only begun to learn: its k-NN probe is +0.012 (cat) and +0.056
 (automobile) above the same network untrained, and 0.099 below it on airplane; at 40
-epochs automobile's reaches 0.760. (`deviation` is over the default res4 + pooled,
-from each run's per-scale scores.)
+epochs automobile's reaches 0.760.
 Expected result, `:cpu_long` (150 epochs; stage 1 4375 s), automobile, seed 0:
-  mscm 0.846, deviation 0.889, knn 0.904 (probe; untrained 0.594), pixel_knn 0.494.
+  mscm 0.846, deviation 0.749, knn 0.904 (probe; untrained 0.594), pixel_knn 0.494.
 Full schedule: not run (ResNet-18 at batch 64 runs at 30 views/s on 2 CPU cores:
 experiments/PERFORMANCE.md).
 """
