@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mscm_jax import checkpoints, config as config_lib, errors, sharding, stage1
-from mscm_jax.data import device, protocols, sources
+from mscm_jax.data import augment, device, protocols, sources
 
 SIZE = 16  # 16x16 images keep compile and step times small
 
@@ -94,14 +94,33 @@ def test_resume_equals_uninterrupted(tmp_path):
   assert again.steps == 4 and again.seconds == 0.0
 
 
-def test_loss_decreases_and_probe_separates(tmp_path):
+def test_update_fits_a_fixed_batch():
+  """The gradient and optimiser work: on one fixed pair of views NT-Xent falls well below
+  chance (log 63 = 4.14). On fresh views per step, 20 steps of this tiny model do not
+  move it reliably (4.18 -> 4.13), so the loop's own loss is not the test of learning."""
   split = _split(n_train=64)
-  c = _config(**{"train.epochs": 10, "train.batch_size": 32, "optim.learning_rate": 0.2})
+  c = _config(**{"train.epochs": 30, "train.batch_size": 32, "optim.learning_rate": 0.2})
+  parts = stage1.components(c, split.n_train, split.train_images.shape[1:],
+                            sharding.make_mesh(1))
+  state = parts.init_fn(jax.random.PRNGKey(0))
+  views = augment.two_views(jax.random.PRNGKey(1), jnp.asarray(split.train_images[:32]),
+                            augment.AugmentParams.from_config(c.augment))
+  update = jax.jit(stage1.make_update(c, parts.model, parts.tx, parts.schedule))
+  losses = []
+  for _ in range(30):
+    state, logged = update(state, jnp.concatenate(views), jnp.zeros(32, bool))
+    losses.append(float(logged["nt_xent"]))
+  assert losses[0] > 4.0 and np.mean(losses[-3:]) < losses[0] - 1.0, losses
+
+
+def test_train_logs_and_probe_separates(tmp_path):
+  split = _split(n_train=64)
+  c = _config(**{"train.epochs": 10, "train.batch_size": 32, "optim.learning_rate": 0.2,
+                 "train.checkpoint_every_steps": 10})
   result = stage1.train(c, split, str(tmp_path), sharding.make_mesh(8))
   losses = [json.loads(l)["nt_xent"] for l in open(tmp_path / "metrics.jsonl")
             if "nt_xent" in l]
-  assert len(losses) == 20
-  assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.05, losses
+  assert len(losses) == 20 and np.isfinite(losses).all()
   assert result.probe_auroc is not None and result.probe_auroc > 0.8
   assert os.listdir(tmp_path / "tensorboard" / "stage1")  # event files
   assert checkpoints.finished_info(str(tmp_path / "stage1"))["step"] == 20

@@ -36,7 +36,8 @@ def test_maps_and_training_free_scores(frozen):
   out = frozen_lib.read(model, state, images, ("res3", "pooled"), batch_size=4,
                        inputs=stage2.detector_inputs(("res3", "pooled"), "cosine"))
   maps = out["inputs"]
-  np.testing.assert_array_equal(out["maps"]["res3"], maps["res3"][..., 0])
+  # Equal up to float rounding: each read is its own jit, fused its own way.
+  np.testing.assert_allclose(out["maps"]["res3"], maps["res3"][..., 0], rtol=1e-6)
   only = frozen_lib.read(model, state, images, ("res3", "pooled"),
                         inputs=stage2.detector_inputs(("pooled",), "cosine"))
   assert set(only["inputs"]) == {"pooled"} and set(only["deviation"]) == {"res3", "pooled"}
@@ -57,9 +58,10 @@ def test_maps_and_training_free_scores(frozen):
   both = frozen_lib.read(model, state, images, ("res3",), kind="cosine+difference",
                         inputs=stage2.detector_inputs(("res3",), "cosine+difference"))
   assert set(both["inputs"]) == {"res3_cosine", "res3_difference"}
-  np.testing.assert_array_equal(both["inputs"]["res3_cosine"], maps["res3"])
-  np.testing.assert_array_equal(both["inputs"]["res3_difference"], diff["inputs"]["res3"])
-  np.testing.assert_array_equal(both["maps"]["res3"], out["maps"]["res3"])
+  np.testing.assert_allclose(both["inputs"]["res3_cosine"], maps["res3"], rtol=1e-6)
+  np.testing.assert_allclose(both["inputs"]["res3_difference"], diff["inputs"]["res3"],
+                             rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(both["maps"]["res3"], out["maps"]["res3"], rtol=1e-6)
   assert frozen_lib.map_kind("similarity+difference") == "cosine"  # higher = more deviant
   assert frozen_lib.map_kind("difference+euclidean") == "euclidean"
   euclid = frozen_lib.deviation_maps(model, state, images, ("res3",), kind="euclidean")["res3"]
