@@ -156,7 +156,7 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str | None) -> ml_collect
     c.memory.train = "codebook"
     # The training-free score, chosen where stage 1 learned (learning_curve.md): pooled
     # alone 0.899 (automobile) / 0.660 (cat) at 150 epochs, against res3 + pooled 0.749 /
-    # 0.656 and res4 + pooled 0.889 / 0.620; pooled also beat res3 + pooled in all six
+    # 0.656 and res4 + pooled 0.889 / 0.620; pooled also beat res3 + pooled in all seven
     # 20- and 40-epoch runs there. (res3 + pooled had been chosen on a 10-epoch stage 1
     # that had not learned, where pooled alone fell to 0.479 on ship: detector_sweep.md.)
     c.stage2.deviation_scales = ("pooled",)

@@ -103,12 +103,13 @@ def test_update_fits_a_fixed_batch():
   parts = stage1.components(c, split.n_train, split.train_images.shape[1:],
                             sharding.make_mesh(1))
   state = parts.init_fn(jax.random.PRNGKey(0))
-  views = augment.two_views(jax.random.PRNGKey(1), jnp.asarray(split.train_images[:32]),
-                            augment.AugmentParams.from_config(c.augment))
+  views = jnp.concatenate(augment.two_views(
+      jax.random.PRNGKey(1), jnp.asarray(split.train_images[:32]),
+      augment.AugmentParams.from_config(c.augment)))
   update = jax.jit(stage1.make_update(c, parts.model, parts.tx, parts.schedule))
   losses = []
   for _ in range(30):
-    state, logged = update(state, jnp.concatenate(views), jnp.zeros(32, bool))
+    state, logged = update(state, views, jnp.zeros(32, bool))
     losses.append(float(logged["nt_xent"]))
   assert losses[0] > 4.0 and np.mean(losses[-3:]) < losses[0] - 1.0, losses
 
