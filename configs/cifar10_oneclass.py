@@ -22,6 +22,7 @@ epochs automobile's reaches 0.760.
 Expected result, `:cpu_long` (150 epochs; stage 1 4375 s on automobile), seed 0:
   automobile (1): mscm 0.846, deviation 0.899, knn 0.904 (untrained 0.594), pixel_knn 0.494
   cat (3):        mscm 0.580, deviation 0.660, knn 0.671 (untrained 0.536), pixel_knn 0.520
+  airplane (0):   mscm 0.589, deviation 0.647, knn 0.733 (untrained 0.756), pixel_knn 0.576
 Full schedule: not run (ResNet-18 at batch 64 runs at 30 views/s on 2 CPU cores:
 experiments/PERFORMANCE.md).
 """
