@@ -184,8 +184,9 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str | None) -> ml_collect
     # PyTorch's was 1.3-1.5x higher (experiments/PERFORMANCE.md). At about 1.0 s per step,
     # 20 epochs (400 steps) fill the 10-minute budget; at 10 epochs the k-NN probe was
     # still below the untrained network's (experiments/results/stage1_cpu.md). Batch 128
-    # (800 steps) and crop scale 0.2-1 each raised it by 0.013-0.038 on cat and
-    # automobile, one seed: under the seed noise, not adopted (learning_curve.md 1b).
+    # (800 steps) and crop scale 0.2-1 each raised it by 0.008-0.038 on cat and
+    # automobile at seed 0, under the seed noise, and batch 128 left cat's seed-1 probe
+    # where the preset's is (-0.004): not adopted (learning_curve.md 1b).
     c.train.batch_size = 256
     c.train.epochs = 20
     c.train.log_every_steps = 10
