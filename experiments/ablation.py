@@ -1,7 +1,8 @@
 r"""Issue-4 ablation: which knobs make deviation maps carry the anomaly signal.
 
 Training-time knobs (memory.mode / memory.train, the alignment term) need their own
-stage-1 runs: experiments/ablation_train.sh trains them into ROOT/<variant>_c<class>_s<seed>.
+stage-1 runs: experiments/sweep.py trains them into ROOT/<class>.oneclass.s<seed>.<variant>
+(the commands are in results/ablation.md; older roots named runs <variant>_c<class>_s<seed>).
 This script then evaluates every finished stage-1 workdir under ROOT with each
 evaluation-time variant (retrieval sharpness: top-k; unit-sphere vs Euclidean maps): the
 whole command runs in ROOT/<run>/eval/<variant>/ on the run's stage 1 (`pipeline.run`
@@ -43,7 +44,23 @@ VARIANTS = {
     "difference": {"stage2.deviation": "difference"},  # the detector sees f - r itself
     "joined": {"stage2.deviation": "cosine+difference"},  # one detector for each (detector_sweep)
 }
-RUN = re.compile(r"(?P<train>[a-z0-9]+)_c(?P<cls>\d+)_s(?P<seed>\d+)$")
+# A sweep cell (experiments/sweep.py), or the older <variant>_c<class index>_s<seed>.
+RUN = re.compile(r"^(?:(?P<name>[^.]+)\.oneclass\.s(?P<sseed>\d+)\.(?P<strain>[a-z0-9]+)"
+                 r"|(?P<train>[a-z0-9]+)_c(?P<cls>\d+)_s(?P<seed>\d+))$")
+CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+           "truck")
+
+
+def parse_run(name: str) -> dict[str, int | str] | None:
+  """{'train', 'class' (CIFAR-10 index), 'seed'} of a run's directory name, or None."""
+  m = RUN.search(name)
+  if m is None:
+    return None
+  if m["name"] is not None:
+    if m["name"] not in CIFAR10:
+      return None
+    return {"train": m["strain"], "class": CIFAR10.index(m["name"]), "seed": int(m["sseed"])}
+  return {"train": m["train"], "class": int(m["cls"]), "seed": int(m["seed"])}
 
 
 def _override(config, overrides):
@@ -57,7 +74,7 @@ def _override(config, overrides):
 
 
 def evaluate_run(workdir: str, variants: list[str], out_path: str, done: set) -> None:
-  m = RUN.search(os.path.basename(workdir))
+  m = parse_run(os.path.basename(workdir))
   base = config_lib.load_json(os.path.join(workdir, "config.json"))
   for name in variants:
     key = (os.path.basename(workdir), name)
@@ -77,8 +94,8 @@ def evaluate_run(workdir: str, variants: list[str], out_path: str, done: set) ->
       per = {s: saved[f"{score}_{s}"] for s in names}
       subsets = evaluate.subset_aurocs(per, norm[score], labels, names, range(1, len(names)))
       aurocs.update({f"{score}[{tag}]": v for tag, v in subsets.items()})
-    record = {"run": key[0], "train": m["train"], "class": int(m["cls"]),
-              "seed": int(m["seed"]), "variant": name,
+    record = {"run": key[0], "train": m["train"], "class": m["class"],
+              "seed": m["seed"], "variant": name,
               "probe": results["stage1"]["probe_knn_auroc"],
               "seconds": round(time.time() - t, 1), "auroc": aurocs}
     with open(out_path, "a") as f:
@@ -141,7 +158,7 @@ def main() -> None:
   if unknown:
     raise SystemExit(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
   for wd in sorted(glob.glob(os.path.join(args.root, args.runs))):
-    if RUN.search(os.path.basename(wd)) and os.path.exists(
+    if parse_run(os.path.basename(wd)) and os.path.exists(
         os.path.join(wd, "stage1", "FINISHED.json")):
       evaluate_run(wd, variants, out_path, done)
 

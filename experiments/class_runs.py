@@ -1,15 +1,15 @@
-r"""A preset's command on several CIFAR-10 classes and seeds, and the tables of their results.
+r"""Per-run tables of a sweep root (experiments/sweep.py runs the cells).
 
-Each (class, seed) runs `python -m mscm_jax.main` in ROOT/<preset>_c<class>_s<seed>
-(resumable: a finished run returns at once, a workdir holding only a finished stage 1
-trains stage 2 and evaluates); `--table` prints every score's AUROC with the stage-1
-k-NN probe of the trained and of the untrained network, and the seconds per stage, and
-the AUROC of the training-free `deviation` over every subset of scales (from scores.npz
-and the spreads in results.json, combined as the pipeline does).
+For every ROOT/<cell>/results.json: each score's AUROC with the stage-1 k-NN probe of the
+trained and of the untrained network and the seconds per stage; every score (per scale
+and per detector too), one column per run; and the AUROC of the training-free
+`deviation` over every subset of scales (from scores.npz and the spreads in
+results.json, combined as the pipeline does). `sweep.py` aggregates over seeds; this is
+the detail behind it.
 
-  TFDS_DATA_DIR=../shared/tfds python experiments/class_runs.py --root=/work/lc \
-      --preset=cpu --classes=0,1,3 --seeds=0,1
-  python experiments/class_runs.py --root=/work/lc --table
+  TFDS_DATA_DIR=../shared/tfds python experiments/sweep.py --root=/work/lc \
+      --config=configs/cifar10_oneclass.py:cpu --classes=0,1,3 --seeds=0,1
+  python experiments/class_runs.py --root=/work/lc
 """
 
 from __future__ import annotations
@@ -18,31 +18,12 @@ import argparse
 import glob
 import json
 import os
-import subprocess
-import sys
-import time
 
 import numpy as np
 
 from mscm_jax import evaluate
+from mscm_jax.evaluate import HEADLINE
 
-NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-         "truck")
-HEADLINE = ("mscm", "deviation", "knn", "pixel_knn")
-
-
-def run(root: str, preset: str, cls: int, seed: int, extra: list[str]) -> None:
-  workdir = os.path.join(root, f"{preset}_c{cls}_s{seed}")
-  cmd = [sys.executable, "-m", "mscm_jax.main",
-         f"--config=configs/cifar10_oneclass.py:{preset}",
-         f"--config.dataset.normal_class={cls}", f"--config.seed={seed}", f"--workdir={workdir}",
-         *extra]
-  os.makedirs(workdir, exist_ok=True)
-  start = time.time()
-  with open(f"{workdir}.log", "a") as log:
-    rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
-  print(f"{preset} class {cls} ({NAMES[cls]}) seed {seed}: exit {rc}, "
-        f"{time.time() - start:.0f} s wall", flush=True)
 
 
 def _results(root: str) -> dict[str, dict]:
@@ -110,15 +91,7 @@ def deviation_subsets(root: str) -> str:
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--root", required=True)
-  p.add_argument("--preset", default="cpu")
-  p.add_argument("--classes", default="0,1,2,3,4,5,6,7,8,9")
-  p.add_argument("--seeds", default="0")
-  p.add_argument("--table", action="store_true", help="print the tables and exit")
-  args, extra = p.parse_known_args()
-  if not args.table:
-    for seed in (int(s) for s in args.seeds.split(",")):
-      for cls in (int(c) for c in args.classes.split(",")):
-        run(args.root, args.preset, cls, seed, extra)
+  args = p.parse_args()
   print(table(args.root))
   print()
   print(all_scores(args.root))

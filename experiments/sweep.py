@@ -1,0 +1,575 @@
+r"""A grid of whole runs: classes x settings x seeds x variants, one workdir per cell.
+
+  TFDS_DATA_DIR=../shared/tfds python experiments/sweep.py --root=/work/sweeps/oc \
+      --config=configs/cifar10_oneclass.py:cpu --classes=airplane,cat --seeds=0,1 \
+      --settings=oneclass,unbalanced:0.05,unbalanced:0.05:bird+frog \
+      [--variant codebook memory.train=codebook] [--set train.epochs=30]
+  python experiments/sweep.py --root=/work/sweeps/oc --table   # aggregate only
+
+Each cell is `python -m mscm_jax.main` in ROOT/<class>.<setting>.s<seed>[.<variant>], so a
+cell's workdir, results.json and report are exactly a separate run's, and a killed cell
+resumes from its checkpoints. Every cell's config is built and validated before the first
+one starts (a bad override or class name is one line, at once).
+
+Several workers (one per host or accelerator) may share ROOT on a shared file system:
+a worker claims a cell by creating ROOT/.sweep/<cell>/claim.<n> with O_EXCL, which
+exactly one creator wins; a claim stays held while its worker lives (same host: its pid;
+other hosts: a heartbeat on the file's mtime, `--stale_after`). A cell whose worker died
+is claimed again (attempt n+1) and resumes. Finished cells (ROOT/.sweep/<cell>/done.json
+with this grid's command) are skipped without starting anything.
+
+The table (ROOT/results.md, ROOT/results.csv) aggregates every finished cell under ROOT:
+per group (setting, variant) and class, each score's AUROC as mean and spread over seeds,
+SPEC section 5's reference numbers beside the one-class class-set mean, which is given
+only when every class of the dataset is present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import dataclasses
+import glob
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from mscm_jax.evaluate import HEADLINE
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+META = ".sweep"
+# SPEC section 5: one-class mean AUROC (%) over the classes, from-scratch unless noted.
+REFERENCE = {
+    "cifar10": {"GEOM": 86.0, "GOAD": 88.2, "SimCLR": 87.9, "Rot+Trans": 90.1, "DROC": 92.5,
+                "CSI": 94.3, "AnoMem (paper target)": 96.3},
+    "cifar100": {"GEOM": 78.7, "DROC": 86.5, "CSI": 89.6, "AnoMem (paper target)": 94.8},
+}
+
+
+class SweepError(Exception):
+  """A grid that cannot run as given: one line for the user."""
+
+
+# ---------------------------------------------------------------------------- the grid
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+  """`oneclass`, or `unbalanced:RATIO[:CLASS+CLASS...]` (anomalies drawn from those only)."""
+
+  kind: str
+  ratio: float | None = None
+  anomaly_classes: tuple[str, ...] = ()
+
+  @classmethod
+  def parse(cls, text: str) -> Setting:
+    parts = text.strip().split(":")
+    if parts == ["oneclass"]:
+      return cls("oneclass")
+    if parts[0] == "unbalanced" and len(parts) in (2, 3):
+      try:
+        ratio = float(parts[1])
+      except ValueError:
+        ratio = -1.0
+      if not 0 < ratio <= 1:
+        raise SweepError(f"--settings: {text!r}: the ratio must be a number in (0, 1]")
+      classes = tuple(c for c in parts[2].split("+") if c) if len(parts) == 3 else ()
+      return cls("unbalanced", ratio, classes)
+    raise SweepError(f"--settings: {text!r} is not oneclass, unbalanced:RATIO or "
+                     "unbalanced:RATIO:CLASS+CLASS")
+
+  @property
+  def tag(self) -> str:
+    if self.kind == "oneclass":
+      return "oneclass"
+    return f"unb{self.ratio:g}" + (f"-from-{'+'.join(self.anomaly_classes)}"
+                                   if self.anomaly_classes else "")
+
+  def overrides(self) -> list[str]:
+    if self.kind == "oneclass":
+      return ["setting=oneclass"]
+    out = ["setting=unbalanced", f"anomaly_ratio={self.ratio}"]
+    if self.anomaly_classes:
+      out.append(f"anomaly_classes={tuple(self.anomaly_classes)!r}")
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  cls: str
+  setting: Setting
+  seed: int
+  variant: str  # "" for none
+  argv: tuple[str, ...]  # the main command's flags, --workdir excepted
+  dataset_classes: tuple[str, ...]  # every class of the dataset: is the table complete?
+
+  @property
+  def name(self) -> str:
+    return f"{self.cls}.{self.setting.tag}.s{self.seed}" + (f".{self.variant}"
+                                                            if self.variant else "")
+
+  def spec(self) -> dict[str, Any]:
+    return {"cell": self.name, "class": self.cls, "setting": self.setting.tag,
+            "seed": self.seed, "variant": self.variant, "argv": list(self.argv),
+            "dataset_classes": list(self.dataset_classes)}
+
+
+def parse_config(config_arg: str, overrides: Sequence[str]):
+  """The config the main command builds from these flags (its own flag parser, reused)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+
+  from mscm_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from mscm_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+
+  argv = ["sweep", f"--config={config_arg}", *(f"--config.{o}" for o in overrides)]
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True,
+                                  sys_argv=argv)  # it reads the overrides from here
+  try:
+    fv(argv)
+    return config_lib.validate(fv.config)
+  except (flags.Error, UserError, KeyError, AttributeError, TypeError, ValueError,
+          OSError) as e:
+    text = " ".join(str(e).split())
+    raise SweepError(f"--config={config_arg} {' '.join(overrides)}: {text}") from None
+
+
+def build_grid(config_arg: str, classes: Sequence[str], settings: Sequence[Setting],
+               seeds: Sequence[int], variants: dict[str, list[str]],
+               common: Sequence[str]) -> tuple[list[Cell], tuple[str, ...]]:
+  """Every cell, each config validated; also the dataset's class names."""
+  from mscm_jax.data import protocols, sources  # pylint: disable=g-import-not-at-top
+  from mscm_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+
+  path, _, preset = config_arg.partition(":")
+  config_arg = os.path.abspath(path) + (f":{preset}" if preset else "")
+  base = parse_config(config_arg, common)
+  try:
+    names = tuple(sources.class_names(base.dataset))
+    counts = sources.train_class_counts(base.dataset, names)
+  except UserError as e:
+    raise SweepError(str(e)) from None
+  resolved = []
+  for c in classes:
+    c = c.strip()
+    if c.isdigit() and int(c) < len(names):
+      c = names[int(c)]
+    if c not in names:
+      raise SweepError(f"--classes: no class {c!r} in {base.dataset.name} (classes: "
+                       f"{', '.join(names)})")
+    resolved.append(c)
+  cells = []
+  for setting in settings:
+    for cls in resolved:
+      for seed in seeds:
+        for variant, extra in (variants or {"": []}).items():
+          overrides = [*common, f"dataset.normal_class={cls!r}", f"seed={seed}",
+                       *setting.overrides(), *extra]
+          config = parse_config(config_arg, overrides)  # every cell, before any runs
+          try:  # the classes it names, as the run checks them before decoding
+            protocols.config_classes(config, names, counts)
+          except UserError as e:
+            raise SweepError(f"{cls}, {setting.tag}: {e}") from None
+          argv = (f"--config={config_arg}", *(f"--config.{o}" for o in overrides))
+          cells.append(Cell(cls, setting, seed, variant, argv, names))
+  return cells, names
+
+
+# ----------------------------------------------------------------------------- claims
+
+
+def _meta(root: str, cell: str) -> str:
+  return os.path.join(root, META, cell)
+
+
+def _read(path: str) -> dict[str, Any] | None:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+def _write(path: str, record: dict[str, Any]) -> None:
+  with open(path + ".tmp", "w") as f:
+    json.dump(record, f, indent=2)
+  os.replace(path + ".tmp", path)
+
+
+def attempts(root: str, cell: str) -> list[int]:
+  """The claim numbers of a cell so far, ascending."""
+  out = []
+  for p in glob.glob(os.path.join(_meta(root, cell), "claim.*")):
+    suffix = os.path.basename(p)[len("claim."):]
+    if suffix.isdigit():
+      out.append(int(suffix))
+  return sorted(out)
+
+
+def _alive(info: dict[str, Any] | None, path: str, stale_after: float) -> bool:
+  if info is not None and info.get("host") == socket.gethostname():
+    try:
+      os.kill(int(info["pid"]), 0)
+      return True
+    except ProcessLookupError:
+      return False
+    except PermissionError:
+      return True
+  try:
+    return time.time() - os.path.getmtime(path) < stale_after
+  except OSError:
+    return False
+
+
+def holder(root: str, cell: str, stale_after: float) -> dict[str, Any] | None:
+  """The live claim on a cell (its record), or None when it is free to claim."""
+  numbers = attempts(root, cell)
+  if not numbers:
+    return None
+  path = os.path.join(_meta(root, cell), f"claim.{numbers[-1]}")
+  if os.path.exists(path + ".end"):
+    return None
+  info = _read(path)
+  if info is None:  # being written by its creator this instant
+    return {"worker": "?", "attempt": numbers[-1]} if _alive(None, path, stale_after) else None
+  return info if _alive(info, path, stale_after) else None
+
+
+def claim(root: str, cell: str, worker: str, stale_after: float) -> int | None:
+  """Claims the cell's next attempt; None when another worker holds it or won the race."""
+  if holder(root, cell, stale_after) is not None:
+    return None
+  os.makedirs(_meta(root, cell), exist_ok=True)
+  numbers = attempts(root, cell)
+  n = numbers[-1] + 1 if numbers else 1
+  path = os.path.join(_meta(root, cell), f"claim.{n}")
+  try:
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+  except FileExistsError:
+    return None
+  with os.fdopen(fd, "w") as f:
+    json.dump({"worker": worker, "host": socket.gethostname(), "pid": os.getpid(),
+               "attempt": n, "started": time.time()}, f)
+  return n
+
+
+def release(root: str, cell: str, n: int, record: dict[str, Any]) -> None:
+  _write(os.path.join(_meta(root, cell), f"claim.{n}.end"), record)
+
+
+def is_done(root: str, cell: Cell) -> bool:
+  done = _read(os.path.join(_meta(root, cell.name), "done.json"))
+  return done is not None and done.get("argv") == list(cell.argv) and os.path.isdir(
+      os.path.join(root, cell.name))
+
+
+@contextlib.contextmanager
+def _heartbeat(path: str, every: float):
+  """Touches the claim file while the cell runs: other hosts see the worker is alive."""
+  stop = threading.Event()
+
+  def beat():
+    while not stop.wait(every):
+      with contextlib.suppress(OSError):
+        os.utime(path)
+
+  t = threading.Thread(target=beat, daemon=True)
+  t.start()
+  try:
+    yield
+  finally:
+    stop.set()
+    t.join()
+
+
+# ----------------------------------------------------------------------------- worker
+
+
+def run_cell(root: str, cell: Cell, n: int, stale_after: float,
+             child: dict[str, Any]) -> int:
+  """One attempt: the main command in the cell's workdir, its output in attempt<n>.log."""
+  meta = _meta(root, cell.name)
+  log = os.path.join(meta, f"attempt{n}.log")
+  cmd = [sys.executable, "-m", "mscm_jax.main", *cell.argv,
+         f"--workdir={os.path.join(root, cell.name)}"]
+  _write(os.path.join(meta, "cell.json"), cell.spec())
+  with open(log, "a") as out, _heartbeat(os.path.join(meta, f"claim.{n}"), stale_after / 4):
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+    child["proc"] = proc
+    rc = proc.wait()
+    child["proc"] = None
+  return rc
+
+
+def _last_error(log: str) -> str:
+  try:
+    with open(log) as f:
+      lines = [l.strip() for l in f if l.strip()]
+  except OSError:
+    return ""
+  errors = [l for l in lines if l.startswith("error:")]
+  return (errors or lines or [""])[-1][:300]
+
+
+def work(root: str, cells: Sequence[Cell], worker: str, stale_after: float = 600.0,
+         echo=print) -> dict[str, list[str]]:
+  """Runs every cell not finished and not held by another live worker, in grid order."""
+  os.makedirs(os.path.join(root, META), exist_ok=True)
+  outcome: dict[str, list[str]] = {"ran": [], "skipped": [], "held": [], "failed": []}
+  child: dict[str, Any] = {"proc": None}
+  stop = {"signal": None}
+
+  def on_signal(signum, _):
+    stop["signal"] = signum
+    if child["proc"] is not None:  # the run saves a checkpoint and exits (resumable)
+      child["proc"].send_signal(signal.SIGTERM)
+
+  previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    for i, cell in enumerate(cells):
+      if stop["signal"] is not None:
+        break
+      prefix = f"[{i + 1}/{len(cells)}] {cell.name}"
+      if is_done(root, cell):
+        outcome["skipped"].append(cell.name)
+        continue
+      n = claim(root, cell.name, worker, stale_after)
+      if n is None:
+        held = holder(root, cell.name, stale_after) or {}
+        echo(f"{prefix}: held by {held.get('worker', 'another worker')}")
+        outcome["held"].append(cell.name)
+        continue
+      if is_done(root, cell):  # finished by another worker since the first look
+        release(root, cell.name, n, {"ran": False, "reason": "already done"})
+        outcome["skipped"].append(cell.name)
+        continue
+      log = os.path.join(_meta(root, cell.name), f"attempt{n}.log")
+      echo(f"{prefix}: attempt {n} by {worker} (log: {log})")
+      start = time.time()
+      rc = run_cell(root, cell, n, stale_after, child)
+      seconds = round(time.time() - start, 1)
+      if rc == 0:
+        _write(os.path.join(_meta(root, cell.name), "done.json"),
+               {**cell.spec(), "seconds": seconds, "worker": worker, "attempt": n})
+        outcome["ran"].append(cell.name)
+        echo(f"{prefix}: finished in {seconds:.0f} s{_headline(root, cell.name)}")
+      else:
+        outcome["failed"].append(cell.name)
+        echo(f"{prefix}: exit status {rc} after {seconds:.0f} s: {_last_error(log)}")
+      release(root, cell.name, n, {"ran": True, "rc": rc, "seconds": seconds,
+                                   "worker": worker})
+  finally:
+    for s, h in previous.items():
+      signal.signal(s, h)
+  if stop["signal"] is not None:
+    echo(f"stopped by signal {stop['signal']}: the interrupted cell resumes on the next run")
+  return outcome
+
+
+def _headline(root: str, cell: str) -> str:
+  r = _read(os.path.join(root, cell, "results.json"))
+  if not r or "scores" not in r:
+    return ""
+  return ": " + ", ".join(f"{k} {r['scores'][k]['auroc']:.3f}" for k in HEADLINE
+                          if k in r["scores"])
+
+
+# ---------------------------------------------------------------------------- the table
+
+
+def finished_cells(root: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+  """(done.json, results.json) of every finished cell under ROOT that has scores."""
+  out = []
+  for done_path in sorted(glob.glob(os.path.join(root, META, "*", "done.json"))):
+    done = _read(done_path)
+    results = done and _read(os.path.join(root, done["cell"], "results.json"))
+    if results and "scores" in results:
+      out.append((done, results))
+  return out
+
+
+def _groups(root: str) -> dict[tuple[str, str], tuple[list[str], dict[str, dict[int, Any]]]]:
+  """{(setting, variant): (the dataset's classes, {class: {seed: results}})}."""
+  groups: dict[tuple[str, str], tuple[list[str], dict[str, dict[int, Any]]]] = {}
+  for done, results in finished_cells(root):
+    names, by_class = groups.setdefault((done["setting"], done["variant"]),
+                                        (done.get("dataset_classes") or [], {}))
+    by_class.setdefault(done["class"], {})[int(done["seed"])] = results
+  return groups
+
+
+def _values(results: dict[str, Any], score: str) -> float | None:
+  if score == "probe_gain":
+    s1 = results.get("stage1") or {}
+    a, b = s1.get("probe_knn_auroc"), s1.get("probe_untrained_knn_auroc")
+    return None if a is None or b is None else a - b
+  m = results["scores"].get(score)
+  return None if m is None else m["auroc"]
+
+
+def _stats(vals: list[float]) -> tuple[float, float]:
+  a = np.asarray(vals, float)
+  return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else float("nan")
+
+
+def _fmt(mean: float, std: float) -> str:
+  return f"{mean:.3f}" + (f" ± {std:.3f}" if np.isfinite(std) else "")
+
+
+def tables(root: str) -> tuple[str, str]:
+  """(Markdown, CSV) of every finished cell under ROOT."""
+  groups = _groups(root)
+  md, rows = [], []
+  for (setting, variant), (all_names, by_class) in sorted(groups.items()):
+    any_results = next(iter(next(iter(by_class.values())).values()))
+    dataset = any_results["dataset"]
+    scores = [s for s in HEADLINE if s in any_results["scores"]]
+    scores += sorted(s for s in any_results["scores"] if s not in HEADLINE)
+    scores.append("probe_gain")
+    order = list(all_names or sorted(by_class))
+    classes = [c for c in order if c in by_class] + sorted(set(by_class) - set(order))
+    title = f"{dataset}, {setting}" + (f", variant {variant}" if variant else "")
+    shown = [s for s in HEADLINE if s in scores] + ["probe_gain"]
+    md += [f"### {title}", "", "AUROC, mean ± spread (sample std) over seeds; probe_gain = "
+           "stage-1 k-NN probe minus the untrained network's.", "",
+           "| class | seeds | " + " | ".join(shown) + " |", "|" + "---|" * (len(shown) + 2)]
+    class_means: dict[str, dict[str, float]] = {}
+    for c in classes:
+      seeds = sorted(by_class[c])
+      cells = []
+      for s in scores:
+        vals = [v for v in (_values(by_class[c][k], s) for k in seeds) if v is not None]
+        if not vals:
+          continue
+        mean, std = _stats(vals)
+        class_means.setdefault(c, {})[s] = mean
+        rows.append({"dataset": dataset, "setting": setting, "variant": variant, "class": c,
+                     "score": s, "n": len(vals), "mean": round(mean, 6),
+                     "std": round(std, 6) if np.isfinite(std) else "",
+                     "seeds": " ".join(map(str, seeds))})
+        if s in shown:
+          cells.append(_fmt(mean, std))
+      md.append(f"| {c} | {','.join(map(str, seeds))} | " + " | ".join(cells) + " |")
+    complete = bool(all_names) and set(all_names) <= set(by_class)
+    if complete:
+      means = [_stats([class_means[c][s] for c in all_names if s in class_means[c]])
+               for s in shown]
+      md.append(f"| **mean of all {len(all_names)} classes** | | "
+                + " | ".join(_fmt(m, float("nan")) for m, _ in means) + " |")
+    else:
+      missing = [c for c in (all_names or []) if c not in by_class]
+      md.append("")
+      md.append(f"No class-set mean: {len(missing)} of the dataset's classes have no finished "
+                f"cell ({', '.join(missing)})." if missing else "No class-set mean.")
+    ref = REFERENCE.get(dataset)
+    if ref and setting == "oneclass":
+      md += ["", "Reference (SPEC section 5; one-class mean AUROC over all classes): "
+             + ", ".join(f"{k} {v / 100:.3f}" for k, v in ref.items()) + "."]
+    md.append("")
+  buf = io.StringIO()
+  fields = ["dataset", "setting", "variant", "class", "score", "n", "mean", "std", "seeds"]
+  w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+  w.writeheader()
+  w.writerows(rows)
+  return "\n".join(md), buf.getvalue()
+
+
+def write_tables(root: str) -> str:
+  md, table_csv = tables(root)
+  for name, text in (("results.md", md), ("results.csv", table_csv)):
+    path = os.path.join(root, name)
+    with open(path + f".tmp{os.getpid()}", "w") as f:
+      f.write(text)
+    os.replace(path + f".tmp{os.getpid()}", path)
+  return md
+
+
+# -------------------------------------------------------------------------------- CLI
+
+
+def _variants(items: list[list[str]] | None) -> dict[str, list[str]]:
+  out: dict[str, list[str]] = {}
+  for item in items or []:
+    name, *overrides = item
+    if not name.replace("_", "").replace("-", "").isalnum():
+      raise SweepError(f"--variant {name!r}: a variant's name is letters, digits, - and _ "
+                       "(then its overrides: key=value ...)")
+    if name in out:
+      raise SweepError(f"--variant {name!r} is given twice")
+    out[name] = [o.removeprefix("--config.") for o in overrides]
+  return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--root", required=True, help="one workdir per cell lives here")
+  p.add_argument("--config", help="configs/<family>.py[:preset], as for mscm_jax.main")
+  p.add_argument("--classes", default="", help="names or indices, comma-separated; "
+                 "'all' for every class of the dataset")
+  p.add_argument("--settings", default="oneclass",
+                 help="comma-separated: oneclass, unbalanced:RATIO[:CLASS+CLASS...]")
+  p.add_argument("--seeds", default="0")
+  p.add_argument("--variant", nargs="+", action="append", metavar=("NAME", "KEY=VALUE"),
+                 help="a named set of config overrides; the grid runs every variant")
+  p.add_argument("--set", nargs="+", action="append", default=[], metavar="KEY=VALUE",
+                 help="config overrides for every cell")
+  p.add_argument("--worker", default=f"{socket.gethostname()}:{os.getpid()}")
+  p.add_argument("--stale_after", type=float, default=600.0,
+                 help="seconds without a heartbeat after which another host's claim lapses")
+  p.add_argument("--table", action="store_true", help="only aggregate the finished cells")
+  p.add_argument("--dry_run", action="store_true", help="list the cells and their state")
+  args = p.parse_args(argv)
+  root = os.path.abspath(args.root)
+  try:
+    if not args.table:
+      if not args.config or not args.classes:
+        raise SweepError("--config and --classes are required to run a grid (or give --table)")
+      try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+      except ValueError:
+        raise SweepError(f"--seeds={args.seeds}: give integers, comma-separated") from None
+      settings = [Setting.parse(s) for s in args.settings.split(",") if s.strip()]
+      common = [o.removeprefix("--config.") for group in args.set for o in group]
+      classes = args.classes.split(",")
+      if args.classes == "all":
+        _, names = build_grid(args.config, ["0"], settings[:1], seeds[:1], {}, common)
+        classes = list(names)
+      cells, _ = build_grid(args.config, classes, settings, seeds, _variants(args.variant),
+                            common)
+      names = [c.name for c in cells]
+      if len(set(names)) != len(names):
+        raise SweepError("two cells share a name: give each variant its own name")
+      if args.dry_run:
+        for c in cells:
+          state = ("done" if is_done(root, c) else
+                   "held" if holder(root, c.name, args.stale_after) else "to run")
+          print(f"{c.name}: {state}")
+        return 0
+      print(f"{len(cells)} cells under {root}; worker {args.worker}", flush=True)
+      outcome = work(root, cells, args.worker, args.stale_after,
+                     echo=lambda s: print(s, flush=True))
+      print(", ".join(f"{k} {len(v)}" for k, v in outcome.items()), flush=True)
+    print(write_tables(root))
+    print(f"tables: {os.path.join(root, 'results.md')}, {os.path.join(root, 'results.csv')}")
+  except SweepError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  if not args.table and (outcome["failed"]):
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

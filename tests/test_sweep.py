@@ -1,0 +1,180 @@
+"""experiments/sweep.py: the grid, atomic claims, resumable workers, the aggregated table."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from conftest import write_folder_tree
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load():
+  path = os.path.join(ROOT, "experiments", "sweep.py")
+  spec = importlib.util.spec_from_file_location("sweep", path)
+  module = importlib.util.module_from_spec(spec)
+  sys.modules["sweep"] = module
+  spec.loader.exec_module(module)
+  return module
+
+
+sweep = _load()
+
+
+def test_settings_parse_and_name_cells():
+  assert sweep.Setting.parse("oneclass").tag == "oneclass"
+  s = sweep.Setting.parse("unbalanced:0.05:cat+dog")
+  assert (s.ratio, s.anomaly_classes, s.tag) == (0.05, ("cat", "dog"), "unb0.05-from-cat+dog")
+  assert s.overrides() == ["setting=unbalanced", "anomaly_ratio=0.05",
+                           "anomaly_classes=('cat', 'dog')"]
+  for bad in ("unbalanced", "unbalanced:2", "unbalanced:x", "twoclass"):
+    with pytest.raises(sweep.SweepError):
+      sweep.Setting.parse(bad)
+
+
+def test_grid_validates_every_cell_before_running(folder_tree, tmp_path):
+  common = [f"dataset.data_dir={folder_tree}", "dataset.image_size=16"]
+  cells, names = sweep.build_grid("configs/folder_oneclass.py:smoke", ["apple", "1"],
+                                  [sweep.Setting.parse("oneclass"),
+                                   sweep.Setting.parse("unbalanced:0.2:cherry")],
+                                  [0, 3], {"b4": ["stage2.batch_size=4"]}, common)
+  assert names == ("apple", "berry", "cherry")
+  assert len(cells) == 8 and len({c.name for c in cells}) == 8
+  assert "berry.unb0.2-from-cherry.s3.b4" in {c.name for c in cells}
+  with pytest.raises(sweep.SweepError, match="no class 'durian'"):
+    sweep.build_grid("configs/folder_oneclass.py:smoke", ["durian"],
+                     [sweep.Setting.parse("oneclass")], [0], {}, common)
+  with pytest.raises(sweep.SweepError, match="no_such_field"):
+    sweep.build_grid("configs/folder_oneclass.py:smoke", ["apple"],
+                     [sweep.Setting.parse("oneclass")], [0], {}, [*common, "no_such_field=1"])
+  # The unbalanced protocol's own check runs at grid time: too few labelled anomalies.
+  with pytest.raises(sweep.SweepError):
+    sweep.build_grid("configs/folder_oneclass.py:smoke", ["apple"],
+                     [sweep.Setting.parse("unbalanced:0.2:apple")], [0], {}, common)
+
+
+def test_one_claim_wins_a_race(tmp_path):
+  root = str(tmp_path)
+  won = []
+
+  def grab(i):
+    n = sweep.claim(root, "cell", f"w{i}", stale_after=60)
+    if n is not None:
+      won.append((i, n))
+
+  threads = [threading.Thread(target=grab, args=(i,)) for i in range(16)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert len(won) == 1 and won[0][1] == 1
+  assert sweep.holder(root, "cell", 60)["worker"] == f"w{won[0][0]}"
+  # Released (whatever the outcome): the next claim is attempt 2.
+  sweep.release(root, "cell", 1, {"ran": True, "rc": 1})
+  assert sweep.holder(root, "cell", 60) is None
+  assert sweep.claim(root, "cell", "w", 60) == 2
+
+
+def test_dead_workers_claims_lapse(tmp_path):
+  root = str(tmp_path)
+  meta = tmp_path / ".sweep" / "cell"
+  meta.mkdir(parents=True)
+  # Same host, a pid that has exited: free at once.
+  proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True, text=True)
+  (meta / "claim.1").write_text(json.dumps({"worker": "gone", "host": sweep.socket.gethostname(),
+                                            "pid": int(proc.stdout)}))
+  assert sweep.holder(root, "cell", 600) is None
+  assert sweep.claim(root, "cell", "w", 600) == 2
+  # Another host: held while its heartbeat (the file's mtime) is fresh, then lapses.
+  (meta / "claim.2.end").write_text("{}")
+  (meta / "claim.3").write_text(json.dumps({"worker": "far", "host": "elsewhere", "pid": 1}))
+  assert sweep.holder(root, "cell", 600)["worker"] == "far"
+  assert sweep.claim(root, "cell", "w", 600) is None
+  old = time.time() - 601
+  os.utime(meta / "claim.3", (old, old))
+  assert sweep.claim(root, "cell", "w", 600) == 4
+
+
+def _fake_cell(root, cls, seed, setting="oneclass", aurocs=None, classes=("a", "b")):
+  name = f"{cls}.{setting}.s{seed}"
+  meta = root / ".sweep" / name
+  meta.mkdir(parents=True)
+  (meta / "done.json").write_text(json.dumps(
+      {"cell": name, "class": cls, "setting": setting, "seed": seed, "variant": "",
+       "argv": [], "dataset_classes": list(classes)}))
+  (root / name).mkdir()
+  scores = {k: {"auroc": v} for k, v in (aurocs or {}).items()}
+  (root / name / "results.json").write_text(json.dumps(
+      {"dataset": "cifar10", "scores": scores,
+       "stage1": {"probe_knn_auroc": 0.7, "probe_untrained_knn_auroc": 0.6}}))
+
+
+def test_table_means_spreads_and_class_set_mean_only_when_complete(tmp_path):
+  _fake_cell(tmp_path, "a", 0, aurocs={"mscm": 0.6, "knn": 0.8})
+  _fake_cell(tmp_path, "a", 1, aurocs={"mscm": 0.8, "knn": 0.8})
+  md, table_csv = sweep.tables(str(tmp_path))
+  assert "| a | 0,1 | 0.700 ± 0.141 | 0.800 ± 0.000 | 0.100 ± 0.000 |" in md
+  assert "No class-set mean" in md and "(b)" in md and "CSI 0.943" in md
+  assert "cifar10,oneclass,,a,mscm,2,0.7," in table_csv
+  _fake_cell(tmp_path, "b", 0, aurocs={"mscm": 0.5, "knn": 0.6})
+  md, _ = sweep.tables(str(tmp_path))
+  assert "| **mean of all 2 classes** | | 0.600 | 0.700 | 0.100 |" in md
+  _fake_cell(tmp_path, "a", 0, setting="unb0.05", aurocs={"mscm": 0.9})
+  md, _ = sweep.tables(str(tmp_path))
+  assert "### cifar10, unb0.05" in md and md.count("CSI") == 1  # references: one-class only
+
+
+def _sweep_cmd(root, tree, worker):
+  return [sys.executable, os.path.join(ROOT, "experiments", "sweep.py"), f"--root={root}",
+          "--config=configs/folder_oneclass.py:smoke", "--classes=c0,c1", "--seeds=0,1",
+          f"--worker={worker}", "--set", f"dataset.data_dir={tree}", "dataset.image_size=16",
+          "memory.scales=('res3','pooled')", "train.epochs=1", "stage2.epochs=1",
+          "evaluate.report=False"]
+
+
+def test_two_workers_split_a_grid_and_a_rerun_skips_it(tmp_path):
+  """The whole grid from nothing by two workers started together, then once more."""
+  write_folder_tree(tmp_path / "tree", {"train": {"c0": 12, "c1": 12},
+                                        "test": {"c0": 6, "c1": 6}})
+  root = tmp_path / "sweep"
+  procs = [subprocess.Popen(_sweep_cmd(root, tmp_path / "tree", f"w{i}"), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for i in range(2)]
+  outs = [p.communicate(timeout=600)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outs
+  cells = sorted(os.listdir(root / ".sweep"))
+  assert cells == ["c0.oneclass.s0", "c0.oneclass.s1", "c1.oneclass.s0", "c1.oneclass.s1"]
+  ran_by = {}
+  for cell in cells:
+    ends = [json.loads((root / ".sweep" / cell / f).read_text())
+            for f in os.listdir(root / ".sweep" / cell) if f.endswith(".end")]
+    runs = [e for e in ends if e["ran"]]
+    assert len(runs) == 1 and runs[0]["rc"] == 0, (cell, ends)  # never run twice
+    ran_by[cell] = runs[0]["worker"]
+    assert json.loads((root / cell / "results.json").read_text())["seed"] == int(cell[-1])
+  assert set(ran_by.values()) == {"w0", "w1"}, ran_by  # the workers shared the grid
+  md = (root / "results.md").read_text()  # the last worker to write saw every cell done
+  assert "| c0 | 0,1 |" in md and "| c1 | 0,1 |" in md
+  assert "**mean of all 2 classes**" in md
+  again = subprocess.run(_sweep_cmd(root, tmp_path / "tree", "w2"), cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+  assert again.returncode == 0, again.stderr
+  assert "ran 0, skipped 4, held 0, failed 0" in again.stdout
+  assert sum(len(sweep.attempts(str(root), c)) for c in cells) == 4  # nothing claimed anew
+
+
+def test_bad_grid_is_one_line(tmp_path, folder_tree):
+  r = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "sweep.py"),
+                      f"--root={tmp_path}", "--config=configs/folder_oneclass.py:smoke",
+                      "--classes=durian", "--set", f"dataset.data_dir={folder_tree}"],
+                     cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert r.returncode == 2
+  lines = [l for l in r.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1 and lines[0].startswith("error: --classes: no class 'durian'")
