@@ -22,7 +22,7 @@ import os
 import numpy as np
 
 from mscm_jax import evaluate
-from mscm_jax.evaluate import HEADLINE
+from mscm_jax.names import HEADLINE
 
 
 

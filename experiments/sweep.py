@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from mscm_jax.evaluate import HEADLINE
+from mscm_jax.names import HEADLINE
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 META = ".sweep"
@@ -233,9 +233,10 @@ def _alive(info: dict[str, Any] | None, path: str, stale_after: float) -> bool:
     return False
 
 
-def holder(root: str, cell: str, stale_after: float) -> dict[str, Any] | None:
+def holder(root: str, cell: str, stale_after: float,
+           numbers: list[int] | None = None) -> dict[str, Any] | None:
   """The live claim on a cell (its record), or None when it is free to claim."""
-  numbers = attempts(root, cell)
+  numbers = attempts(root, cell) if numbers is None else numbers
   if not numbers:
     return None
   path = os.path.join(_meta(root, cell), f"claim.{numbers[-1]}")
@@ -248,11 +249,16 @@ def holder(root: str, cell: str, stale_after: float) -> dict[str, Any] | None:
 
 
 def claim(root: str, cell: str, worker: str, stale_after: float) -> int | None:
-  """Claims the cell's next attempt; None when another worker holds it or won the race."""
-  if holder(root, cell, stale_after) is not None:
-    return None
+  """Claims the cell's next attempt; None when another worker holds it or won the race.
+
+  One listing decides both whether the cell is free and the attempt number to create, so a
+  worker that lost the O_EXCL race on claim.<n> cannot go on to claim.<n+1>: a claim made
+  after its listing makes its own create fail.
+  """
   os.makedirs(_meta(root, cell), exist_ok=True)
   numbers = attempts(root, cell)
+  if holder(root, cell, stale_after, numbers) is not None:
+    return None
   n = numbers[-1] + 1 if numbers else 1
   path = os.path.join(_meta(root, cell), f"claim.{n}")
   try:

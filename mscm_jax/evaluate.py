@@ -24,9 +24,9 @@ from absl import logging
 
 from mscm_jax import knn, metrics, stage2
 from mscm_jax.data import protocols
+from mscm_jax.names import HEADLINE
 from mscm_jax.scoring import Scorer
 
-HEADLINE = ("mscm", "deviation", "knn", "pixel_knn")
 
 
 def compute_scores(config: ml_collections.ConfigDict, split: protocols.ADSplit,
@@ -65,11 +65,18 @@ def summary_table(results: dict[str, Any]) -> str:
   lines = [f"{results['dataset']} {results['setting']} normal={results['normal_classes']} "
            f"seed={results['seed']}  test: {results['n_test']} images, "
            f"{results['n_test_anomalous']} anomalous",
-           f"{'score':<{w}}{'AUROC':>8}{'AUPR-in':>9}{'AUPR-out':>10}{'FPR95':>8}"]
+           f"{'score':<{w}}{'AUROC':>8}{'AUPR-in':>9}{'AUPR-out':>10}{'FPR95-AD':>10}"
+           f"{'FPR95-OOD':>11}"]
   for n in names:
     m = results["scores"][n]
+    # .get: a results.json written before both FPR95 conventions were named lacks them
+    fpr = [m.get(k) for k in ("fpr95_anomalies_positive", "fpr95_normals_positive")]
     lines.append(f"{n:<{w}}{m['auroc']:>8.4f}{m['aupr_in']:>9.4f}{m['aupr_out']:>10.4f}"
-                 f"{m['fpr95']:>8.4f}")
+                 + "".join("-".rjust(width) if v is None else f"{v:>{width}.4f}"
+                           for v, width in zip(fpr, (10, 11), strict=True)))
+  lines.append("FPR95-AD: normals flagged where 95 % of anomalies are caught (anomalies "
+               "positive); FPR95-OOD: anomalies accepted where 95 % of normals are accepted "
+               "(OpenOOD)")
   return "\n".join(lines)
 
 

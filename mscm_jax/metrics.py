@@ -1,4 +1,12 @@
-"""Exact anomaly-detection metrics: AUROC, AUPR-in/out, FPR@95TPR.
+"""Exact anomaly-detection metrics: AUROC, AUPR-in/out, FPR at 95 % TPR in both conventions.
+
+FPR95 means two different numbers in the literature, so each has its own name:
+  fpr95_anomalies_positive  anomalies are the positives: the fraction of normals flagged
+                            at the threshold that catches 95 % of the anomalies (the
+                            anomaly-detection papers' FPR95)
+  fpr95_normals_positive    normals (in-distribution) are the positives: the fraction of
+                            anomalies accepted at the threshold that accepts 95 % of the
+                            normals (the OOD literature's, OpenOOD's FPR@95)
 
 Convention throughout: label 1 = anomaly, 0 = normal, and a higher score means
 more anomalous. Everything is computed in float64 NumPy on the host, on the full
@@ -118,7 +126,8 @@ def fpr_at_tpr(scores: Any, labels: Any, tpr: float = 0.95) -> float:
 
 
 def evaluate(scores: Any, labels: Any, mask: Any = None) -> dict[str, float]:
-  """All four metrics on the rows selected by `mask`.
+  """Every metric (both FPR95 conventions: see the module docstring) on the rows selected
+  by `mask`.
 
   Scores come from padded batches; the mask drops the padding so every real
   test image counts exactly once. Masked-out rows may hold anything (even NaN).
@@ -141,7 +150,8 @@ def evaluate(scores: Any, labels: Any, mask: Any = None) -> dict[str, float]:
     "auroc": auroc(s, y),
     "aupr_in": aupr(s, y, positive=0),
     "aupr_out": aupr(s, y, positive=1),
-    "fpr95": fpr_at_tpr(s, y, tpr=0.95),
+    "fpr95_anomalies_positive": fpr_at_tpr(s, y, tpr=0.95),
+    "fpr95_normals_positive": fpr_at_tpr(-s, 1 - y, tpr=0.95),
   }
 
 

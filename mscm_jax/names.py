@@ -9,3 +9,5 @@ SCALES: tuple[str, ...] = STAGE_NAMES + ("pooled",)
 MEMORY_MODES: tuple[str, ...] = ("replace", "residual", "branch")
 MEMORY_TRAIN: tuple[str, ...] = ("contrastive", "codebook")
 DEVIATIONS: tuple[str, ...] = ("cosine", "similarity", "euclidean", "difference")
+# The scores a reader looks at first (evaluate's docstring): tables and plots lead with them.
+HEADLINE: tuple[str, ...] = ("mscm", "deviation", "knn", "pixel_knn")

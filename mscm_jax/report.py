@@ -6,8 +6,8 @@ a score fires. Drawn with Pillow only, which keeps plotting libraries out of the
 
 from __future__ import annotations
 
+import colorsys
 import functools
-import itertools
 import os
 import re
 
@@ -15,14 +15,19 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from mscm_jax import metrics
+from mscm_jax.names import HEADLINE
 
 __all__ = ["write_report"]
 
 _W, _H = 640, 480
 _BOX = (76, 44, _W - 36, _H - 60)  # plot area in pixels: left, top, right, bottom
 _BLUE, _ORANGE, _GREY = (31, 119, 180), (255, 127, 14), (150, 150, 150)
+# Tableau's 20 colours: the strong ten, then their light partners.
 _PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-            (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+            (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+            (174, 199, 232), (255, 187, 120), (152, 223, 138), (255, 152, 150),
+            (197, 176, 213), (196, 156, 148), (247, 182, 210), (199, 199, 199),
+            (219, 219, 141), (158, 218, 229)]
 _RAMP = np.array([[40, 60, 220], [255, 230, 0], [220, 20, 20]], np.float64)  # low, mid, high
 _TILE = 96  # heat-map tile side in pixels
 
@@ -147,12 +152,31 @@ def _roc_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], aucs: dict[str, 
   dashes = np.linspace(0, 1, 81)  # the chance line, dashed
   for a, b in zip(dashes[0::2], dashes[1::2], strict=False):
     plot.line([a, b], [a, b], _GREY, width=1)
-  colours = dict(zip(curves, itertools.cycle(_PALETTE)))
-  for name, (fpr, tpr) in curves.items():
-    plot.line(fpr, tpr, colours[name])
+  order = headline_first(list(curves))
+  colours = dict(zip(order, distinct_colours(len(order)), strict=True))
+  for name in reversed(order):  # the headline scores drawn last, on top, and bolder
+    plot.line(*curves[name], colours[name], width=3 if name in HEADLINE else 2)
   if legend:
-    plot.legend([(f"{k} ({aucs[k]:.3f})", colours[k]) for k in curves], "br")
+    plot.legend([(f"{k} ({aucs[k]:.3f})", colours[k]) for k in order], "br")
   return plot.im
+
+
+def headline_first(names: list[str]) -> list[str]:
+  """The headline scores in their order, then the rest in theirs."""
+  return [n for n in HEADLINE if n in names] + [n for n in names if n not in HEADLINE]
+
+
+def distinct_colours(n: int) -> list[tuple[int, int, int]]:
+  """n different colours: the 20 of the palette, then hues spread around the wheel."""
+  out = list(_PALETTE[:n])
+  for i in range(n - len(out)):
+    hue = (i * 0.618034) % 1.0  # golden-ratio steps keep neighbours far apart
+    value = 0.55 if i % 2 else 0.8
+    rgb = tuple(int(round(255 * c)) for c in colorsys.hsv_to_rgb(hue, 0.9, value))
+    while rgb in out:  # never a repeat, however many scores
+      rgb = (rgb[0], rgb[1], (rgb[2] + 1) % 256)
+    out.append(rgb)
+  return out
 
 
 def _hist_plot(name: str, s: np.ndarray, y: np.ndarray, auc: float) -> Image.Image:

@@ -171,10 +171,25 @@ def test_evaluate_mask_equals_subset():
   y_padded[~mask] = 7
   got = metrics.evaluate(s_padded, y_padded, mask)
   want = metrics.evaluate(s[mask], y[mask])
-  assert set(got) == {"auroc", "aupr_in", "aupr_out", "fpr95"}
+  assert set(got) == {"auroc", "aupr_in", "aupr_out", "fpr95_anomalies_positive",
+                      "fpr95_normals_positive"}
   assert got == want
   assert want["auroc"] == pytest.approx(ref_auroc(s[mask], y[mask]))
-  assert want["fpr95"] == pytest.approx(ref_fpr_at_tpr(s[mask], y[mask], 0.95))
+  assert want["fpr95_anomalies_positive"] == pytest.approx(
+      ref_fpr_at_tpr(s[mask], y[mask], 0.95))
+  assert want["fpr95_normals_positive"] == pytest.approx(
+      ref_fpr_at_tpr(-s[mask], 1 - y[mask], 0.95))
+
+
+def test_both_fpr95_conventions_by_hand():
+  # Normals score 0..19, anomalies 10.5..19.5. Catching all 10 anomalies (9.5 is short of
+  # 95 %) flags the normals 11..19: 9/20. Accepting 19 of 20 normals (score <= 18) lets
+  # the anomalies 10.5..17.5 through: 8/10.
+  s = np.r_[np.arange(20.0), np.arange(10) + 10.5]
+  y = np.r_[np.zeros(20, int), np.ones(10, int)]
+  got = metrics.evaluate(s, y)
+  assert got["fpr95_anomalies_positive"] == pytest.approx(0.45)
+  assert got["fpr95_normals_positive"] == pytest.approx(0.8)
 
 
 def test_evaluate_rejects_non_bool_mask():

@@ -22,7 +22,9 @@ def test_results_json_has_every_field(finished_run):
   assert saved["n_train"] == 48 and saved["n_test"] == 32 and saved["n_test_anomalous"] == 16
   for name in ("mscm", "deviation", "knn", "pixel_knn", "mscm_res3", "mscm_pooled",
                "deviation_res3", "deviation_pooled"):
-    assert set(saved["scores"][name]) == {"auroc", "aupr_in", "aupr_out", "fpr95"}, name
+    assert set(saved["scores"][name]) == {"auroc", "aupr_in", "aupr_out",
+                                           "fpr95_anomalies_positive",
+                                           "fpr95_normals_positive"}, name
   assert set(saved["seconds"]) == {"data", "stage1", "stage2", "evaluation"}
   assert checkpoints.finished_info(str(workdir / "stage1"))["step"] == 6  # 48/16 x 2 epochs
   assert checkpoints.finished_info(str(workdir / "stage2"))["n_holdout"] == 5

@@ -106,3 +106,23 @@ def test_rejects_single_class(tmp_path, data):
   with pytest.raises(ValueError, match="both classes"):
     report.write_report(str(tmp_path / "out"), scores, np.zeros(N, int))
   assert not (tmp_path / "out").exists()  # nothing written for bad input
+
+
+def test_combined_roc_gives_every_curve_its_own_colour_headline_first(tmp_path):
+  """13 scores, as a run has: no colour repeats, and the headline four lead the legend."""
+  rng = np.random.default_rng(3)
+  y = np.r_[np.zeros(40, int), np.ones(20, int)]
+  names = ["mscm_res3", "mscm_res4", "mscm_pooled", "deviation_res3", "deviation_res4",
+           "deviation_pooled", "pixel_knn", "knn", "mscm_res3_diff", "mscm_res4_diff",
+           "mscm_pooled_diff", "deviation", "mscm"]
+  scores = {n: rng.normal(size=60) + y * (i % 3) for i, n in enumerate(names)}
+  assert report.headline_first(names)[:5] == ["mscm", "deviation", "knn", "pixel_knn",
+                                              "mscm_res3"]
+  colours = report.distinct_colours(40)
+  assert len(set(colours)) == 40
+  order = report.headline_first(names)
+  report.write_report(str(tmp_path), scores, y)
+  with Image.open(tmp_path / "roc_all.png") as im:
+    present = set(im.convert("RGB").getdata())
+  # Every curve's own colour is on the picture (its line and its legend swatch).
+  assert all(c in present for c in colours[:len(order)])

@@ -59,20 +59,31 @@ def test_grid_validates_every_cell_before_running(folder_tree, tmp_path):
                      [sweep.Setting.parse("unbalanced:0.2:apple")], [0], {}, common)
 
 
-def test_one_claim_wins_a_race(tmp_path):
-  root = str(tmp_path)
+def _race(root: str, cell: str, workers: int) -> list[tuple[int, int]]:
   won = []
+  start = threading.Barrier(workers)
 
   def grab(i):
-    n = sweep.claim(root, "cell", f"w{i}", stale_after=60)
+    start.wait()
+    n = sweep.claim(root, cell, f"w{i}", stale_after=60)
     if n is not None:
       won.append((i, n))
 
-  threads = [threading.Thread(target=grab, args=(i,)) for i in range(16)]
+  threads = [threading.Thread(target=grab, args=(i,)) for i in range(workers)]
   for t in threads:
     t.start()
   for t in threads:
     t.join()
+  return won
+
+
+def test_one_claim_wins_a_race(tmp_path):
+  root = str(tmp_path)
+  # Many fresh cells: a loser that went on to claim the next attempt number shows up in some.
+  for k in range(40):
+    won = _race(root, f"cell{k}", 16)
+    assert len(won) == 1 and won[0][1] == 1, (k, won)
+  won = _race(root, "cell", 16)
   assert len(won) == 1 and won[0][1] == 1
   assert sweep.holder(root, "cell", 60)["worker"] == f"w{won[0][0]}"
   # Released (whatever the outcome): the next claim is attempt 2.
