@@ -22,12 +22,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from mscm_jax import distributed
 from mscm_jax.errors import CheckpointError
 from mscm_jax.workdir import DISCARD_HINT, FINAL_MARKER, read_json, write_json
 
 CHECKSUMS = "checksums.json"
 
-__all__ = ["FINAL_MARKER", "all_finite", "finished_info", "manager", "mark_finished",
+__all__ = ["FINAL_MARKER", "all_finite", "drop_after", "finished_info", "manager",
+           "mark_finished",
            "restore_final", "restore_latest", "save", "state_checksum"]
 
 
@@ -60,28 +62,34 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any) -> None:
 
   The checksum goes first, so every finalised checkpoint has one; a run killed between
   the two leaves an entry for a step that never appeared, which the next save overwrites.
+  Collective over the processes of a run: each calls it; process 0 writes the checksums.
   """
   directory = str(mngr.directory)
   sums = _checksums(directory)
   kept = {str(s) for s in mngr.all_steps()}
   sums = {k: v for k, v in sums.items() if k in kept}
   sums[str(int(step))] = state_checksum(state)
-  write_json(os.path.join(directory, CHECKSUMS), sums)
+  if distributed.is_writer():
+    write_json(os.path.join(directory, CHECKSUMS), sums)
   mngr.save(int(step), args=ocp.args.StandardSave(state), force=True)
   mngr.wait_until_finished()
 
 
-def restore_latest(directory: str, template: Any) -> tuple[Any, int | None]:
-  """(state, step) of the newest checkpoint that reads back intact; (template, None) if none.
+def restore_latest(directory: str, template: Any,
+                   max_step: int | None = None) -> tuple[Any, int | None]:
+  """(state, step) of the newest checkpoint (at most `max_step`) that reads back intact;
+  (template, None) if none.
 
   A damaged checkpoint (unreadable files, a checksum mismatch) is reported in one line
   and moved to `<workdir>/damaged/`, so that the stage can save that step again. When
-  checkpoints exist and none is intact, a CheckpointError says what to do.
+  checkpoints exist and none is intact, a CheckpointError says what to do. Collective:
+  every process of a run restores, and all reach the same verdict (the same files).
   """
   directory = os.path.abspath(directory)
   mngr = manager(directory)
   try:
-    steps = sorted(mngr.all_steps(), reverse=True)
+    steps = sorted((s for s in mngr.all_steps() if max_step is None or s <= max_step),
+                   reverse=True)
     sums = _checksums(directory)
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), template)
@@ -102,8 +110,10 @@ def restore_latest(directory: str, template: Any) -> tuple[Any, int | None]:
       state, step = template, None
   finally:
     mngr.close()
-  for bad in damaged:
-    _move_aside(directory, bad)
+  if distributed.is_writer():
+    for bad in damaged:
+      _move_aside(directory, bad)
+  distributed.sync("checkpoints checked")
   if damaged and step is None:
     raise CheckpointError(
         f"{directory}: no intact checkpoint (steps {', '.join(map(str, damaged))} are "
@@ -112,6 +122,18 @@ def restore_latest(directory: str, template: Any) -> tuple[Any, int | None]:
     logging.warning("%s: resuming from step %d, the newest intact checkpoint", directory,
                     step)
   return state, step
+
+
+def drop_after(directory: str, step: int) -> None:
+  """Deletes the checkpoints after `step`: a member of a stacked run that resumes behind
+  its newest checkpoint saves those steps again."""
+  mngr = manager(directory)
+  try:
+    for s in mngr.all_steps():
+      if s > step:
+        mngr.delete(s)
+  finally:
+    mngr.close()
 
 
 def restore_final(directory: str, template: Any, final_step: int) -> Any:
@@ -146,7 +168,9 @@ def all_finite(tree: Any) -> jax.Array:
 
 def mark_finished(directory: str, info: dict[str, Any]) -> None:
   """Written after the final save: later runs skip the stage instead of resuming it."""
-  write_json(os.path.join(directory, FINAL_MARKER), info)
+  if distributed.is_writer():
+    write_json(os.path.join(directory, FINAL_MARKER), info)
+  distributed.sync("stage finished")
 
 
 def finished_info(directory: str) -> dict[str, Any] | None:

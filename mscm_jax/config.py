@@ -96,7 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.epochs = 500  # epochs of the normal training set
   c.train.log_every_steps = 50
   c.train.checkpoint_every_steps = 1000
-  c.train.num_devices = 0  # 0 = every local device
+  c.train.num_devices = 0  # 0 = every device (of every process in a multi-process run)
 
   # Stage 2 (SPEC section 3): one bias-free distance detector per scale on deviation maps.
   c.stage2 = ml_collections.ConfigDict()

@@ -9,17 +9,16 @@ one pass.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from mscm_jax import sharding
 from mscm_jax.data import augment, device
-from mscm_jax.models import AnoMem, conv
+from mscm_jax.models import AnoMem
 from mscm_jax.models.detector import deviation_input
 
 
@@ -46,16 +45,19 @@ def outputs(model: AnoMem, state: Any, images: np.ndarray,
             select: Callable[[dict[str, Any]], Any], batch_size: int = 500) -> Any:
   """`select(outputs)` of the eval-mode model for every image, in padded batches.
 
-  `state` is anything with `params` and `batch_stats` (a stage-1 TrainState).
+  `state` is anything with `params` and `batch_stats` (a stage-1 TrainState). When it
+  is replicated over a mesh of several devices (a trained or restored state), each batch
+  is split over `data` and the outputs gathered: every device, of every process, reads
+  its share of the images once, and every process gets all of the outputs.
   """
 
-  @functools.partial(jax.jit, compiler_options=conv.compiler_options())
-  def fn(batch):
+  def apply(batch):
     out = model.apply({"params": state.params, "batch_stats": state.batch_stats},
                       augment.to_float(batch), train=False)
     return select(out)
 
-  return device.map_batches(fn, images, min(batch_size, len(images)))
+  return device.map_jit(apply, images, min(batch_size, len(images)),
+                        sharding.mesh_of(state.params))
 
 
 def embed(model: AnoMem, state: Any, images: np.ndarray, batch_size: int = 500) -> np.ndarray:

@@ -19,10 +19,11 @@ import jax
 import numpy as np
 from absl import logging
 
-from mscm_jax import checkpoints, monitoring
-from mscm_jax.errors import Interrupted, NonFiniteError
+from mscm_jax import checkpoints, distributed, monitoring
+from mscm_jax.errors import CheckpointError, Interrupted, NonFiniteError
 
-__all__ = ["Interrupted", "LoopResult", "NonFiniteError", "run", "sigterm_flag"]
+__all__ = ["Interrupted", "LoopResult", "Members", "MembersResult", "NonFiniteError", "Single",
+           "run", "run_members", "sigterm_flag"]
 
 
 @contextlib.contextmanager
@@ -48,6 +49,41 @@ class LoopResult:
   rate: float | None  # items per second over the logged intervals (None: too few steps)
 
 
+class Members:
+  """How one trained state maps onto workdirs: one model and its own workdir (`Single`),
+  or K models stacked on a leading axis, each with its own workdir (`stage1.Stacked`).
+
+  `split` gives each member's state (what its checkpoints hold), `join` the reverse;
+  `scalars` each member's logged values.
+  """
+
+  def __init__(self, workdirs: list[str]):
+    self.workdirs = list(workdirs)
+
+  def split(self, state: Any) -> list[Any]:
+    raise NotImplementedError
+
+  def join(self, parts: list[Any]) -> Any:
+    raise NotImplementedError
+
+  def scalars(self, logged: dict[str, Any]) -> list[dict[str, float]]:
+    raise NotImplementedError
+
+
+class Single(Members):
+  def __init__(self, workdir: str):
+    super().__init__([workdir])
+
+  def split(self, state):
+    return [state]
+
+  def join(self, parts):
+    return parts[0]
+
+  def scalars(self, logged):
+    return [logged]
+
+
 def run(name: str, workdir: str, state: Any, step_fn: Callable[[Any], tuple[Any, dict]], *,
         total: int, log_every: int, checkpoint_every: int, items_per_step: int,
         steps_per_epoch: int, stop_after: int | None = None, unit: str = "views",
@@ -61,39 +97,104 @@ def run(name: str, workdir: str, state: Any, step_fn: Callable[[Any], tuple[Any,
   `workdir/metrics.jsonl` and TensorBoard, and the progress bar moves. The caller writes
   FINISHED.json (with its own summary) once the stage's final work is done.
   """
-  ckpt_dir = os.path.join(workdir, name)
-  state, restored = checkpoints.restore_latest(ckpt_dir, state)
-  start = int(state.step)
-  finished = checkpoints.finished_info(ckpt_dir)
-  if finished is not None and start >= total:
-    logging.info("%s already finished at step %d: loaded from %s", name, start, ckpt_dir)
-    return LoopResult(state, start, finished, finished.get(f"{unit}_per_second"))
-  if restored is not None:
-    logging.info("%s resumes from step %d of %d (%s)", name, start, total, ckpt_dir)
-  mngr = checkpoints.manager(ckpt_dir)
+  res = run_members(name, Single(workdir), state, step_fn, total=total, log_every=log_every,
+                    checkpoint_every=checkpoint_every, items_per_step=items_per_step,
+                    steps_per_epoch=steps_per_epoch, stop_after=stop_after, unit=unit,
+                    advice=advice)
+  return LoopResult(res.state, res.step, res.finished[0], res.rate)
+
+
+@dataclasses.dataclass
+class MembersResult:
+  state: Any  # joined
+  step: int
+  finished: list[dict[str, Any] | None]  # per member; all set when the stage was complete
+  rate: float | None
+
+
+def run_members(name: str, members: Members, state: Any,
+                step_fn: Callable[[Any], tuple[Any, dict]], *, total: int, log_every: int,
+                checkpoint_every: int, items_per_step: int, steps_per_epoch: int,
+                stop_after: int | None = None, unit: str = "views",
+                advice: Callable[[list[str]], str] | None = None) -> MembersResult:
+  """`run` for a state that holds several members, each resumed from and saved to its
+  own `workdir/name` and logged to its own metrics: the files read exactly as if each
+  member had been trained alone.
+
+  Members resume from the newest step they all hold intact (a run killed between two
+  members' saves leaves them one checkpoint apart; orbax keeps two); when there is none,
+  a CheckpointError says so.
+  """
+  dirs = [os.path.join(w, name) for w in members.workdirs]
+  templates = members.split(state)
+  restored = [checkpoints.restore_latest(d, t) for d, t in zip(dirs, templates, strict=True)]
+  steps = [0 if r is None else r for _, r in restored]
+  common = min(steps)
+  parts = []
+  for d, t, (part, step) in zip(dirs, templates, restored, strict=True):
+    if step is not None and step > common:
+      part, step = checkpoints.restore_latest(d, t, max_step=common) if common else (t, None)
+      if (step or 0) != common:
+        raise CheckpointError(
+            f"{d}: no checkpoint at step {common}, where the other members stand: train "
+            "this class alone, or rerun with --discard_stale")
+      checkpoints.drop_after(d, common)
+    parts.append(part)
+  start = common
+  state = members.join(parts)
+  finished = [checkpoints.finished_info(d) for d in dirs]
+  if all(f is not None for f in finished) and start >= total:
+    logging.info("%s already finished at step %d: loaded from %s", name, start,
+                 ", ".join(dirs))
+    return MembersResult(state, start, finished, finished[0].get(f"{unit}_per_second"))
+  if start:
+    logging.info("%s resumes from step %d of %d (%s)", name, start, total, ", ".join(dirs))
+  mngrs = [checkpoints.manager(d) for d in dirs]
   try:
-    return _train(name, workdir, mngr, state, step_fn, start, total, log_every,
-                  checkpoint_every, items_per_step, steps_per_epoch, stop_after, unit,
-                  advice or (lambda _: "lower the learning rate or check the data"))
+    res = _train(name, members, mngrs, state, step_fn, start, total, log_every,
+                 checkpoint_every, items_per_step, steps_per_epoch, stop_after, unit,
+                 advice or (lambda _: "lower the learning rate or check the data"))
   finally:
-    mngr.close()
+    for m in mngrs:
+      m.close()
+  return MembersResult(res.state, res.step, [None] * len(dirs), res.rate)
 
 
-def _train(name, workdir, mngr, state, step_fn, start, total, log_every, ckpt_every,
+def _stop_now(flag: bool, step: int, log_every: int, end: int) -> bool:
+  """Whether to save and stop after `step`. One process alone can get the signal, yet the
+  save is collective: over several processes they agree at each logged step (any one
+  signalled stops all), so the wait is at most `log_every` steps."""
+  if jax.process_count() == 1:
+    return flag
+  if step % log_every and step != end:
+    return False
+  return distributed.any_process(flag)
+
+
+def _train(name, members, mngrs, state, step_fn, start, total, log_every, ckpt_every,
            items_per_step, steps_per_epoch, stop_after, unit, advice) -> LoopResult:
-  ckpt_dir = os.path.join(workdir, name)
-  writer = monitoring.MetricWriter(workdir, name)
-  writer.truncate_after(start)
+  ckpt_dirs = [str(m.directory) for m in mngrs]
+  writers = [monitoring.MetricWriter(w, name) for w in members.workdirs]
+  for writer in writers:
+    writer.truncate_after(start)
   end = total if stop_after is None else min(total, stop_after)
   progress = monitoring.Progress(name, total, start)
   last_good, t_log, steps_since, rate = start, time.time(), 0, None
+  several = len(mngrs) > 1
+
+  def where(i: int) -> str:
+    return f" (member {i}: {members.workdirs[i]})" if several else ""
 
   def save_checked(step: int) -> None:
-    if not bool(checkpoints.all_finite(state.params)):
-      raise NonFiniteError(f"{name}: parameters became NaN/Inf between steps {last_good} and "
-                           f"{step}; stopped without saving (last checkpoint: step "
-                           f"{mngr.latest_step()}): {advice(['parameters'])}")
-    checkpoints.save(mngr, step, state)
+    parts = members.split(state)
+    for i, (mngr, part) in enumerate(zip(mngrs, parts, strict=True)):
+      if not bool(checkpoints.all_finite(part.params)):
+        raise NonFiniteError(f"{name}: parameters became NaN/Inf between steps {last_good} "
+                             f"and {step}{where(i)}; stopped without saving (last "
+                             f"checkpoint: step {mngr.latest_step()}): "
+                             f"{advice(['parameters'])}")
+    for mngr, part in zip(mngrs, parts, strict=True):
+      checkpoints.save(mngr, step, part)
 
   step = start
   try:
@@ -103,33 +204,36 @@ def _train(name, workdir, mngr, state, step_fn, start, total, log_every, ckpt_ev
         step += 1
         steps_since += 1
         if step % log_every == 0 or step == end or step == start + 1:
-          logged = jax.device_get(logged)
-          bad = sorted(k for k, v in logged.items() if not np.isfinite(v))
-          if bad:
-            terms = [k for k in bad if k != "loss"] or bad
-            raise NonFiniteError(
-                f"{name}: {', '.join(terms)} became NaN/Inf between steps {last_good} and "
-                f"{step}; stopped without saving (last checkpoint: step "
-                f"{mngr.latest_step()}): {advice(terms)}")
+          per_member = members.scalars(jax.device_get(logged))
+          for i, values in enumerate(per_member):
+            bad = sorted(k for k, v in values.items() if not np.isfinite(v))
+            if bad:
+              terms = [k for k in bad if k != "loss"] or bad
+              raise NonFiniteError(
+                  f"{name}: {', '.join(terms)} became NaN/Inf between steps {last_good} and "
+                  f"{step}{where(i)}; stopped without saving (last checkpoint: step "
+                  f"{mngrs[i].latest_step()}): {advice(terms)}")
           last_good = step
           now = time.time()
           if step > start + 1:  # the first step's time is mostly compilation
             rate = items_per_step * steps_since / (now - t_log)
           t_log, steps_since = now, 0
-          logged.update({"epoch": step / steps_per_epoch,
-                         f"{unit}_per_second": rate or float("nan")})
-          writer.write(step, logged)
-          progress.update(step, f"loss {logged['loss']:.4f}"
+          for writer, values in zip(writers, per_member, strict=True):
+            writer.write(step, {**values, "epoch": step / steps_per_epoch,
+                                f"{unit}_per_second": rate or float("nan")})
+          loss = np.mean([v["loss"] for v in per_member])
+          progress.update(step, f"loss {loss:.4f}" + (" (mean)" if several else "")
                           + (f" | {rate:.0f} {unit}/s" if rate else ""))
-        if sigterm["set"]:
+        if _stop_now(sigterm["set"], step, log_every, end):
           save_checked(step)
-          raise Interrupted(f"SIGTERM at step {step}: checkpoint saved in {ckpt_dir}; run "
-                            f"the same command to resume")
+          raise Interrupted(f"SIGTERM at step {step}: checkpoint saved in "
+                            f"{', '.join(ckpt_dirs)}; run the same command to resume")
         if step % ckpt_every == 0 and step < end:
           save_checked(step)
-      if step > start or mngr.latest_step() is None:
+      if step > start or any(m.latest_step() is None for m in mngrs):
         save_checked(step)
   finally:
     progress.close()
-    writer.close()
+    for writer in writers:
+      writer.close()
   return LoopResult(state, step, None, rate)

@@ -28,6 +28,16 @@ _STAGE1_FROM = flags.DEFINE_string(
     "stage1_from", None, "A workdir whose finished stage 1 this run copies and reuses; its "
     "identity (stage-1 config fields and data) must match this run's.")
 _DEBUG = flags.DEFINE_bool("debug", False, "On an error, show the traceback too.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, for a run over several processes "
+    "started by hand (a CPU cluster); SLURM, Open MPI and TPU pods need no flags.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run (with "
+                                      "--coordinator_address and --process_id).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's rank, 0 to "
+                                   "--num_processes - 1; process 0 writes the workdir.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Join a cluster that JAX detects by itself (every worker of a "
+    "Cloud TPU VM slice, Kubernetes); srun, mpirun and the three flags above need no flag.")
 
 
 def _debug() -> bool:
@@ -58,7 +68,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
       text += " (give true or false)"
     elif "Unknown command line flag" in text:
       text += (" (flags: --config, --config.<field>, --workdir, --discard_stale, "
-               "--stage1_from, --debug)")
+               "--stage1_from, --coordinator_address, --num_processes, --process_id, "
+               "--distributed, --debug)")
     _fail(text)
   except UserError as e:  # an unknown preset, raised while the config file loads
     _fail(str(e))
@@ -104,7 +115,11 @@ def main(argv: list[str]) -> None:
 
   try:
     config = config_lib.validate(_CONFIG.value)  # before JAX starts: errors within a second
-    from mscm_jax import pipeline  # pylint: disable=g-import-not-at-top
+    from mscm_jax import distributed, pipeline  # pylint: disable=g-import-not-at-top
+    if distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                              auto=_DISTRIBUTED.value):
+      if not distributed.is_writer():  # process 0 logs for the run; the others only warn
+        logging.set_verbosity(logging.WARNING)
     pipeline.run(config, _WORKDIR.value, discard_stale=_DISCARD.value,
                  stage1_from=_STAGE1_FROM.value)
   except UserError as e:

@@ -11,6 +11,8 @@ from typing import Any
 
 from absl import logging
 
+from mscm_jax import distributed
+
 
 def _to_python(value: Any) -> Any:
   try:
@@ -23,11 +25,13 @@ class MetricWriter:
   """Appends one JSON object per logged step to `workdir/metrics.jsonl` and TensorBoard.
 
   On resume, `truncate_after` drops the lines a killed run wrote after its last
-  checkpoint, so the file reads as one uninterrupted run.
+  checkpoint, so the file reads as one uninterrupted run. Only process 0 of a
+  multi-process run writes; elsewhere every method does nothing.
   """
 
   def __init__(self, workdir: str, stage: str):
     self.stage = stage
+    self.active = distributed.is_writer()
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._tb = None
     self._tb_dir = os.path.join(workdir, "tensorboard", stage)
@@ -41,7 +45,7 @@ class MetricWriter:
     self._drop(lambda record: key in record)
 
   def _drop(self, condition) -> None:
-    if not os.path.exists(self.path):
+    if not self.active or not os.path.exists(self.path):
       return
     with open(self.path) as f:
       lines = f.readlines()
@@ -59,6 +63,8 @@ class MetricWriter:
       os.replace(self.path + ".tmp", self.path)
 
   def write(self, step: int, metrics: dict[str, Any]) -> None:
+    if not self.active:
+      return
     record = {"stage": self.stage, "step": int(step), "time": round(time.time(), 3)}
     record.update({k: _to_python(v) for k, v in metrics.items()})
     with open(self.path, "a") as f:
@@ -92,8 +98,11 @@ class Progress:
     self.t0 = time.time()
     self.first: tuple[int, float] | None = None  # the ETA ignores the compile-heavy first step
     self.tty = sys.stderr.isatty()
+    self.active = distributed.is_writer()  # one progress line for a multi-process run
 
   def update(self, step: int, note: str = "") -> None:
+    if not self.active:
+      return
     now = time.time()
     elapsed = now - self.t0
     if self.first is None:
@@ -112,6 +121,6 @@ class Progress:
       logging.info(text)
 
   def close(self) -> None:
-    if self.tty:
+    if self.tty and self.active:
       sys.stderr.write("\n")
       sys.stderr.flush()

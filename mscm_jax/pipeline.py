@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from mscm_jax import evaluate, identity, sharding, stage1, stage2
+from mscm_jax import distributed, evaluate, identity, sharding, stage1, stage2
 from mscm_jax import config as config_lib
 from mscm_jax import workdir as workdir_lib
 from mscm_jax.data import augment, device, protocols, sources
@@ -59,19 +59,20 @@ def preview_augmentations(config: ml_collections.ConfigDict, data: device.Device
   params = augment.AugmentParams.from_config(config.augment)
   view1, view2 = jax.jit(augment.two_views, static_argnums=2)(jax.random.fold_in(key, 1),
                                                               images, params)
-  originals = np.asarray(augment.to_float(images))
-  stack = np.concatenate([originals, np.asarray(view1), np.asarray(view2)])
-  os.makedirs(out_dir, exist_ok=True)
+  originals, v1, v2 = (distributed.to_host(a) for a in (augment.to_float(images), view1, view2))
+  stack = np.concatenate([originals, v1, v2])
   path = os.path.join(out_dir, "augmented_views.png")
-  grid = image_grid(stack, columns=n)
-  Image.fromarray(grid).resize((grid.shape[1] * 3, grid.shape[0] * 3),
-                               Image.Resampling.NEAREST).save(path)
+  if distributed.is_writer():
+    os.makedirs(out_dir, exist_ok=True)
+    grid = image_grid(stack, columns=n)
+    Image.fromarray(grid).resize((grid.shape[1] * 3, grid.shape[0] * 3),
+                                 Image.Resampling.NEAREST).save(path)
   views = jnp.concatenate([view1, view2])
   return {
       "picture": path,
       "batch_shape": list(view1.shape),
       "batch_sharding": str(view1.sharding.spec),
-      "views_min": float(views.min()),
+      "views_min": float(views.min()),  # reductions: replicated, readable by every process
       "views_max": float(views.max()),
       "views_mean": float(views.mean()),
       "originals_mean": float(originals.mean()),
@@ -108,21 +109,27 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   stale = workdir_lib.check(workdir, plan, discard_stale=discard_stale)
   source = (workdir_lib.check_stage1_source(stage1_from, plan["stage1"])
             if stage1_from else None)
-  # ---- every check has passed: from here on the workdir changes.
-  if stale:
+  # ---- every check has passed: from here on the workdir changes (process 0 changes it;
+  # the barriers keep the others from reading it half-changed).
+  distributed.sync("workdir checked")
+  writer = distributed.is_writer()
+  if stale and writer:
     workdir_lib.discard(workdir, stale)
-  if source:
+  if source and writer:
     workdir_lib.copy_stage1(source, workdir)
   done = workdir_lib.finished_results(workdir, plan["evaluation"])
-  if done is None:
-    workdir_lib.discard_results(workdir)  # made by another evaluation identity, or partial
-  elif not config.stop_after:
+  if done is not None and not config.stop_after:
     logging.info("All stages finished earlier with this identity: %s",
                  os.path.join(workdir, "results.json"))
-    print(evaluate.summary_table(done), flush=True)
+    if writer:
+      print(evaluate.summary_table(done), flush=True)
     return done
-  workdir_lib.write_json(os.path.join(workdir, "config.json"),
-                         json.loads(config.to_json_best_effort()))
+  if writer:
+    if done is None:
+      workdir_lib.discard_results(workdir)  # made by another evaluation identity, or partial
+    workdir_lib.write_json(os.path.join(workdir, "config.json"),
+                           json.loads(config.to_json_best_effort()))
+  distributed.sync("workdir ready")
   summary: dict[str, Any] = {"dataset": dataset, "setting": config.setting,
                              "seed": config.seed, **split.summary()}
   logging.info("Split: %s", json.dumps(summary))
@@ -164,7 +171,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   logging.info("Evaluation: every score on the %d test images", split.n_test)
   out = evaluate.compute_scores(config, split, Scorer(config, s1, s2))
   summary["scores"] = evaluate.score_metrics(out["scores"], split.test_is_anomaly)
-  if config.evaluate.report:
+  if config.evaluate.report and writer:
     from mscm_jax import report  # pylint: disable=g-import-not-at-top
     paths = report.write_report(os.path.join(workdir, "report"), out["scores"],
                                 split.test_is_anomaly, split.test_images, out["maps"],
@@ -174,14 +181,16 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   summary["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
   summary["identity"] = plan["evaluation"].fingerprint
   summary["identities"] = {k: v.fingerprint for k, v in plan.items()}
-  evaluate.write_results(workdir, summary, out["scores"], split.test_is_anomaly)
-  print(evaluate.summary_table(summary), flush=True)
+  if writer:
+    evaluate.write_results(workdir, summary, out["scores"], split.test_is_anomaly)
+    print(evaluate.summary_table(summary), flush=True)
+  distributed.sync("results written")
   return summary
 
 
 def _record(workdir: str, ident: identity.Identity) -> None:
   """The stage's identity, written before its first checkpoint (checked to match)."""
-  if workdir_lib.recorded_identity(workdir, ident.stage) is None:
+  if distributed.is_writer() and workdir_lib.recorded_identity(workdir, ident.stage) is None:
     workdir_lib.record_identity(workdir, ident)
 
 
@@ -191,8 +200,10 @@ def _finish(workdir: str, summary: dict[str, Any], seconds: dict[str, float],
   summary["stages_run"] = stages[:stages.index(last) + 1]
   summary["not_run"] = stages[stages.index(last) + 1:]
   summary["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
-  with open(os.path.join(workdir, "run_summary.json"), "w") as f:
-    json.dump(summary, f, indent=2)
+  if distributed.is_writer():
+    with open(os.path.join(workdir, "run_summary.json"), "w") as f:
+      json.dump(summary, f, indent=2)
+  distributed.sync("summary written")
   logging.warning("Stopped after %s (stop_after=%r). Summary: %s", last, last,
                   os.path.join(workdir, "run_summary.json"))
   return summary

@@ -187,17 +187,13 @@ def make_update(config: ml_collections.ConfigDict, model: AnoMem, tx,
   return update
 
 
-def make_train_step(config: ml_collections.ConfigDict, model: AnoMem, tx,
-                    schedule: optax.Schedule, data_size: int, mesh) -> Callable:
-  """One jitted step: draw the batch by index, augment twice, then `make_update`'s update.
-
-  The state is replicated and donated; the data arrays are sharded on `data`. The
-  loss sees the global batch, so NT-Xent negatives and BatchNorm statistics span every
-  device (XLA inserts the collectives).
-  """
+def make_step_body(config: ml_collections.ConfigDict, model: AnoMem, tx,
+                   schedule: optax.Schedule, data_size: int, mesh) -> Callable:
+  """The step, unjitted: draw the batch by index, augment twice, then `make_update`'s
+  update. `make_train_step` jits it for one model; a stacked program vmaps it over K."""
   batch_size = config.train.batch_size
   aug_params = augment.AugmentParams.from_config(config.augment)
-  data_spec, repl = sharding.data_sharding(mesh), sharding.replicated(mesh)
+  data_spec = sharding.data_sharding(mesh)
   update = make_update(config, model, tx, schedule)
 
   def step_fn(state: TrainState, images: jax.Array, is_anomaly: jax.Array):
@@ -211,7 +207,20 @@ def make_train_step(config: ml_collections.ConfigDict, model: AnoMem, tx,
     chex.assert_shape(x, (2 * batch_size,) + images.shape[1:])
     return update(state, x, flags)
 
-  return jax.jit(step_fn, in_shardings=(repl, data_spec, data_spec),
+  return step_fn
+
+
+def make_train_step(config: ml_collections.ConfigDict, model: AnoMem, tx,
+                    schedule: optax.Schedule, data_size: int, mesh) -> Callable:
+  """One jitted step of `make_step_body`.
+
+  The state is replicated and donated; the data arrays are sharded on `data`. The
+  loss sees the global batch, so NT-Xent negatives and BatchNorm statistics span every
+  device (XLA inserts the collectives).
+  """
+  data_spec, repl = sharding.data_sharding(mesh), sharding.replicated(mesh)
+  return jax.jit(make_step_body(config, model, tx, schedule, data_size, mesh),
+                 in_shardings=(repl, data_spec, data_spec),
                  out_shardings=(repl, repl), donate_argnums=(0,),
                  compiler_options=conv.compiler_options())
 
@@ -302,10 +311,17 @@ def train(config: ml_collections.ConfigDict, split: protocols.ADSplit, workdir: 
   if res.finished is not None:
     return Stage1Result(res.state, model, res.step, res.finished.get("probe_auroc"),
                         res.rate, 0.0, res.finished.get("probe_untrained_auroc"))
+  return _finish(config, split, workdir, model, init_fn, res.state, res.step, total,
+                 res.rate, probe, t_start)
+
+
+def _finish(config, split, workdir, model, init_fn, state, step, total, rate, probe,
+            t_start) -> Stage1Result:
+  """A complete stage's last work: the k-NN probe (trained and untrained), FINISHED.json."""
   probe_auroc = untrained = None
-  if res.step >= total:
+  if step >= total:
     if probe and split.n_test and split.test_is_anomaly.any() and not split.test_is_anomaly.all():
-      probe_auroc = knn_probe(model, res.state, split)
+      probe_auroc = knn_probe(model, state, split)
       # The yardstick: has training beaten the random network it started from? (At 10
       # epochs it had not: experiments/results/stage1_cpu.md.)
       untrained = knn_probe(model, init_fn(jax.random.PRNGKey(config.seed)), split)
@@ -314,16 +330,109 @@ def train(config: ml_collections.ConfigDict, split: protocols.ADSplit, workdir: 
       writer = monitoring.MetricWriter(workdir, STAGE)
       writer.drop_key("probe_knn_auroc")
       writer.drop_key("probe_untrained_knn_auroc")
-      writer.write(res.step, {"probe_knn_auroc": probe_auroc,
+      writer.write(step, {"probe_knn_auroc": probe_auroc,
                               "probe_untrained_knn_auroc": untrained})
       writer.close()
     checkpoints.mark_finished(os.path.join(workdir, STAGE),
-                              {"step": res.step, "probe_auroc": probe_auroc,
+                              {"step": step, "probe_auroc": probe_auroc,
                                "probe_untrained_auroc": untrained,
-                               "views_per_second": res.rate,
+                               "views_per_second": rate,
                                "image_shape": list(split.train_images.shape[1:])})
-  return Stage1Result(res.state, model, res.step, probe_auroc, res.rate,
+  return Stage1Result(state, model, step, probe_auroc, rate,
                       time.time() - t_start, untrained)
+
+
+# ----------------------------------------------------------- K models as one program
+
+
+class Stacked(loop.Members):
+  """K stage-1 states stacked on a leading axis split over `model`, each member with its
+  own workdir. A member's state, as its checkpoints hold it, is replicated over the mesh.
+  When K does not divide by the model axis, copies of member 0 pad the stack (they train
+  alongside, and nothing of them is saved or logged)."""
+
+  def __init__(self, workdirs: list[str], mesh: jax.sharding.Mesh):
+    super().__init__(workdirs)
+    self.padding = -len(workdirs) % mesh.shape[sharding.MODEL_AXIS]
+    self._take = jax.jit(lambda s, i: jax.tree.map(lambda x: x[i], s),
+                         out_shardings=sharding.replicated(mesh))
+    self._stack = jax.jit(lambda *parts: jax.tree.map(lambda *xs: jnp.stack(xs), *parts),
+                          out_shardings=sharding.model_sharding(mesh))
+
+  def split(self, state):
+    return [self._take(state, i) for i in range(len(self.workdirs))]
+
+  def join(self, parts):
+    return self._stack(*parts, *[parts[0]] * self.padding)
+
+  def pad(self, rows: list[Any]) -> list[Any]:
+    return rows + [rows[0]] * self.padding
+
+  def scalars(self, logged):
+    return [{k: float(v[i]) for k, v in logged.items()} for i in range(len(self.workdirs))]
+
+
+def stack_key(config: ml_collections.ConfigDict) -> str:
+  """What members of one stacked program must share: everything stage 1 reads but the
+  seed and which classes are normal or labelled anomalous (the data)."""
+  c = config.copy_and_resolve_references()
+  c.seed = 0
+  c.dataset.normal_class = 0
+  c.anomaly_classes = ()
+  return c.to_json_best_effort(sort_keys=True)
+
+
+def train_stacked(configs: list[ml_collections.ConfigDict], splits: list[protocols.ADSplit],
+                  workdirs: list[str], mesh: jax.sharding.Mesh, *,
+                  stop_after: int | None = None, probe: bool = True) -> list[Stage1Result]:
+  """Stage 1 of K models (one per config, split and workdir) as one jitted program.
+
+  The K states and training sets are stacked on a leading axis split over the mesh's
+  `model` axis, and `make_step_body` is vmapped over it; each model's batch is split
+  over `data`. Every workdir ends up as a separate `train` of its config leaves it (its
+  own checkpoints, metrics, probe, FINISHED.json); results match within float rounding
+  (tests/test_stacked.py states the tolerance). The configs may differ in their seed
+  and classes only, and the training sets must have one size.
+  """
+  t_start = time.time()
+  keys = {stack_key(c) for c in configs}
+  if len(keys) != 1:
+    raise UserError("configs trained as one program may differ only in seed, "
+                    "dataset.normal_class and anomaly_classes")
+  if not len(configs) == len(splits) == len(workdirs):
+    raise ValueError("one split and one workdir per config")
+  config = configs[0]
+  config_lib.validate(config, sharding.data_axis_size(mesh))
+  members = Stacked(workdirs, mesh)
+  data = device.put_stacked(members.pad([s.train_images for s in splits]),
+                            members.pad([s.train_is_anomaly for s in splits]), mesh)
+  total, per_epoch = num_steps(config, data.size)
+  model, schedule, tx, init_fn, _ = components(config, data.size,
+                                               splits[0].train_images.shape[1:], mesh)
+  state = members.join([init_fn(jax.random.PRNGKey(c.seed)) for c in configs])
+  body = make_step_body(config, model, tx, schedule, data.size, mesh)
+  ms, ds = sharding.model_sharding(mesh), sharding.stacked_data_sharding(mesh)
+  step_fn = jax.jit(jax.vmap(body, spmd_axis_name=sharding.MODEL_AXIS),
+                    in_shardings=(ms, ds, ds), out_shardings=(ms, ms), donate_argnums=(0,),
+                    compiler_options=conv.compiler_options())
+  res = loop.run_members(STAGE, members, state,
+                         lambda s: step_fn(s, data.images, data.is_anomaly), total=total,
+                         log_every=config.train.log_every_steps,
+                         checkpoint_every=config.train.checkpoint_every_steps,
+                         items_per_step=2 * config.train.batch_size * len(configs),
+                         steps_per_epoch=per_epoch, stop_after=stop_after, unit="views",
+                         advice=nan_advice(config))
+  out = []
+  for c, split, workdir, state, finished in zip(configs, splits, workdirs,
+                                                members.split(res.state), res.finished,
+                                                strict=True):
+    if finished is not None:
+      out.append(Stage1Result(state, model, res.step, finished.get("probe_auroc"),
+                              res.rate, 0.0, finished.get("probe_untrained_auroc")))
+    else:
+      out.append(_finish(c, split, workdir, model, init_fn, state, res.step, total,
+                         res.rate, probe, t_start))
+  return out
 
 
 def load_finished(config: ml_collections.ConfigDict, workdir: str,

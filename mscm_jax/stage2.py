@@ -198,12 +198,12 @@ def make_train_step(config: ml_collections.ConfigDict, detector: DistanceDetecto
 def distances(detector: DistanceDetector, state: DetectorState,
               maps: dict[str, np.ndarray], batch_size: int = 500) -> dict[str, np.ndarray]:
   """{detector: ||phi - c||^2 per image}: each detector's score, float64."""
-  fn = jax.jit(lambda m: {s: losses.svdd_distance(o["phi"], state.centers[s])
-                          for s, o in phi(detector, state.params, m,
-                                          state.input_scale).items()},
-               compiler_options=conv.compiler_options())
+  def fn(m):
+    return {s: losses.svdd_distance(o["phi"], state.centers[s])
+            for s, o in phi(detector, state.params, m, state.input_scale).items()}
+
   n = len(next(iter(maps.values())))
-  out = device.map_batches(fn, maps, min(batch_size, n))
+  out = device.map_jit(fn, maps, min(batch_size, n), sharding.mesh_of(state.params))
   return {s: v.astype(np.float64) for s, v in out.items()}
 
 

@@ -13,8 +13,11 @@ import dataclasses
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-_GRAY = jnp.array([0.299, 0.587, 0.114], jnp.float32)  # ITU-R 601 luma, as torchvision
+# ITU-R 601 luma, as torchvision. NumPy: a module-level jax array would start the JAX
+# backend at import, before a multi-process run could call jax.distributed.initialize.
+_GRAY = np.array([0.299, 0.587, 0.114], np.float32)
 _CROP_TRIES = 10
 
 

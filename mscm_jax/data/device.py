@@ -19,6 +19,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from mscm_jax import sharding
+from mscm_jax.models import conv
 from mscm_jax.errors import ConfigError
 
 
@@ -41,6 +42,24 @@ def put_on_device(images: np.ndarray, is_anomaly: np.ndarray, mesh: Mesh) -> Dev
           sharding.pad_to_multiple(np.asarray(is_anomaly, bool), n_dev), spec),
       size=len(images),
   )
+
+
+def put_stacked(images: list[np.ndarray], is_anomaly: list[np.ndarray],
+                mesh: Mesh) -> DeviceDataset:
+  """K training sets of one size as [K, N_padded, ...], models over `model`, rows over
+  `data` (each model's rows are padded as `put_on_device` pads them)."""
+  sizes = {len(x) for x in images}
+  if len(sizes) != 1:
+    raise ConfigError(f"models trained as one program need training sets of one size, got "
+                      f"{sorted(sizes)} images: train these classes separately")
+  n_data = sharding.data_axis_size(mesh)
+  spec = sharding.stacked_data_sharding(mesh)
+  return DeviceDataset(
+      images=jax.device_put(np.stack([sharding.pad_to_multiple(x, n_data) for x in images]),
+                            spec),
+      is_anomaly=jax.device_put(np.stack([sharding.pad_to_multiple(np.asarray(f, bool), n_data)
+                                          for f in is_anomaly]), spec),
+      size=sizes.pop())
 
 
 def sample_indices(key: jax.Array, step: jax.Array, size: int, batch_size: int) -> jax.Array:
@@ -85,6 +104,21 @@ def draw_batch(data: DeviceDataset, key: jax.Array, step: int | jax.Array, batch
       data.images, data.is_anomaly, key, jnp.asarray(step, jnp.int32))
   chex.assert_shape(images, (batch_size,) + data.images.shape[1:])
   return images, flags
+
+
+def map_jit(fn, inputs, batch_size: int, mesh: Mesh | None):
+  """`map_batches` of `jax.jit(fn)`. With a mesh of several devices (that of the state
+  `fn` closes over) each batch is split over `data` and the outputs gathered: every
+  device, of every process, reads its share of the rows once, and every process gets all
+  of the outputs. `batch_size` is then rounded up to a multiple of the mesh."""
+  if mesh is None:
+    return map_batches(jax.jit(fn, compiler_options=conv.compiler_options()), inputs,
+                       batch_size)
+  spec = sharding.data_sharding(mesh)
+  jitted = jax.jit(fn, out_shardings=sharding.replicated(mesh),
+                   compiler_options=conv.compiler_options())
+  return map_batches(lambda batch: jitted(jax.device_put(batch, spec)), inputs,
+                     -(-batch_size // mesh.size) * mesh.size)
 
 
 def map_batches(fn, inputs, batch_size: int):
