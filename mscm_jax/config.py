@@ -131,6 +131,14 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.preview = ml_collections.ConfigDict()
   c.preview.num_images = 16  # augmented views written to workdir/preview/ by `main`
+
+  # Several one-class runs as one program: "all" or a tuple of class names / indices, each
+  # the normal class of its own run in workdir/<class>/; their stage 1 is vmapped over a
+  # `model` mesh axis of `model_axis` device groups (0: the most that divide the devices
+  # and the classes). () = one run, of dataset.normal_class, in workdir itself.
+  c.stack = ml_collections.ConfigDict()
+  c.stack.classes = _any(())
+  c.stack.model_axis = 0
   return c
 
 
@@ -413,6 +421,15 @@ def validate(c: ml_collections.ConfigDict,
   _check_int("evaluate.knn_k", e.knn_k, 1)
   _check_int("evaluate.batch_size", e.batch_size, 1)
   _check_int("preview.num_images", c.preview.num_images, 1)
+  _check_int("stack.model_axis", c.stack.model_axis, 0)
+  classes = c.stack.classes
+  if isinstance(classes, str) and classes not in ("", "all"):
+    classes = (classes,)
+  if classes not in ("", "all") and not isinstance(classes, (tuple, list)):
+    raise ConfigError(f"stack.classes={classes!r}: give 'all' or a tuple of class names "
+                      "or indices")
+  if classes and c.dataset.name == "arrays":
+    raise ConfigError("stack.classes needs a dataset source (tfds or folder), not arrays")
 
   if n_devices:
     for name, batch in (("train.batch_size", t.batch_size),

@@ -120,8 +120,13 @@ def main(argv: list[str]) -> None:
                               auto=_DISTRIBUTED.value):
       if not distributed.is_writer():  # process 0 logs for the run; the others only warn
         logging.set_verbosity(logging.WARNING)
-    pipeline.run(config, _WORKDIR.value, discard_stale=_DISCARD.value,
-                 stage1_from=_STAGE1_FROM.value)
+    if config.stack.classes:
+      if _STAGE1_FROM.value:
+        _fail("--stage1_from copies one stage 1; with stack.classes run each class alone")
+      pipeline.run_classes(config, _WORKDIR.value, discard_stale=_DISCARD.value)
+    else:
+      pipeline.run(config, _WORKDIR.value, discard_stale=_DISCARD.value,
+                   stage1_from=_STAGE1_FROM.value)
   except UserError as e:
     # Something the user can fix: one line, no traceback.
     _fail(str(e), e.exit_code)

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import os
 import time
@@ -21,6 +23,7 @@ from mscm_jax import distributed, evaluate, identity, sharding, stage1, stage2
 from mscm_jax import config as config_lib
 from mscm_jax import workdir as workdir_lib
 from mscm_jax.data import augment, device, protocols, sources
+from mscm_jax.errors import ConfigError
 from mscm_jax.scoring import Scorer
 
 
@@ -95,59 +98,160 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   rerun whose results.json has this run's identity returns without training.
   """
   config_lib.validate(config)
+  if config.stack.classes:
+    raise ConfigError("stack.classes trains several classes: call pipeline.run_classes "
+                      "(main does)")
   workdir = workdir_lib.prepare(workdir)
   # A config that differs from a recorded stage is refused before any data is decoded.
   workdir_lib.check(workdir, identity.plan(config), discard_stale=discard_stale,
                     config_only=True)
   mesh = sharding.make_mesh(config.train.num_devices)
   config_lib.validate(config, mesh.devices.size)
-  seconds: dict[str, float] = {}
   t = time.time()
   dataset = config.dataset.name if split is None else "arrays"
   split = load_split(config) if split is None else split
+  r = _check(config, workdir, split, dataset, discard_stale, stage1_from)
+  # ---- every check has passed: from here on the workdir changes (process 0 changes it;
+  # the barriers keep the others from reading it half-changed).
+  distributed.sync("workdir checked")
+  data = _begin(r, mesh, t)
+  if data is None:
+    return r.done
+  if config.stop_after == "data":
+    return _finish(workdir, r.summary, r.seconds, "data")
+  t = time.time()
+  _record(workdir, r.plan["stage1"])
+  s1 = stage1.train(config, split, workdir, mesh, data=data)
+  del data
+  return _after_stage1(r, s1, mesh, time.time() - t)
+
+
+def run_classes(config: ml_collections.ConfigDict, root: str, *,
+                discard_stale: bool = False) -> dict[str, dict[str, Any]]:
+  """`run` for each class of `stack.classes` ('all' or names / indices) as the normal
+  class, in `root/<class>/`, with their stage 1 trained as one program
+  (`stage1.train_stacked`). Each workdir reads as that class's own `run`, and is
+  interchangeable with it (the identities are the same). Returns {class: results}."""
+  config_lib.validate(config)
+  root = workdir_lib.prepare(root)
+  names = sources.class_names(config.dataset)
+  chosen = (tuple(range(len(names))) if config.stack.classes == "all" else
+            protocols.resolve_classes(config.stack.classes, names, "stack.classes"))
+  configs = [class_config(config, names[k]) for k in chosen]
+  workdirs = [workdir_lib.prepare(os.path.join(root, names[k])) for k in chosen]
+  for c, w in zip(configs, workdirs, strict=True):
+    workdir_lib.check(w, identity.plan(c), discard_stale=discard_stale, config_only=True)
+  mesh = sharding.make_mesh(config.train.num_devices)
+  config_lib.validate(config, mesh.devices.size)
+  counts = sources.train_class_counts(config.dataset, names)
+  for c in configs:
+    protocols.config_classes(c, names, counts)
+  t = time.time()
+  train, test = sources.load_splits(config.dataset)  # decoded once for every class
+  runs = [_check(c, w, protocols.make_split(c, train, test), config.dataset.name,
+                 discard_stale, None) for c, w in zip(configs, workdirs, strict=True)]
+  distributed.sync("workdirs checked")
+  todo = []
+  for r in runs:
+    if _begin(r, mesh, t) is not None:  # the preview's copy on the devices is dropped
+      todo.append(r)
+  if config.stop_after == "data":
+    return {names[k]: _finish(r.workdir, r.summary, r.seconds, "data")
+            for k, r in zip(chosen, runs, strict=True)}
+  if todo:
+    t = time.time()
+    for r in todo:
+      _record(r.workdir, r.plan["stage1"])
+    model_mesh = sharding.make_model_mesh(
+        config.stack.model_axis or sharding.default_model_axis(mesh.devices.size, len(todo)),
+        config.train.num_devices)
+    logging.info("Stage 1 of %d classes as one program on a %s mesh", len(todo),
+                 dict(model_mesh.shape))
+    s1s = stage1.train_stacked([r.config for r in todo], [r.split for r in todo],
+                               [r.workdir for r in todo], model_mesh)
+    elapsed = time.time() - t
+    for r, s1 in zip(todo, s1s, strict=True):
+      # Stage 2 and the evaluation of each class run on the plain data mesh.
+      s1.state = jax.device_put(s1.state, sharding.replicated(mesh))
+      r.done = _after_stage1(r, s1, mesh, elapsed)
+  return {names[k]: r.done for k, r in zip(chosen, runs, strict=True)}
+
+
+def class_config(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """The one-class run of `name` that `stack.classes` stands for."""
+  c = copy.deepcopy(config)  # FieldReferences kept: any type may be set
+  with c.unlocked():
+    c.dataset.normal_class = name
+    c.stack.classes = ()
+  return c
+
+
+@dataclasses.dataclass
+class _Run:
+  """One workdir's run between its stages."""
+
+  config: ml_collections.ConfigDict
+  workdir: str
+  split: protocols.ADSplit
+  dataset: str
+  plan: dict[str, identity.Identity]
+  stale: list[str]
+  source: str | None
+  summary: dict[str, Any] = dataclasses.field(default_factory=dict)
+  seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+  done: dict[str, Any] | None = None
+
+
+def _check(config, workdir, split, dataset, discard_stale, stage1_from) -> _Run:
+  """Every check on the workdir against this run's identities; changes nothing."""
   plan = identity.plan(config, split)
   stale = workdir_lib.check(workdir, plan, discard_stale=discard_stale)
   source = (workdir_lib.check_stage1_source(stage1_from, plan["stage1"])
             if stage1_from else None)
-  # ---- every check has passed: from here on the workdir changes (process 0 changes it;
-  # the barriers keep the others from reading it half-changed).
-  distributed.sync("workdir checked")
+  return _Run(config, workdir, split, dataset, plan, stale, source)
+
+
+def _begin(r: _Run, mesh, t: float) -> device.DeviceDataset | None:
+  """The workdir made this run's (stale stages gone, config.json), then the data on the
+  devices and its preview; None (and `r.done` set) when the results are already there."""
   writer = distributed.is_writer()
-  if stale and writer:
-    workdir_lib.discard(workdir, stale)
-  if source and writer:
-    workdir_lib.copy_stage1(source, workdir)
-  done = workdir_lib.finished_results(workdir, plan["evaluation"])
-  if done is not None and not config.stop_after:
+  if r.stale and writer:
+    workdir_lib.discard(r.workdir, r.stale)
+  if r.source and writer:
+    workdir_lib.copy_stage1(r.source, r.workdir)
+  done = workdir_lib.finished_results(r.workdir, r.plan["evaluation"])
+  if done is not None and not r.config.stop_after:
     logging.info("All stages finished earlier with this identity: %s",
-                 os.path.join(workdir, "results.json"))
+                 os.path.join(r.workdir, "results.json"))
     if writer:
       print(evaluate.summary_table(done), flush=True)
-    return done
+    r.done = done
+    return None
   if writer:
     if done is None:
-      workdir_lib.discard_results(workdir)  # made by another evaluation identity, or partial
-    workdir_lib.write_json(os.path.join(workdir, "config.json"),
-                           json.loads(config.to_json_best_effort()))
+      workdir_lib.discard_results(r.workdir)  # made by another evaluation identity, or partial
+    workdir_lib.write_json(os.path.join(r.workdir, "config.json"),
+                           json.loads(r.config.to_json_best_effort()))
   distributed.sync("workdir ready")
-  summary: dict[str, Any] = {"dataset": dataset, "setting": config.setting,
-                             "seed": config.seed, **split.summary()}
-  logging.info("Split: %s", json.dumps(summary))
+  split, config = r.split, r.config
+  r.summary.update({"dataset": r.dataset, "setting": config.setting, "seed": config.seed,
+                    **split.summary()})
+  logging.info("Split: %s", json.dumps(r.summary))
   # Also for a finished stage 1: results.json then reads the same however often the
   # run was interrupted (the copy and the preview take well under a second).
   data = device.put_on_device(split.train_images, split.train_is_anomaly, mesh)
-  summary["preview"] = preview_augmentations(config, data, mesh,
-                                             os.path.join(workdir, "preview"))
-  logging.info("Augmented views written to %s", summary["preview"]["picture"])
-  seconds["data"] = time.time() - t
-  if config.stop_after == "data":
-    return _finish(workdir, summary, seconds, "data")
+  r.summary["preview"] = preview_augmentations(config, data, mesh,
+                                               os.path.join(r.workdir, "preview"))
+  logging.info("Augmented views written to %s", r.summary["preview"]["picture"])
+  r.seconds["data"] = time.time() - t
+  return data
 
-  t = time.time()
-  _record(workdir, plan["stage1"])
-  s1 = stage1.train(config, split, workdir, mesh, data=data)
-  del data
-  seconds["stage1"] = time.time() - t
+
+def _after_stage1(r: _Run, s1: stage1.Stage1Result, mesh, stage1_seconds: float
+                  ) -> dict[str, Any]:
+  """Stage 2 and the evaluation of one workdir, given its stage 1; its results."""
+  config, split, workdir, summary, seconds = r.config, r.split, r.workdir, r.summary, r.seconds
+  seconds["stage1"] = stage1_seconds
   summary["stage1"] = {"steps": s1.steps, "probe_knn_auroc": s1.probe_auroc,
                        "probe_untrained_knn_auroc": s1.probe_untrained_auroc,
                        "views_per_second": s1.views_per_second}
@@ -156,7 +260,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
     return _finish(workdir, summary, seconds, "stage1")
 
   t = time.time()
-  _record(workdir, plan["stage2"])
+  _record(workdir, r.plan["stage2"])
   s2 = stage2.train(config, split, workdir, mesh, s1)
   seconds["stage2"] = time.time() - t
   detectors = {name: list(v) for name, v in stage2.detectors(config).items()}
@@ -168,6 +272,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
     return _finish(workdir, summary, seconds, "stage2")
 
   t = time.time()
+  writer = distributed.is_writer()
   logging.info("Evaluation: every score on the %d test images", split.n_test)
   out = evaluate.compute_scores(config, split, Scorer(config, s1, s2))
   summary["scores"] = evaluate.score_metrics(out["scores"], split.test_is_anomaly)
@@ -179,8 +284,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
     summary["report"] = sorted(os.path.relpath(p, workdir) for p in paths)
   seconds["evaluation"] = time.time() - t
   summary["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
-  summary["identity"] = plan["evaluation"].fingerprint
-  summary["identities"] = {k: v.fingerprint for k, v in plan.items()}
+  summary["identity"] = r.plan["evaluation"].fingerprint
+  summary["identities"] = {k: v.fingerprint for k, v in r.plan.items()}
   if writer:
     evaluate.write_results(workdir, summary, out["scores"], split.test_is_anomaly)
     print(evaluate.summary_table(summary), flush=True)

@@ -44,6 +44,11 @@ def make_model_mesh(model_axis: int, num_devices: int = 0) -> Mesh:
   return Mesh(devices.reshape(model_axis, -1), (MODEL_AXIS, DATA_AXIS))
 
 
+def default_model_axis(num_devices: int, num_models: int) -> int:
+  """The most device groups that divide the devices and are no more than the models."""
+  return max(d for d in range(1, min(num_devices, num_models) + 1) if num_devices % d == 0)
+
+
 def data_axis_size(mesh: Mesh) -> int:
   """How many devices split one model's batch."""
   return mesh.shape[DATA_AXIS]

@@ -8,6 +8,7 @@ drawn on device, sharded over `data`, augmented inside the step.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import time
@@ -375,11 +376,22 @@ class Stacked(loop.Members):
 def stack_key(config: ml_collections.ConfigDict) -> str:
   """What members of one stacked program must share: everything stage 1 reads but the
   seed and which classes are normal or labelled anomalous (the data)."""
-  c = config.copy_and_resolve_references()
+  c = copy.deepcopy(config)  # FieldReferences kept: any type may be set
   c.seed = 0
   c.dataset.normal_class = 0
   c.anomaly_classes = ()
   return c.to_json_best_effort(sort_keys=True)
+
+
+def make_stacked_train_step(config: ml_collections.ConfigDict, model: AnoMem, tx,
+                            schedule: optax.Schedule, data_size: int, mesh) -> Callable:
+  """`make_step_body` vmapped over K stacked states and training sets [K, N, ...]: states
+  split over `model`, each model's batch over `data`, one compiled program for all K."""
+  ms, ds = sharding.model_sharding(mesh), sharding.stacked_data_sharding(mesh)
+  body = make_step_body(config, model, tx, schedule, data_size, mesh)
+  return jax.jit(jax.vmap(body, spmd_axis_name=sharding.MODEL_AXIS),
+                 in_shardings=(ms, ds, ds), out_shardings=(ms, ms), donate_argnums=(0,),
+                 compiler_options=conv.compiler_options())
 
 
 def train_stacked(configs: list[ml_collections.ConfigDict], splits: list[protocols.ADSplit],
@@ -395,6 +407,16 @@ def train_stacked(configs: list[ml_collections.ConfigDict], splits: list[protoco
   and classes only, and the training sets must have one size.
   """
   t_start = time.time()
+  finished = [checkpoints.finished_info(os.path.join(w, STAGE)) is not None
+              for w in workdirs]
+  if any(finished):  # loaded alone; the others (if any) train as one program
+    loaded = {i: train(configs[i], splits[i], workdirs[i], mesh, probe=probe)
+              for i, f in enumerate(finished) if f}
+    rest = [i for i, f in enumerate(finished) if not f]
+    trained = dict(zip(rest, train_stacked(
+        [configs[i] for i in rest], [splits[i] for i in rest], [workdirs[i] for i in rest],
+        mesh, stop_after=stop_after, probe=probe) if rest else [], strict=True))
+    return [loaded.get(i) or trained[i] for i in range(len(configs))]
   keys = {stack_key(c) for c in configs}
   if len(keys) != 1:
     raise UserError("configs trained as one program may differ only in seed, "
@@ -410,11 +432,7 @@ def train_stacked(configs: list[ml_collections.ConfigDict], splits: list[protoco
   model, schedule, tx, init_fn, _ = components(config, data.size,
                                                splits[0].train_images.shape[1:], mesh)
   state = members.join([init_fn(jax.random.PRNGKey(c.seed)) for c in configs])
-  body = make_step_body(config, model, tx, schedule, data.size, mesh)
-  ms, ds = sharding.model_sharding(mesh), sharding.stacked_data_sharding(mesh)
-  step_fn = jax.jit(jax.vmap(body, spmd_axis_name=sharding.MODEL_AXIS),
-                    in_shardings=(ms, ds, ds), out_shardings=(ms, ms), donate_argnums=(0,),
-                    compiler_options=conv.compiler_options())
+  step_fn = make_stacked_train_step(config, model, tx, schedule, data.size, mesh)
   res = loop.run_members(STAGE, members, state,
                          lambda s: step_fn(s, data.images, data.is_anomaly), total=total,
                          log_every=config.train.log_every_steps,

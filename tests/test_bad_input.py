@@ -151,6 +151,8 @@ CONFIG_ROWS = [
     cfg("evaluate.knn_k=0"),
     cfg("evaluate.batch_size=0"),
     cfg("preview.num_images=0"),
+    cfg("stack.model_axis=-1"),
+    cfg("stack.classes=3.5"),
 ]
 
 # Checked against the mesh, so after JAX starts (and after the data is read).

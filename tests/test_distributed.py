@@ -152,3 +152,19 @@ def test_partial_cluster_flags_are_one_line_errors(tmp_path):
   assert out.returncode == 2
   assert out.stderr.strip().splitlines()[-1].startswith("error: --coordinator_address, "
                                                         "--num_processes and --process_id")
+
+
+def test_sigterm_on_one_process_stops_all_at_a_logged_step(monkeypatch):
+  # Over several processes the save on SIGTERM is collective, so the processes decide
+  # together, at logged steps only: there any process's flag stops every one of them.
+  from mscm_jax import loop  # pylint: disable=g-import-not-at-top
+
+  assert loop._stop_now(True, 3, 10, 50) and not loop._stop_now(False, 10, 10, 50)
+  monkeypatch.setattr(loop.jax, "process_count", lambda: 2)
+  others = {"flag": False}
+  monkeypatch.setattr(distributed, "any_process", lambda flag: flag or others["flag"])
+  assert not loop._stop_now(True, 3, 10, 50)  # between logged steps: keep stepping together
+  assert loop._stop_now(True, 10, 10, 50)
+  others["flag"] = True  # only another process got the signal
+  assert loop._stop_now(False, 20, 10, 50) and loop._stop_now(False, 50, 10, 50)
+  assert not loop._stop_now(False, 21, 10, 50)
