@@ -7,6 +7,7 @@ stage-2 detector resume, stop and report the same way.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import dataclasses
 import os
@@ -49,7 +50,7 @@ class LoopResult:
   rate: float | None  # items per second over the logged intervals (None: too few steps)
 
 
-class Members:
+class Members(abc.ABC):
   """How one trained state maps onto workdirs: one model and its own workdir (`Single`),
   or K models stacked on a leading axis, each with its own workdir (`stage1.Stacked`).
 
@@ -60,14 +61,17 @@ class Members:
   def __init__(self, workdirs: list[str]):
     self.workdirs = list(workdirs)
 
+  @abc.abstractmethod
   def split(self, state: Any) -> list[Any]:
-    raise NotImplementedError
+    """Each member's state, in workdir order."""
 
+  @abc.abstractmethod
   def join(self, parts: list[Any]) -> Any:
-    raise NotImplementedError
+    """The one state the step function takes, from the members' states."""
 
+  @abc.abstractmethod
   def scalars(self, logged: dict[str, Any]) -> list[dict[str, float]]:
-    raise NotImplementedError
+    """Each member's logged values, from the step's (host) output."""
 
 
 class Single(Members):

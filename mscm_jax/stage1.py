@@ -364,7 +364,7 @@ class Stacked(loop.Members):
     return [self._take(state, i) for i in range(len(self.workdirs))]
 
   def join(self, parts):
-    return self._stack(*parts, *[parts[0]] * self.padding)
+    return self._stack(*self.pad(parts))
 
   def pad(self, rows: list[Any]) -> list[Any]:
     return rows + [rows[0]] * self.padding
