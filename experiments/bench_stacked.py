@@ -1,44 +1,165 @@
-r"""K classes' stage 1 as one program (`stage1.train_stacked`) against K separate runs.
+r"""K classes as one program (`stack.classes`) against K separate runs: every part.
 
   python experiments/bench_stacked.py --preset=cpu --classes=3 --steps=10
 
-Times, in one process: the compile and the steady-state step of one model's step
-(`stage1.make_train_step`, what each of K separate runs compiles and runs), and of the
-stacked step over K models (`stage1.make_stacked_train_step`, vmapped over a `model`
-mesh axis). K separate runs pay K compiles (one per process) and K steps per step; the
-stacked run pays one compile and one (K-wide) step. Random uint8 images stand in for
-the data (the step's cost does not depend on pixel values). Appends a JSON line to
+Times, in one process, what K separate runs pay against what one stacked run pays
+(`--within_group`: how a group of devices runs its members, `stack.within_group`):
+  stage1      compile and steady-state step of one model's step
+              (`stage1.make_train_step`) x K, against the step vmapped over K models
+              (`stage1.make_stacked_train_step`, split over a `model` mesh axis);
+  stage2      the same for the detectors (`stage2.make_train_step` x K against
+              `stage2.make_stacked_train_step`), on random detector inputs of the
+              preset's shapes;
+  evaluation  every score of --test_images images (the frozen read, the detectors'
+              distances, the embedding), compile included as a run pays it:
+              `scoring.Scorer` x K against `scoring.MemberScorers`, which reads the
+              shared test split once for all K.
+Random images and untrained networks stand in for the data and stage 1 (the cost does
+not depend on the values). One JSON line per part goes to
 experiments/results/bench_stacked.jsonl.
 """
 
-import json
 import os
 import platform
+import sys
 import time
 
 from absl import app, flags
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import rows  # noqa: E402  (experiments/rows.py, beside this script)
+
 _PRESET = flags.DEFINE_string("preset", "cpu", "config preset: cpu, smoke or full")
 _K = flags.DEFINE_integer("classes", 3, "models trained at once")
 _STEPS = flags.DEFINE_integer("steps", 10, "timed steps after the compile step")
+_TEST = flags.DEFINE_integer("test_images", 2000, "images scored in the evaluation part")
+_PARTS = flags.DEFINE_list("parts", ["stage1", "stage2", "evaluation"], "what to time")
 _MODEL_AXIS = flags.DEFINE_integer("model_axis", 0, "model mesh axis (0: the largest "
                                    "divisor of the device count that is <= classes)")
+_WITHIN = flags.DEFINE_enum("within_group", "vmap", ["vmap", "sequential"],
+                            "stack.within_group: how a device group runs its members")
 _OUT = flags.DEFINE_string("out", os.path.join(os.path.dirname(__file__), "results",
                                                "bench_stacked.jsonl"), "JSONL to append to")
+N_TRAIN = 5000  # one CIFAR-10 class
 
 
-def _time(step, state, images, flags_, steps):
+def _time(step, state, data, steps):
   import jax  # pylint: disable=g-import-not-at-top
 
   t0 = time.time()
-  state, logged = step(state, images, flags_)
+  state, logged = step(state, *data)
   jax.block_until_ready(logged)
   compile_s = time.time() - t0
   t0 = time.time()
   for _ in range(steps):
-    state, logged = step(state, images, flags_)
+    state, logged = step(state, *data)
   jax.block_until_ready(logged)
   return compile_s, (time.time() - t0) / steps
+
+
+def _stage1(c, k, mesh, model_mesh, images):
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from mscm_jax import loop, stage1  # pylint: disable=g-import-not-at-top
+  from mscm_jax.data import device  # pylint: disable=g-import-not-at-top
+
+  flags_ = [np.zeros(N_TRAIN, bool)] * k
+  parts = stage1.components(c, N_TRAIN, (32, 32, 3), mesh)
+  data = device.put_on_device(images[0], flags_[0], mesh)
+  one = _time(parts.step_fn, parts.init_fn(jax.random.PRNGKey(0)),
+              (data.images, data.is_anomaly), _STEPS.value)
+  del data
+  members = loop.Stacked([f"m{i}" for i in range(k)], model_mesh)
+  stacked = device.put_stacked(members.pad(images), members.pad(flags_), model_mesh)
+  sparts = stage1.components(c, N_TRAIN, (32, 32, 3), model_mesh)
+  state = members.join([sparts.init_fn(jax.random.PRNGKey(i)) for i in range(k)])
+  step = stage1.make_stacked_train_step(c, sparts.model, sparts.tx, sparts.schedule, N_TRAIN,
+                                        model_mesh)
+  return one, _time(step, state, (stacked.images, stacked.is_anomaly), _STEPS.value)
+
+
+def _detector_inputs(c, n, seed):
+  """Random detector inputs of the preset's shapes ({detector: [n, h, w, c]})."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from mscm_jax import frozen, stage2  # pylint: disable=g-import-not-at-top
+  from mscm_jax.models.detector import deviation_input  # pylint: disable=g-import-not-at-top
+
+  model = frozen.frozen_model(c)
+
+  def shapes(x):
+    out = model.apply(model.init(jax.random.PRNGKey(0), x, train=False), x, train=False)
+    return {name: deviation_input(out["features"][s], out["readout"][s], kind)
+            for name, (s, kind) in stage2.detectors(c).items()}
+
+  rng = np.random.default_rng(seed)
+  return {name: rng.normal(size=(n,) + v.shape[1:]).astype(np.float32)
+          for name, v in jax.eval_shape(shapes, jnp.zeros((1, 32, 32, 3))).items()}
+
+
+def _stage2(c, k, mesh, model_mesh):
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from mscm_jax import loop, sharding, stage2  # pylint: disable=g-import-not-at-top
+
+  inputs = [_detector_inputs(c, N_TRAIN, i) for i in range(k)]
+  flags_ = np.zeros(N_TRAIN, bool)
+  detector = stage2.build_detector(c)
+  total, _ = stage2.num_steps(c, N_TRAIN)
+  tx, schedule = stage2.build_optimizer(c, total)
+  spec = sharding.data_sharding(mesh)
+  maps = {s: jax.device_put(sharding.pad_to_multiple(m, mesh.devices.size), spec)
+          for s, m in inputs[0].items()}
+  flags_one = jax.device_put(sharding.pad_to_multiple(flags_, mesh.devices.size), spec)
+  one = _time(stage2.make_train_step(c, detector, tx, schedule, N_TRAIN, mesh),
+              stage2.init_state(c, detector, tx, inputs[0], mesh), (maps, flags_one),
+              _STEPS.value)
+  del maps
+  members = loop.Stacked([f"m{i}" for i in range(k)], model_mesh)
+  n_data, sspec = sharding.data_axis_size(model_mesh), sharding.stacked_data_sharding(model_mesh)
+
+  def put(parts):
+    return jax.device_put(np.stack(members.pad([sharding.pad_to_multiple(p, n_data)
+                                                for p in parts])), sspec)
+
+  stacked = {s: put([x[s] for x in inputs]) for s in inputs[0]}
+  state = stage2.init_members([c] * k, detector, tx, inputs, model_mesh)
+  step = stage2.make_stacked_train_step(c, detector, tx, schedule, N_TRAIN, model_mesh)
+  return one, _time(step, state, (stacked, put([flags_] * k)), _STEPS.value)
+
+
+def _evaluation(c, k, mesh, model_mesh, test):
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from mscm_jax import scoring, stage1, stage2  # pylint: disable=g-import-not-at-top
+
+  def scorer(m, seed):
+    parts = stage1.components(c, N_TRAIN, (32, 32, 3), m)
+    s1 = stage1.Stage1Result(parts.init_fn(jax.random.PRNGKey(seed)), parts.model, 0, None,
+                             None, 0.0)
+    detector = stage2.build_detector(c)
+    tx, _ = stage2.build_optimizer(c, 1)
+    state = stage2.init_state(c, detector, tx, _detector_inputs(c, 64, seed), m)
+    names = stage2.detectors(c)
+    norm = {"mscm": {n: [0.0, 1.0] for n in names},
+            "deviation": {s: [0.0, 1.0] for s in stage2.deviation_weights(c)}}
+    return scoring.Scorer(c, s1, stage2.Stage2Result(state, detector, 0, norm, 0.0))
+
+  alone = [scorer(mesh, i) for i in range(k)]
+  t0 = time.time()
+  for s in alone:
+    s.scores(test)
+    s.embedding(test)
+  separate = time.time() - t0
+  members = scoring.MemberScorers([scorer(model_mesh, i) for i in range(k)], model_mesh)
+  t0 = time.time()
+  members.scores_and_read(test)
+  members.embedding(test)
+  return separate, time.time() - t0
 
 
 def main(_):
@@ -46,45 +167,46 @@ def main(_):
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   from mscm_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  from mscm_jax import sharding, stage1  # pylint: disable=g-import-not-at-top
-  from mscm_jax.data import device  # pylint: disable=g-import-not-at-top
+  from mscm_jax import sharding  # pylint: disable=g-import-not-at-top
 
-  c = config_lib.validate(config_lib.apply_preset(
-      config_lib.base_config(), "" if _PRESET.value == "full" else _PRESET.value))
-  k, n = _K.value, 5000
+  c = config_lib.apply_preset(config_lib.base_config(),
+                              "" if _PRESET.value == "full" else _PRESET.value)
+  c.stack.within_group = _WITHIN.value
+  config_lib.validate(c)
+  k = _K.value
   rng = np.random.default_rng(0)
-  images = [rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8) for _ in range(k)]
-  flags_ = [np.zeros(n, bool)] * k
-
   mesh = sharding.make_mesh(c.train.num_devices)
-  parts = stage1.components(c, n, (32, 32, 3), mesh)
-  data = device.put_on_device(images[0], flags_[0], mesh)
-  one_compile, one_step = _time(parts.step_fn, parts.init_fn(jax.random.PRNGKey(0)),
-                                data.images, data.is_anomaly, _STEPS.value)
-  del data
-
   axis = _MODEL_AXIS.value or sharding.default_model_axis(mesh.devices.size, k)
   model_mesh = sharding.make_model_mesh(axis, c.train.num_devices)
-  members = stage1.Stacked([f"m{i}" for i in range(k)], model_mesh)
-  stacked = device.put_stacked(members.pad(images), members.pad(flags_), model_mesh)
-  sparts = stage1.components(c, n, (32, 32, 3), model_mesh)
-  state = members.join([sparts.init_fn(jax.random.PRNGKey(i)) for i in range(k)])
-  step = stage1.make_stacked_train_step(c, sparts.model, sparts.tx, sparts.schedule, n,
-                                        model_mesh)
-  k_compile, k_step = _time(step, state, stacked.images, stacked.is_anomaly, _STEPS.value)
-  row = {
-      "preset": _PRESET.value, "classes": k, "batch_size": c.train.batch_size,
-      "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
-      "mesh": dict(model_mesh.shape), "host": f"{platform.machine()} {os.cpu_count()} cpus",
-      "separate_compile_s": round(k * one_compile, 1), "stacked_compile_s": round(k_compile, 1),
-      "separate_step_s": round(k * one_step, 4), "stacked_step_s": round(k_step, 4),
-      "compile_ratio": round(k_compile / (k * one_compile), 3),
-      "step_ratio": round(k_step / (k * one_step), 3), "steps": _STEPS.value,
-  }
-  print(json.dumps(row))
-  os.makedirs(os.path.dirname(_OUT.value), exist_ok=True)
-  with open(_OUT.value, "a") as f:
-    f.write(json.dumps(row) + "\n")
+  base = {"preset": _PRESET.value, "classes": k,
+          "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+          "mesh": dict(model_mesh.shape), "within_group": _WITHIN.value,
+          "host": f"{platform.machine()} {os.cpu_count()} cpus"}
+  for part in _PARTS.value:
+    if part in ("stage1", "stage2"):
+      if part == "stage1":
+        images = [rng.integers(0, 256, (N_TRAIN, 32, 32, 3), dtype=np.uint8)
+                  for _ in range(k)]
+        (one_compile, one_step), (k_compile, k_step) = _stage1(c, k, mesh, model_mesh, images)
+        batch = c.train.batch_size
+      else:
+        (one_compile, one_step), (k_compile, k_step) = _stage2(c, k, mesh, model_mesh)
+        batch = c.stage2.batch_size
+      row = {**base, "part": part, "batch_size": batch,
+             "separate_compile_s": round(k * one_compile, 1),
+             "stacked_compile_s": round(k_compile, 1),
+             "separate_step_s": round(k * one_step, 4), "stacked_step_s": round(k_step, 4),
+             "compile_ratio": round(k_compile / (k * one_compile), 3),
+             "step_ratio": round(k_step / (k * one_step), 3), "steps": _STEPS.value}
+    elif part == "evaluation":
+      test = rng.integers(0, 256, (_TEST.value, 32, 32, 3), dtype=np.uint8)
+      separate, stacked = _evaluation(c, k, mesh, model_mesh, test)
+      row = {**base, "part": part, "test_images": _TEST.value,
+             "separate_s": round(separate, 1), "stacked_s": round(stacked, 1),
+             "ratio": round(stacked / separate, 3)}
+    else:
+      raise app.UsageError(f"--parts: {part!r} is not stage1, stage2 or evaluation")
+    rows.emit(row, _OUT.value)
 
 
 if __name__ == "__main__":

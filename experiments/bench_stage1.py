@@ -9,12 +9,15 @@ values). Prints compile time and steady-state views/s, and appends a JSON line t
 experiments/results/bench_stage1.jsonl.
 """
 
-import json
 import os
 import platform
+import sys
 import time
 
 from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import rows  # noqa: E402  (experiments/rows.py, beside this script)
 
 _PRESET = flags.DEFINE_string("preset", "cpu", "config preset: cpu, smoke or full")
 _BATCH = flags.DEFINE_integer("batch_size", 0, "override train.batch_size (0: the preset's)")
@@ -75,10 +78,7 @@ def main(_):
       "step_s": round(dt / _STEPS.value, 4), "views_per_s": round(views, 1),
       "loss_after": float(logged["loss"]),
   }
-  print(json.dumps(row))
-  os.makedirs(os.path.dirname(_OUT.value), exist_ok=True)
-  with open(_OUT.value, "a") as f:
-    f.write(json.dumps(row) + "\n")
+  rows.emit(row, _OUT.value)
 
 
 if __name__ == "__main__":

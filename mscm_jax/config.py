@@ -18,6 +18,7 @@ from mscm_jax.names import DEVIATIONS, MEMORY_MODES, MEMORY_TRAIN, SCALES
 SETTINGS = ("oneclass", "unbalanced")
 OPTIMIZERS = ("lars", "sgd", "adam")
 DTYPES = ("float32", "bfloat16")
+WITHIN_GROUP = ("vmap", "sequential")
 PRESETS = ("", "full", "cpu", "cpu_long", "smoke")
 STOP_AFTER = ("", "data", "stage1", "stage2")
 
@@ -139,6 +140,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.stack = ml_collections.ConfigDict()
   c.stack.classes = _any(())
   c.stack.model_axis = 0
+  # How a device group trains its several members: "vmap" (vectorised: one wide step) or
+  # "sequential" (one member after another inside the one program, `lax.map`: one
+  # member's activations in memory at a time, for models too large to vectorise). On
+  # this CPU (experiments/results/bench_stacked.md) vmap's stage-1 step is 1.36x three
+  # separate steps and sequential's 2.59x (XLA:CPU runs the step 2.4x slower inside a
+  # loop, even for one member); for the stage-2 detectors sequential is 1.05x and vmap
+  # 1.33x. Stage 1 dominates, so vmap is the default.
+  c.stack.within_group = "vmap"
   return c
 
 
@@ -422,6 +431,7 @@ def validate(c: ml_collections.ConfigDict,
   _check_int("evaluate.batch_size", e.batch_size, 1)
   _check_int("preview.num_images", c.preview.num_images, 1)
   _check_int("stack.model_axis", c.stack.model_axis, 0)
+  _check_choice("stack.within_group", c.stack.within_group, WITHIN_GROUP)
   classes = c.stack.classes
   if isinstance(classes, str) and classes not in ("", "all"):
     classes = (classes,)

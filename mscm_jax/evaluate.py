@@ -25,17 +25,39 @@ from absl import logging
 from mscm_jax import knn, metrics, stage2
 from mscm_jax.data import protocols
 from mscm_jax.names import HEADLINE
-from mscm_jax.scoring import Scorer
+from mscm_jax.scoring import MemberScorers, Scorer
 
 
 
 def compute_scores(config: ml_collections.ConfigDict, split: protocols.ADSplit,
                    scorer: Scorer) -> dict[str, Any]:
   """{'scores': {name: [M] float64}, 'maps': {scale: [M, h, w] deviation maps}}."""
-  k = config.evaluate.knn_k
   scores, test = scorer.scores_and_read(split.test_images)
   normal = ~split.train_is_anomaly
-  bank = scorer.embedding(split.train_images[normal])
+  return _with_knn(config, split, scores, test,
+                   scorer.embedding(split.train_images[normal]))
+
+
+def compute_scores_members(configs: Sequence[ml_collections.ConfigDict],
+                           splits: Sequence[protocols.ADSplit],
+                           scorers: MemberScorers) -> list[dict[str, Any]]:
+  """`compute_scores` of K members, their models run as one program. A test split that
+  every member shares (the one-class protocols') is read once for all."""
+  first = splits[0].test_images
+  shared = all(s.test_images is first or (s.test_images.shape == first.shape
+                                           and np.array_equal(s.test_images, first))
+               for s in splits)
+  tests = scorers.scores_and_read(first if shared else [s.test_images for s in splits])
+  banks = scorers.embedding([s.train_images[~s.train_is_anomaly] for s in splits])
+  return [_with_knn(c, split, scores, test, bank) for c, split, (scores, test), bank
+          in zip(configs, splits, tests, banks, strict=True)]
+
+
+def _with_knn(config, split, scores, test, bank) -> dict[str, Any]:
+  """The k-NN scores added: the embedding's against `bank` (the normal training
+  images'), and the raw pixels'."""
+  k = config.evaluate.knn_k
+  normal = ~split.train_is_anomaly
   scores["knn"] = knn.knn_scores(bank, test["embedding"], k=min(k, len(bank)))
   scores["pixel_knn"] = knn.knn_scores(split.train_images[normal], split.test_images,
                                        k=min(k, int(normal.sum())), center=True)

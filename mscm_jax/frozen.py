@@ -12,9 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.sharding import Mesh
 
 from mscm_jax import sharding
 from mscm_jax.data import augment, device
@@ -60,10 +62,41 @@ def outputs(model: AnoMem, state: Any, images: np.ndarray,
                         sharding.mesh_of(state.params))
 
 
+def stack_variables(states: Sequence[Any], mesh: Mesh) -> dict[str, Any]:
+  """What the frozen read needs of K stage-1 states (parameters and BatchNorm
+  statistics, not the optimiser), stacked over `model`."""
+  return sharding.stack([{"params": s.params, "batch_stats": s.batch_stats} for s in states],
+                        mesh)
+
+
+def member_outputs(model: AnoMem, states: Any, images: np.ndarray | list[np.ndarray],
+                   select: Callable[[dict[str, Any]], Any], mesh: Mesh, k: int,
+                   batch_size: int = 500) -> list[Any]:
+  """`outputs` of K stage-1 states stacked over `model` (`stack_variables`), as one
+  program: each member on its own images (a list of K arrays) or all on the same ones
+  (one array, e.g. the test split that every one-class protocol shares)."""
+
+  def apply(variables, batch):
+    out = model.apply(variables, augment.to_float(batch), train=False)
+    return select(out)
+
+  n = len(images) if not isinstance(images, list) else max(len(x) for x in images)
+  return device.map_members(apply, states, images, min(batch_size, n), mesh, k)
+
+
+def _embedding(out: dict[str, Any]) -> jax.Array:
+  return out["embedding"].astype(jnp.float32)
+
+
 def embed(model: AnoMem, state: Any, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
   """The final embedding of every image, float32."""
-  return outputs(model, state, images, lambda out: out["embedding"].astype(jnp.float32),
-                 batch_size)
+  return outputs(model, state, images, _embedding, batch_size)
+
+
+def embed_members(model: AnoMem, states: Any, images: np.ndarray | list[np.ndarray],
+                  mesh: Mesh, k: int, batch_size: int = 500) -> list[np.ndarray]:
+  """`embed` of K stacked states (`member_outputs`)."""
+  return member_outputs(model, states, images, _embedding, mesh, k, batch_size)
 
 
 def map_kind(deviation: str) -> str:
@@ -71,6 +104,35 @@ def map_kind(deviation: str) -> str:
   'euclidean' when the detector reads it, else 1 - cos (also for 'similarity', its
   upside-down twin, and for f - r)."""
   return "euclidean" if "euclidean" in deviation.split("+") else "cosine"
+
+
+def _reader(model: AnoMem, scales: Sequence[str], kind: str,
+            inputs: dict[str, tuple[str, str]] | None) -> Callable[[dict[str, Any]], Any]:
+  """What `read` selects from the model's outputs."""
+  inputs = dict(inputs or {})
+  wanted = set(scales) | {s for s, _ in inputs.values()}
+  missing = [s for s in wanted if s not in model.memory_scales]
+  if missing:
+    raise ValueError(f"scales {sorted(missing)} have no memory (memory.scales="
+                     f"{tuple(model.memory_scales)})")
+
+  def select(out):
+    f, r = out["features"], out["readout"]
+    result = {"embedding": _embedding(out), "deviation": {}, "maps": {}}
+    for s in scales:
+      d = deviation_input(f[s], r[s], map_kind(kind))
+      result["deviation"][s] = jnp.mean(d, axis=(1, 2, 3))
+      result["maps"][s] = d[..., 0]
+    result["inputs"] = {name: deviation_input(f[s], r[s], k)
+                        for name, (s, k) in inputs.items()}
+    return result
+
+  return select
+
+
+def _read_done(out: dict[str, Any]) -> dict[str, Any]:
+  out["deviation"] = {s: v.astype(np.float64) for s, v in out["deviation"].items()}
+  return out
 
 
 def read(model: AnoMem, state: Any, images: np.ndarray, scales: Sequence[str], *,
@@ -83,27 +145,18 @@ def read(model: AnoMem, state: Any, images: np.ndarray, scales: Sequence[str], *
     ({name: (scale, input kind)});
   'embedding': [N, C], the final embedding.
   """
-  inputs = dict(inputs or {})
-  wanted = set(scales) | {s for s, _ in inputs.values()}
-  missing = [s for s in wanted if s not in model.memory_scales]
-  if missing:
-    raise ValueError(f"scales {sorted(missing)} have no memory (memory.scales="
-                     f"{tuple(model.memory_scales)})")
+  return _read_done(outputs(model, state, images, _reader(model, scales, kind, inputs),
+                            batch_size))
 
-  def select(out):
-    f, r = out["features"], out["readout"]
-    result = {"embedding": out["embedding"].astype(jnp.float32), "deviation": {}, "maps": {}}
-    for s in scales:
-      d = deviation_input(f[s], r[s], map_kind(kind))
-      result["deviation"][s] = jnp.mean(d, axis=(1, 2, 3))
-      result["maps"][s] = d[..., 0]
-    result["inputs"] = {name: deviation_input(f[s], r[s], k)
-                        for name, (s, k) in inputs.items()}
-    return result
 
-  out = outputs(model, state, images, select, batch_size)
-  out["deviation"] = {s: v.astype(np.float64) for s, v in out["deviation"].items()}
-  return out
+def read_members(model: AnoMem, states: Any, images: np.ndarray | list[np.ndarray],
+                 scales: Sequence[str], mesh: Mesh, k: int, *, kind: str = "cosine",
+                 inputs: dict[str, tuple[str, str]] | None = None,
+                 batch_size: int = 500) -> list[dict[str, Any]]:
+  """`read` of K stacked states as one program (`member_outputs`): one dict per member."""
+  return [_read_done(o) for o in member_outputs(model, states, images,
+                                                _reader(model, scales, kind, inputs),
+                                                mesh, k, batch_size)]
 
 
 def deviation_maps(model: AnoMem, state: Any, images: np.ndarray, scales: Sequence[str],

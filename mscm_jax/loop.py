@@ -20,11 +20,11 @@ import jax
 import numpy as np
 from absl import logging
 
-from mscm_jax import checkpoints, distributed, monitoring
+from mscm_jax import checkpoints, distributed, monitoring, sharding
 from mscm_jax.errors import CheckpointError, Interrupted, NonFiniteError
 
 __all__ = ["Interrupted", "LoopResult", "Members", "MembersResult", "NonFiniteError", "Single",
-           "run", "run_members", "sigterm_flag"]
+           "Stacked", "run", "run_members", "sigterm_flag"]
 
 
 @contextlib.contextmanager
@@ -86,6 +86,30 @@ class Single(Members):
 
   def scalars(self, logged):
     return [logged]
+
+
+class Stacked(Members):
+  """K states stacked on a leading axis split over `model`, each member with its own
+  workdir. A member's state, as its checkpoints hold it, is replicated over the mesh.
+  When K does not divide by the model axis, copies of member 0 pad the stack (they train
+  alongside, and nothing of them is saved or logged)."""
+
+  def __init__(self, workdirs: list[str], mesh: jax.sharding.Mesh):
+    super().__init__(workdirs)
+    self.mesh = mesh
+    self.padding = sharding.stack_padding(len(workdirs), mesh)
+
+  def split(self, state):
+    return sharding.unstack(state, self.mesh, len(self.workdirs))
+
+  def join(self, parts):
+    return sharding.stack(parts, self.mesh)
+
+  def pad(self, rows: list[Any]) -> list[Any]:
+    return rows + [rows[0]] * self.padding
+
+  def scalars(self, logged):
+    return [{k: float(v[i]) for k, v in logged.items()} for i in range(len(self.workdirs))]
 
 
 def run(name: str, workdir: str, state: Any, step_fn: Callable[[Any], tuple[Any, dict]], *,

@@ -24,7 +24,7 @@ from mscm_jax import config as config_lib
 from mscm_jax import workdir as workdir_lib
 from mscm_jax.data import augment, device, protocols, sources
 from mscm_jax.errors import ConfigError
-from mscm_jax.scoring import Scorer
+from mscm_jax.scoring import MemberScorers, Scorer
 
 
 def load_split(config: ml_collections.ConfigDict) -> protocols.ADSplit:
@@ -129,9 +129,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
 def run_classes(config: ml_collections.ConfigDict, root: str, *,
                 discard_stale: bool = False) -> dict[str, dict[str, Any]]:
   """`run` for each class of `stack.classes` ('all' or names / indices) as the normal
-  class, in `root/<class>/`, with their stage 1 trained as one program
-  (`stage1.train_stacked`). Each workdir reads as that class's own `run`, and is
-  interchangeable with it (the identities are the same). Returns {class: results}."""
+  class, in `root/<class>/`, with their stage 1, stage 2 and evaluation each run as
+  one program over a (model, data) mesh (`stage1.train_stacked`,
+  `stage2.train_members`, `evaluate.compute_scores_members`). Each workdir reads as
+  that class's own `run`, and is interchangeable with it (the identities are the same).
+  Returns {class: results}."""
   config_lib.validate(config)
   root = workdir_lib.prepare(root)
   names = sources.class_names(config.dataset)
@@ -159,22 +161,54 @@ def run_classes(config: ml_collections.ConfigDict, root: str, *,
     return {names[k]: _finish(r.workdir, r.summary, r.seconds, "data")
             for k, r in zip(chosen, runs, strict=True)}
   if todo:
-    t = time.time()
-    for r in todo:
-      _record(r.workdir, r.plan["stage1"])
-    model_mesh = sharding.make_model_mesh(
-        config.stack.model_axis or sharding.default_model_axis(mesh.devices.size, len(todo)),
-        config.train.num_devices)
-    logging.info("Stage 1 of %d classes as one program on a %s mesh", len(todo),
-                 dict(model_mesh.shape))
-    s1s = stage1.train_stacked([r.config for r in todo], [r.split for r in todo],
-                               [r.workdir for r in todo], model_mesh)
-    elapsed = time.time() - t
-    for r, s1 in zip(todo, s1s, strict=True):
-      # Stage 2 and the evaluation of each class run on the plain data mesh.
-      s1.state = jax.device_put(s1.state, sharding.replicated(mesh))
-      r.done = _after_stage1(r, s1, mesh, elapsed)
+    _train_members(config, todo, mesh)
   return {names[k]: r.done for k, r in zip(chosen, runs, strict=True)}
+
+
+def _train_members(config: ml_collections.ConfigDict, todo: list[_Run], mesh) -> None:
+  """Stage 1, stage 2 and the evaluation of the unfinished classes, each as one program
+  over a (model, data) mesh; sets each run's `done`."""
+  model_mesh = sharding.make_model_mesh(
+      config.stack.model_axis or sharding.default_model_axis(mesh.devices.size, len(todo)),
+      config.train.num_devices)
+  t = time.time()
+  for r in todo:
+    _record(r.workdir, r.plan["stage1"])
+  logging.info("Stage 1 of %d classes as one program on a %s mesh", len(todo),
+               dict(model_mesh.shape))
+  s1s = stage1.train_stacked([r.config for r in todo], [r.split for r in todo],
+                             [r.workdir for r in todo], model_mesh)
+  elapsed = time.time() - t
+  runs = []
+  for r, s1 in zip(todo, s1s, strict=True):
+    r.done = _stage1_done(r, s1, elapsed)
+    if r.done is None:
+      runs.append((r, s1))
+  if not runs:
+    return
+  t = time.time()
+  for r, _ in runs:
+    _record(r.workdir, r.plan["stage2"])
+  logging.info("Stage 2 of %d classes as one program", len(runs))
+  s2s = stage2.train_members([r.config for r, _ in runs], [r.split for r, _ in runs],
+                             [r.workdir for r, _ in runs], model_mesh,
+                             [s1 for _, s1 in runs])
+  elapsed = time.time() - t
+  scorers = []
+  for (r, s1), s2 in zip(runs, s2s, strict=True):
+    r.done = _stage2_done(r, s2, elapsed)
+    if r.done is None:
+      scorers.append((r, Scorer(r.config, s1, s2)))
+  if not scorers:
+    return
+  t = time.time()
+  logging.info("Evaluation of %d classes as one program: every score on the test images",
+               len(scorers))
+  outs = evaluate.compute_scores_members(
+      [r.config for r, _ in scorers], [r.split for r, _ in scorers],
+      MemberScorers([s for _, s in scorers], model_mesh))
+  for (r, _), out in zip(scorers, outs, strict=True):
+    r.done = _evaluated(r, out, t)
 
 
 def class_config(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
@@ -250,31 +284,52 @@ def _begin(r: _Run, mesh, t: float) -> device.DeviceDataset | None:
 def _after_stage1(r: _Run, s1: stage1.Stage1Result, mesh, stage1_seconds: float
                   ) -> dict[str, Any]:
   """Stage 2 and the evaluation of one workdir, given its stage 1; its results."""
-  config, split, workdir, summary, seconds = r.config, r.split, r.workdir, r.summary, r.seconds
-  seconds["stage1"] = stage1_seconds
-  summary["stage1"] = {"steps": s1.steps, "probe_knn_auroc": s1.probe_auroc,
-                       "probe_untrained_knn_auroc": s1.probe_untrained_auroc,
-                       "views_per_second": s1.views_per_second}
-  logging.info("Stage 1: %s", json.dumps(summary["stage1"]))
-  if config.stop_after == "stage1":
-    return _finish(workdir, summary, seconds, "stage1")
-
+  done = _stage1_done(r, s1, stage1_seconds)
+  if done is not None:
+    return done
   t = time.time()
-  _record(workdir, r.plan["stage2"])
-  s2 = stage2.train(config, split, workdir, mesh, s1)
-  seconds["stage2"] = time.time() - t
+  _record(r.workdir, r.plan["stage2"])
+  s2 = stage2.train(r.config, r.split, r.workdir, mesh, s1)
+  done = _stage2_done(r, s2, time.time() - t)
+  if done is not None:
+    return done
+  t = time.time()
+  logging.info("Evaluation: every score on the %d test images", r.split.n_test)
+  out = evaluate.compute_scores(r.config, r.split, Scorer(r.config, s1, s2))
+  return _evaluated(r, out, t)
+
+
+def _stage1_done(r: _Run, s1: stage1.Stage1Result, seconds: float) -> dict[str, Any] | None:
+  """Stage 1 in the summary; the run's end when it stops there."""
+  r.seconds["stage1"] = seconds
+  r.summary["stage1"] = {"steps": s1.steps, "probe_knn_auroc": s1.probe_auroc,
+                         "probe_untrained_knn_auroc": s1.probe_untrained_auroc,
+                         "views_per_second": s1.views_per_second}
+  logging.info("Stage 1: %s", json.dumps(r.summary["stage1"]))
+  if r.config.stop_after == "stage1":
+    return _finish(r.workdir, r.summary, r.seconds, "stage1")
+  return None
+
+
+def _stage2_done(r: _Run, s2: stage2.Stage2Result, seconds: float) -> dict[str, Any] | None:
+  """Stage 2 in the summary; the run's end when it stops there (or has no test images)."""
+  config = r.config
+  r.seconds["stage2"] = seconds
   detectors = {name: list(v) for name, v in stage2.detectors(config).items()}
-  summary["stage2"] = {"steps": s2.steps, "detectors": detectors,
-                       "weights": stage2.detector_weights(config),
-                       "deviation_scales": list(stage2.deviation_weights(config)),
-                       "norm": s2.norm}
-  if config.stop_after == "stage2" or split.n_test == 0:
-    return _finish(workdir, summary, seconds, "stage2")
+  r.summary["stage2"] = {"steps": s2.steps, "detectors": detectors,
+                         "weights": stage2.detector_weights(config),
+                         "deviation_scales": list(stage2.deviation_weights(config)),
+                         "norm": s2.norm}
+  if config.stop_after == "stage2" or r.split.n_test == 0:
+    return _finish(r.workdir, r.summary, r.seconds, "stage2")
+  return None
 
-  t = time.time()
+
+def _evaluated(r: _Run, out: dict[str, Any], t: float) -> dict[str, Any]:
+  """Metrics, report and results.json of one workdir from its scores (`out` of
+  `evaluate.compute_scores`, whose clock started at `t`)."""
+  config, split, workdir, summary = r.config, r.split, r.workdir, r.summary
   writer = distributed.is_writer()
-  logging.info("Evaluation: every score on the %d test images", split.n_test)
-  out = evaluate.compute_scores(config, split, Scorer(config, s1, s2))
   summary["scores"] = evaluate.score_metrics(out["scores"], split.test_is_anomaly)
   if config.evaluate.report and writer:
     from mscm_jax import report  # pylint: disable=g-import-not-at-top
@@ -282,8 +337,8 @@ def _after_stage1(r: _Run, s1: stage1.Stage1Result, mesh, stage1_seconds: float
                                 split.test_is_anomaly, split.test_images, out["maps"],
                                 rank_by="mscm")
     summary["report"] = sorted(os.path.relpath(p, workdir) for p in paths)
-  seconds["evaluation"] = time.time() - t
-  summary["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
+  r.seconds["evaluation"] = time.time() - t
+  summary["seconds"] = {k: round(v, 1) for k, v in r.seconds.items()}
   summary["identity"] = r.plan["evaluation"].fingerprint
   summary["identities"] = {k: v.fingerprint for k, v in r.plan.items()}
   if writer:

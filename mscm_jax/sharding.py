@@ -4,9 +4,11 @@ which the models' stacked states and data are split."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -49,6 +51,32 @@ def default_model_axis(num_devices: int, num_models: int) -> int:
   return max(d for d in range(1, min(num_devices, num_models) + 1) if num_devices % d == 0)
 
 
+def over_members(body, mesh: Mesh, within_group: str = "vmap"):
+  """`body` (one member's function) over K stacked members: vmapped across the `model`
+  groups of devices, and within a group either vmapped too ("vmap": one wide
+  computation) or run member after member ("sequential": `lax.map`, one member's
+  activations at a time). The leading axis of every argument and output is the member
+  axis (its size a multiple of the model axis: `stack`)."""
+  if within_group == "vmap":
+    return jax.vmap(body, spmd_axis_name=MODEL_AXIS)
+  groups = mesh.shape[MODEL_AXIS]
+
+  def one_group(*args):
+    return jax.lax.map(lambda member: body(*member), args)
+
+  if groups == 1:
+    return one_group
+
+  def fn(*args):
+    # [K] -> [groups, K / groups]: `stack` puts group g's members in block g, so the
+    # reshape keeps every member on its devices.
+    split = jax.tree.map(lambda x: x.reshape((groups, -1) + x.shape[1:]), args)
+    out = jax.vmap(one_group, spmd_axis_name=MODEL_AXIS)(*split)
+    return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), out)
+
+  return fn
+
+
 def data_axis_size(mesh: Mesh) -> int:
   """How many devices split one model's batch."""
   return mesh.shape[DATA_AXIS]
@@ -70,6 +98,36 @@ def mesh_of(tree: Any) -> Mesh | None:
   leaves = jax.tree.leaves(tree)
   s = getattr(leaves[0], "sharding", None) if leaves else None
   return s.mesh if isinstance(s, NamedSharding) and s.mesh.size > 1 else None
+
+
+def stack_padding(k: int, mesh: Mesh) -> int:
+  """How many copies of member 0 pad K stacked members to a multiple of the model axis."""
+  return -k % mesh.shape[MODEL_AXIS]
+
+
+def stack(trees: list[Any], mesh: Mesh) -> Any:
+  """K pytrees of one structure as one, stacked on a leading axis split over `model`,
+  padded with copies of the first to a multiple of the model axis."""
+  trees = list(trees) + [trees[0]] * stack_padding(len(trees), mesh)
+  return _stack_fn(mesh)(*trees)
+
+
+def unstack(tree: Any, mesh: Mesh, k: int) -> list[Any]:
+  """The first `k` members of a stacked pytree, each replicated over the mesh."""
+  take = _take_fn(mesh)
+  return [take(tree, i) for i in range(k)]
+
+
+@functools.lru_cache(maxsize=None)
+def _stack_fn(mesh: Mesh):
+  return jax.jit(lambda *parts: jax.tree.map(lambda *xs: jnp.stack(xs), *parts),
+                 out_shardings=model_sharding(mesh))
+
+
+@functools.lru_cache(maxsize=None)
+def _take_fn(mesh: Mesh):
+  return jax.jit(lambda tree, i: jax.tree.map(lambda x: x[i], tree),
+                 out_shardings=replicated(mesh))
 
 
 def data_sharding(mesh: Mesh) -> NamedSharding:

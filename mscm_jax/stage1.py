@@ -191,7 +191,8 @@ def make_update(config: ml_collections.ConfigDict, model: AnoMem, tx,
 def make_step_body(config: ml_collections.ConfigDict, model: AnoMem, tx,
                    schedule: optax.Schedule, data_size: int, mesh) -> Callable:
   """The step, unjitted: draw the batch by index, augment twice, then `make_update`'s
-  update. `make_train_step` jits it for one model; a stacked program vmaps it over K."""
+  update. `make_train_step` jits it for one model; a stacked program maps it over K
+  (`sharding.over_members`)."""
   batch_size = config.train.batch_size
   aug_params = augment.AugmentParams.from_config(config.augment)
   data_spec = sharding.data_sharding(mesh)
@@ -346,33 +347,6 @@ def _finish(config, split, workdir, model, init_fn, state, step, total, rate, pr
 # ----------------------------------------------------------- K models as one program
 
 
-class Stacked(loop.Members):
-  """K stage-1 states stacked on a leading axis split over `model`, each member with its
-  own workdir. A member's state, as its checkpoints hold it, is replicated over the mesh.
-  When K does not divide by the model axis, copies of member 0 pad the stack (they train
-  alongside, and nothing of them is saved or logged)."""
-
-  def __init__(self, workdirs: list[str], mesh: jax.sharding.Mesh):
-    super().__init__(workdirs)
-    self.padding = -len(workdirs) % mesh.shape[sharding.MODEL_AXIS]
-    self._take = jax.jit(lambda s, i: jax.tree.map(lambda x: x[i], s),
-                         out_shardings=sharding.replicated(mesh))
-    self._stack = jax.jit(lambda *parts: jax.tree.map(lambda *xs: jnp.stack(xs), *parts),
-                          out_shardings=sharding.model_sharding(mesh))
-
-  def split(self, state):
-    return [self._take(state, i) for i in range(len(self.workdirs))]
-
-  def join(self, parts):
-    return self._stack(*self.pad(parts))
-
-  def pad(self, rows: list[Any]) -> list[Any]:
-    return rows + [rows[0]] * self.padding
-
-  def scalars(self, logged):
-    return [{k: float(v[i]) for k, v in logged.items()} for i in range(len(self.workdirs))]
-
-
 def stack_key(config: ml_collections.ConfigDict) -> str:
   """What members of one stacked program must share: everything stage 1 reads but the
   seed and which classes are normal or labelled anomalous (the data)."""
@@ -385,11 +359,12 @@ def stack_key(config: ml_collections.ConfigDict) -> str:
 
 def make_stacked_train_step(config: ml_collections.ConfigDict, model: AnoMem, tx,
                             schedule: optax.Schedule, data_size: int, mesh) -> Callable:
-  """`make_step_body` vmapped over K stacked states and training sets [K, N, ...]: states
+  """`make_step_body` over K stacked states and training sets [K, N, ...]
+  (`sharding.over_members`, by `stack.within_group`): states
   split over `model`, each model's batch over `data`, one compiled program for all K."""
   ms, ds = sharding.model_sharding(mesh), sharding.stacked_data_sharding(mesh)
   body = make_step_body(config, model, tx, schedule, data_size, mesh)
-  return jax.jit(jax.vmap(body, spmd_axis_name=sharding.MODEL_AXIS),
+  return jax.jit(sharding.over_members(body, mesh, config.stack.within_group),
                  in_shardings=(ms, ds, ds), out_shardings=(ms, ms), donate_argnums=(0,),
                  compiler_options=conv.compiler_options())
 
@@ -400,7 +375,7 @@ def train_stacked(configs: list[ml_collections.ConfigDict], splits: list[protoco
   """Stage 1 of K models (one per config, split and workdir) as one jitted program.
 
   The K states and training sets are stacked on a leading axis split over the mesh's
-  `model` axis, and `make_step_body` is vmapped over it; each model's batch is split
+  `model` axis, and `make_step_body` is mapped over it; each model's batch is split
   over `data`. Every workdir ends up as a separate `train` of its config leaves it (its
   own checkpoints, metrics, probe, FINISHED.json); results match within float rounding
   (tests/test_stacked.py states the tolerance). The configs may differ in their seed
@@ -425,7 +400,7 @@ def train_stacked(configs: list[ml_collections.ConfigDict], splits: list[protoco
     raise ValueError("one split and one workdir per config")
   config = configs[0]
   config_lib.validate(config, sharding.data_axis_size(mesh))
-  members = Stacked(workdirs, mesh)
+  members = loop.Stacked(workdirs, mesh)
   data = device.put_stacked(members.pad([s.train_images for s in splits]),
                             members.pad([s.train_is_anomaly for s in splits]), mesh)
   total, per_epoch = num_steps(config, data.size)

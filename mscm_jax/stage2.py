@@ -32,7 +32,7 @@ from absl import logging
 from mscm_jax import checkpoints, frozen, loop, losses, sharding, stage1
 from mscm_jax import config as config_lib
 from mscm_jax.data import device, protocols
-from mscm_jax.errors import CheckpointError, UserError
+from mscm_jax.errors import CheckpointError, ConfigError, UserError
 from mscm_jax.models import conv
 from mscm_jax.models.detector import DistanceDetector, deviation_input
 
@@ -132,35 +132,66 @@ def phi(detector: DistanceDetector, params: dict[str, Any], maps: dict[str, jax.
   return {s: detector.apply({"params": params[s]}, m / input_scale[s]) for s, m in maps.items()}
 
 
-def init_state(config: ml_collections.ConfigDict, detector: DistanceDetector, tx,
-               normal_maps: dict[str, np.ndarray], mesh) -> DetectorState:
-  """Fresh detectors; c_s = mean phi_s of the normal fit maps under the initial weights."""
+def _fresh_params(config: ml_collections.ConfigDict, detector: DistanceDetector,
+                  normal_maps: dict[str, np.ndarray]) -> dict[str, Any]:
+  """Initial parameters and input scales of each detector (before its centre is known)."""
   rng = jax.random.PRNGKey(config.seed)
   params = {s: detector.init(jax.random.fold_in(rng, 10 + i), m[:1])["params"]
             for i, (s, m) in enumerate(sorted(normal_maps.items()))}
   input_scale = {s: np.float32(max(float(np.std(m)), 1e-6)) for s, m in normal_maps.items()}
-  apply = jax.jit(lambda p, m: {s: o["phi"] for s, o in phi(detector, p, m,
-                                                             input_scale).items()},
-                  compiler_options=conv.compiler_options())
-  batch = min(config.evaluate.batch_size, len(next(iter(normal_maps.values()))))
-  outs = device.map_batches(lambda m: apply(params, m), normal_maps, batch)
+  return {"params": params, "input_scale": input_scale}
+
+
+def _phi_fn(detector: DistanceDetector) -> Callable:
+  """(fresh params, maps) -> {detector: phi}: what the initial centres are the mean of."""
+  return lambda fresh, m: {s: o["phi"] for s, o in phi(detector, fresh["params"], m,
+                                                         fresh["input_scale"]).items()}
+
+
+def _new_state(config: ml_collections.ConfigDict, tx, fresh: dict[str, Any],
+               outs: dict[str, np.ndarray]) -> DetectorState:
+  """c_s = mean phi_s of the normal fit maps under the initial weights, pushed away
+  from 0 (`_CENTER_EPS`)."""
   centers = {}
   for s, v in outs.items():
     c = v.mean(axis=0)
     c = np.where(np.abs(c) < _CENTER_EPS, np.where(c < 0, -_CENTER_EPS, _CENTER_EPS), c)
     centers[s] = jnp.asarray(c, jnp.float32)
-  state = DetectorState(step=jnp.zeros((), jnp.int32), params=params, centers=centers,
-                        input_scale={s: jnp.asarray(v) for s, v in input_scale.items()},
-                        opt_state=tx.init(params), rng=rng)
-  return jax.device_put(state, sharding.replicated(mesh))
+  params = fresh["params"]
+  return DetectorState(step=jnp.zeros((), jnp.int32), params=params, centers=centers,
+                       input_scale={s: jnp.asarray(v) for s, v in fresh["input_scale"].items()},
+                       opt_state=tx.init(params), rng=jax.random.PRNGKey(config.seed))
 
 
-def make_train_step(config: ml_collections.ConfigDict, detector: DistanceDetector, tx,
-                    schedule, n_fit: int, mesh) -> Callable:
-  """One jitted, sharded step over every detector (their parameters are disjoint)."""
+def init_state(config: ml_collections.ConfigDict, detector: DistanceDetector, tx,
+               normal_maps: dict[str, np.ndarray], mesh) -> DetectorState:
+  """Fresh detectors; c_s = mean phi_s of the normal fit maps under the initial weights."""
+  fresh = _fresh_params(config, detector, normal_maps)
+  apply = jax.jit(_phi_fn(detector), compiler_options=conv.compiler_options())
+  batch = min(config.evaluate.batch_size, len(next(iter(normal_maps.values()))))
+  outs = device.map_batches(lambda m: apply(fresh, m), normal_maps, batch)
+  return jax.device_put(_new_state(config, tx, fresh, outs), sharding.replicated(mesh))
+
+
+def init_members(configs: Sequence[ml_collections.ConfigDict], detector: DistanceDetector,
+                 tx, normal_maps: list[dict[str, np.ndarray]], mesh) -> DetectorState:
+  """`init_state` of K members, stacked over `model`; their centres in one program."""
+  fresh = [_fresh_params(c, detector, m) for c, m in zip(configs, normal_maps, strict=True)]
+  batch = min(configs[0].evaluate.batch_size,
+              max(len(next(iter(m.values()))) for m in normal_maps))
+  outs = device.map_members(_phi_fn(detector), sharding.stack(fresh, mesh), normal_maps,
+                            batch, mesh, len(configs))
+  return sharding.stack([_new_state(c, tx, f, o)
+                         for c, f, o in zip(configs, fresh, outs, strict=True)], mesh)
+
+
+def make_step_body(config: ml_collections.ConfigDict, detector: DistanceDetector, tx,
+                   schedule, n_fit: int, mesh) -> Callable:
+  """The step over every detector (their parameters are disjoint), unjitted:
+  `make_train_step` jits it for one model, `make_stacked_train_step` maps it over K."""
   s2 = config.stage2
   batch_size, unbalanced = s2.batch_size, config.setting == "unbalanced"
-  data_spec, repl = sharding.data_sharding(mesh), sharding.replicated(mesh)
+  data_spec = sharding.data_sharding(mesh)
 
   def step_fn(state: DetectorState, maps: dict[str, jax.Array], is_anomaly: jax.Array):
     idx = device.sample_indices(jax.random.fold_in(state.rng, 0), state.step, n_fit,
@@ -190,21 +221,57 @@ def make_train_step(config: ml_collections.ConfigDict, detector: DistanceDetecto
     return new, {"loss": loss, **terms, "grad_norm": optax.global_norm(grads),
                  "learning_rate": schedule(state.step)}
 
-  return jax.jit(step_fn, in_shardings=(repl, data_spec, data_spec),
+  return step_fn
+
+
+def make_train_step(config: ml_collections.ConfigDict, detector: DistanceDetector, tx,
+                    schedule, n_fit: int, mesh) -> Callable:
+  """One jitted step: state replicated and donated, fit inputs sharded on `data`."""
+  data_spec, repl = sharding.data_sharding(mesh), sharding.replicated(mesh)
+  return jax.jit(make_step_body(config, detector, tx, schedule, n_fit, mesh),
+                 in_shardings=(repl, data_spec, data_spec),
                  out_shardings=(repl, repl), donate_argnums=(0,),
                  compiler_options=conv.compiler_options())
+
+
+def make_stacked_train_step(config: ml_collections.ConfigDict, detector: DistanceDetector,
+                            tx, schedule, n_fit: int, mesh) -> Callable:
+  """`make_step_body` over K stacked states and fit sets [K, N, ...]
+  (`sharding.over_members`, by `stack.within_group`): states
+  split over `model`, each member's batch over `data`, one program for all K."""
+  ms, ds = sharding.model_sharding(mesh), sharding.stacked_data_sharding(mesh)
+  body = make_step_body(config, detector, tx, schedule, n_fit, mesh)
+  return jax.jit(sharding.over_members(body, mesh, config.stack.within_group),
+                 in_shardings=(ms, ds, ds), out_shardings=(ms, ms), donate_argnums=(0,),
+                 compiler_options=conv.compiler_options())
+
+
+def _distance_fn(detector: DistanceDetector) -> Callable:
+  def fn(state: DetectorState, maps):
+    return {s: losses.svdd_distance(o["phi"], state.centers[s])
+            for s, o in phi(detector, state.params, maps, state.input_scale).items()}
+
+  return fn
 
 
 def distances(detector: DistanceDetector, state: DetectorState,
               maps: dict[str, np.ndarray], batch_size: int = 500) -> dict[str, np.ndarray]:
   """{detector: ||phi - c||^2 per image}: each detector's score, float64."""
-  def fn(m):
-    return {s: losses.svdd_distance(o["phi"], state.centers[s])
-            for s, o in phi(detector, state.params, m, state.input_scale).items()}
-
+  fn = _distance_fn(detector)
   n = len(next(iter(maps.values())))
-  out = device.map_jit(fn, maps, min(batch_size, n), sharding.mesh_of(state.params))
+  out = device.map_jit(lambda m: fn(state, m), maps, min(batch_size, n),
+                       sharding.mesh_of(state.params))
   return {s: v.astype(np.float64) for s, v in out.items()}
+
+
+def distances_members(detector: DistanceDetector, states: DetectorState,
+                      maps: list[dict[str, np.ndarray]], mesh, batch_size: int = 500
+                      ) -> list[dict[str, np.ndarray]]:
+  """`distances` of K stacked detector states, each on its own maps, as one program."""
+  n = max(len(next(iter(m.values()))) for m in maps)
+  out = device.map_members(_distance_fn(detector), states, maps, min(batch_size, n), mesh,
+                           len(maps))
+  return [{s: v.astype(np.float64) for s, v in o.items()} for o in out]
 
 
 def spread(values: dict[str, np.ndarray]) -> dict[str, list[float]]:
@@ -245,6 +312,13 @@ def nan_advice(config: ml_collections.ConfigDict):
   return advice
 
 
+def _fit_rows(config: ml_collections.ConfigDict, is_anomaly: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Bool [N] each: the holdout (sets the spread), the fit rows, the normal fit rows."""
+  hold = holdout_rows(is_anomaly, config.stage2.holdout_fraction, config.seed)
+  return hold, ~hold, ~hold & ~is_anomaly
+
+
 def fit(config: ml_collections.ConfigDict, inputs: dict[str, np.ndarray],
         is_anomaly: np.ndarray, workdir: str, mesh, *,
         stop_after: int | None = None) -> FitResult:
@@ -257,9 +331,7 @@ def fit(config: ml_collections.ConfigDict, inputs: dict[str, np.ndarray],
   s2 = config.stage2
   config_lib.validate(config, mesh.devices.size)
   is_anomaly = np.asarray(is_anomaly, bool)
-  hold = holdout_rows(is_anomaly, s2.holdout_fraction, config.seed)
-  fit_rows = ~hold
-  fit_normal = fit_rows & ~is_anomaly
+  hold, fit_rows, fit_normal = _fit_rows(config, is_anomaly)
   n_fit = int(fit_rows.sum())
   detector = build_detector(config)
   total, per_epoch = num_steps(config, n_fit)
@@ -280,6 +352,60 @@ def fit(config: ml_collections.ConfigDict, inputs: dict[str, np.ndarray],
                           config.evaluate.batch_size))
   rate = res.rate if res.finished is None else res.finished.get("maps_per_second")
   return FitResult(res.state, detector, res.step, rate, norm, ref, n_fit)
+
+
+def fit_members(configs: Sequence[ml_collections.ConfigDict],
+                inputs: list[dict[str, np.ndarray]], is_anomaly: list[np.ndarray],
+                workdirs: list[str], mesh, *, stop_after: int | None = None
+                ) -> list[FitResult]:
+  """`fit` of K members (configs differing in seed and classes only, fit sets of one
+  size) as one program on a (model, data) mesh: states stacked over `model`, each
+  member's batch split over `data`, each member resumed from and saved to its own
+  `workdir/stage2/` (`loop.run_members`). Results match K `fit`s within float rounding
+  (tests/test_stacked.py)."""
+  config, k = configs[0], len(configs)
+  s2 = config.stage2
+  config_lib.validate(config, sharding.data_axis_size(mesh))
+  flags = [np.asarray(f, bool) for f in is_anomaly]
+  rows = [_fit_rows(c, f) for c, f in zip(configs, flags, strict=True)]
+  sizes = sorted({int(fit_rows.sum()) for _, fit_rows, _ in rows})
+  if len(sizes) != 1:
+    raise ConfigError(f"detectors trained as one program need fit sets of one size, got "
+                      f"{sizes} rows: train these classes separately")
+  n_fit = sizes[0]
+  detector = build_detector(config)
+  total, per_epoch = num_steps(config, n_fit)
+  tx, schedule = build_optimizer(config, total)
+  members = loop.Stacked(workdirs, mesh)
+  state = init_members(configs, detector, tx,
+                       [{s: m[normal] for s, m in x.items()}
+                        for x, (_, _, normal) in zip(inputs, rows, strict=True)], mesh)
+  n_data, spec = sharding.data_axis_size(mesh), sharding.stacked_data_sharding(mesh)
+
+  def put(parts: list[np.ndarray]) -> jax.Array:
+    return jax.device_put(np.stack(members.pad([sharding.pad_to_multiple(p, n_data)
+                                                for p in parts])), spec)
+
+  fit_maps = {s: put([x[s][fit_rows] for x, (_, fit_rows, _) in zip(inputs, rows,
+                                                                     strict=True)])
+              for s in inputs[0]}
+  fit_flags = put([f[fit_rows] for f, (_, fit_rows, _) in zip(flags, rows, strict=True)])
+  step_fn = make_stacked_train_step(config, detector, tx, schedule, n_fit, mesh)
+  res = loop.run_members(STAGE, members, state, lambda st: step_fn(st, fit_maps, fit_flags),
+                         total=total, log_every=s2.log_every_steps,
+                         checkpoint_every=s2.checkpoint_every_steps,
+                         items_per_step=s2.batch_size * k, steps_per_epoch=per_epoch,
+                         stop_after=stop_after, unit="maps", advice=nan_advice(config))
+  refs = [hold if hold.any() else normal for hold, _, normal in rows]
+  norms = distances_members(detector, res.state,
+                            [{s: m[ref] for s, m in x.items()}
+                             for x, ref in zip(inputs, refs, strict=True)],
+                            mesh, config.evaluate.batch_size)
+  return [FitResult(state, detector, res.step,
+                    res.rate if finished is None else finished.get("maps_per_second"),
+                    spread(norm), ref, n_fit)
+          for state, finished, norm, ref in zip(members.split(res.state), res.finished, norms,
+                                                refs, strict=True)]
 
 
 @dataclasses.dataclass
@@ -311,6 +437,49 @@ def train(config: ml_collections.ConfigDict, split: protocols.ADSplit, workdir: 
                      batch_size=config.evaluate.batch_size)
   res = fit(config, read["inputs"], split.train_is_anomaly, workdir, mesh,
             stop_after=stop_after)
+  return _finish(config, split, workdir, read, res, t_start)
+
+
+def train_members(configs: Sequence[ml_collections.ConfigDict],
+                  splits: Sequence[protocols.ADSplit], workdirs: list[str], mesh,
+                  s1s: Sequence[stage1.Stage1Result], *,
+                  stop_after: int | None = None) -> list[Stage2Result]:
+  """`train` of K members as one program on a (model, data) mesh: the frozen read of
+  their training images (`frozen.read_members`), then `fit_members`. Members whose
+  stage 2 is finished are loaded; the others train together."""
+  t_start = time.time()
+  finished = [checkpoints.finished_info(os.path.join(w, STAGE)) is not None
+              for w in workdirs]
+  if any(finished):
+    loaded = {i: train(configs[i], splits[i], workdirs[i], mesh, s1s[i])
+              for i, f in enumerate(finished) if f}
+    rest = [i for i, f in enumerate(finished) if not f]
+    trained = dict(zip(rest, train_members(
+        [configs[i] for i in rest], [splits[i] for i in rest], [workdirs[i] for i in rest],
+        mesh, [s1s[i] for i in rest], stop_after=stop_after) if rest else [], strict=True))
+    return [loaded.get(i) or trained[i] for i in range(len(configs))]
+  if len({stage1.stack_key(c) for c in configs}) != 1:
+    raise UserError("configs trained as one program may differ only in seed, "
+                    "dataset.normal_class and anomaly_classes")
+  config, k = configs[0], len(configs)
+  inputs = detectors(config)
+  logging.info("Stage 2 of %d members: detector inputs %s", k,
+               ", ".join(f"{s} {kind}" for s, kind in inputs.values()))
+  reads = frozen.read_members(
+      frozen.frozen_model(config), frozen.stack_variables([s.state for s in s1s], mesh),
+      [s.train_images for s in splits], tuple(config.memory.scales), mesh, k,
+      kind=config.stage2.deviation, inputs=inputs, batch_size=config.evaluate.batch_size)
+  fits = fit_members(configs, [r["inputs"] for r in reads],
+                     [s.train_is_anomaly for s in splits], workdirs, mesh,
+                     stop_after=stop_after)
+  return [_finish(c, split, w, read, res, t_start)
+          for c, split, w, read, res in zip(configs, splits, workdirs, reads, fits,
+                                            strict=True)]
+
+
+def _finish(config: ml_collections.ConfigDict, split: protocols.ADSplit, workdir: str,
+            read: dict[str, Any], res: FitResult, t_start: float) -> Stage2Result:
+  """The spreads of both scores; FINISHED.json once the schedule is complete."""
   norm = {"mscm": res.norm,
           "deviation": spread({s: v[res.reference] for s, v in read["deviation"].items()})}
   total, _ = num_steps(config, res.n_fit)

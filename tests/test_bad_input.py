@@ -153,6 +153,7 @@ CONFIG_ROWS = [
     cfg("preview.num_images=0"),
     cfg("stack.model_axis=-1"),
     cfg("stack.classes=3.5"),
+    cfg("stack.within_group=parallel"),
 ]
 
 # Checked against the mesh, so after JAX starts (and after the data is read).

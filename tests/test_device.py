@@ -74,3 +74,31 @@ def test_batch_must_split_over_devices():
 def test_mesh_size_errors():
   with pytest.raises(ConfigError, match="only 8"):
     sharding.make_mesh(16)
+
+
+def test_map_members_runs_each_member_on_its_rows_as_one_program():
+  from mscm_jax import sharding  # pylint: disable=g-import-not-at-top
+
+  mesh = sharding.make_model_mesh(2)
+  k = 3  # pads to 4 over the model axis
+  weights = [np.full((4,), i + 1.0, np.float32) for i in range(k)]
+  tree = sharding.stack([{"w": w} for w in weights], mesh)
+  assert tree["w"].shape == (4, 4)  # the padding member
+  rng = np.random.default_rng(0)
+  own = [rng.normal(size=(n, 4)).astype(np.float32) for n in (7, 12, 5)]  # uneven, cut back
+
+  def fn(member, rows):
+    return {"dot": rows @ member["w"], "sum": rows.sum(-1)}
+
+  out = device.map_members(fn, tree, own, 4, mesh, k)
+  assert len(out) == k
+  for i, (x, w) in enumerate(zip(own, weights)):
+    np.testing.assert_allclose(out[i]["dot"], x @ w, rtol=1e-6)
+    np.testing.assert_allclose(out[i]["sum"], x.sum(-1), rtol=1e-6)
+  shared = rng.normal(size=(9, 4)).astype(np.float32)
+  out = device.map_members(fn, tree, shared, 8, mesh, k)
+  for i, w in enumerate(weights):
+    assert out[i]["dot"].shape == (9,)
+    np.testing.assert_allclose(out[i]["dot"], shared @ w, rtol=1e-6)
+  back = sharding.unstack(tree, mesh, k)
+  assert [float(b["w"][0]) for b in back] == [1.0, 2.0, 3.0]

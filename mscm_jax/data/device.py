@@ -16,7 +16,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mscm_jax import sharding
 from mscm_jax.models import conv
@@ -119,6 +119,36 @@ def map_jit(fn, inputs, batch_size: int, mesh: Mesh | None):
                    compiler_options=conv.compiler_options())
   return map_batches(lambda batch: jitted(jax.device_put(batch, spec)), inputs,
                      -(-batch_size // mesh.size) * mesh.size)
+
+
+def map_members(fn, tree, inputs, batch_size: int, mesh: Mesh, k: int) -> list:
+  """`map_jit` for K models as one program: `fn(member, rows)` of every member of
+  `tree` (stacked on a leading axis split over `model`, `sharding.stack`) on its rows.
+
+  `inputs` is a list of K pytrees of rows, one per member (their lengths may differ: the
+  shorter are padded and cut back), or one pytree of rows that every member reads (the
+  shared test split: one copy, replicated over `model`). Each batch of rows is split over
+  `data`. Returns K outputs, each with the structure of `fn`'s and its member's rows.
+  """
+  shared = not isinstance(inputs, list)
+  sizes = ([len(jax.tree.leaves(inputs)[0])] * k if shared else
+           [len(jax.tree.leaves(x)[0]) for x in inputs])
+  if shared:
+    rows = inputs
+  else:  # [N, K_padded, ...]: rows first, so that map_batches batches them
+    n = max(sizes)
+    grown = [x if m == n else jax.tree.map(lambda a, m=m: a[np.minimum(np.arange(n), m - 1)], x)
+             for x, m in zip(inputs, sizes, strict=True)]
+    grown += [grown[0]] * sharding.stack_padding(k, mesh)
+    rows = jax.tree.map(lambda *xs: np.stack(xs, axis=1), *grown)
+  spec = NamedSharding(mesh, P(sharding.DATA_AXIS, None if shared else sharding.MODEL_AXIS))
+  jitted = jax.jit(jax.vmap(fn, in_axes=(0, None if shared else 1), out_axes=1),
+                   out_shardings=sharding.replicated(mesh),
+                   compiler_options=conv.compiler_options())
+  data = sharding.data_axis_size(mesh)
+  out = map_batches(lambda batch: jitted(tree, jax.device_put(batch, spec)), rows,
+                    -(-batch_size // data) * data)
+  return [jax.tree.map(lambda a, i=i, m=m: a[:m, i], out) for i, m in enumerate(sizes)]
 
 
 def map_batches(fn, inputs, batch_size: int):
