@@ -6,11 +6,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -102,6 +104,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
     raise ConfigError("stack.classes trains several classes: call pipeline.run_classes "
                       "(main does)")
   workdir = workdir_lib.prepare(workdir)
+  with _locked([workdir]):
+    return _run(config, workdir, split, discard_stale, stage1_from)
+
+
+def _run(config, workdir, split, discard_stale, stage1_from) -> dict[str, Any]:
   # A config that differs from a recorded stage is refused before any data is decoded.
   workdir_lib.check(workdir, identity.plan(config), discard_stale=discard_stale,
                     config_only=True)
@@ -141,6 +148,22 @@ def run_classes(config: ml_collections.ConfigDict, root: str, *,
             protocols.resolve_classes(config.stack.classes, names, "stack.classes"))
   configs = [class_config(config, names[k]) for k in chosen]
   workdirs = [workdir_lib.prepare(os.path.join(root, names[k])) for k in chosen]
+  with _locked(workdirs):
+    return _run_classes(config, names, chosen, configs, workdirs, discard_stale)
+
+
+@contextlib.contextmanager
+def _locked(workdirs: list[str]) -> Iterator[None]:
+  """Every workdir's lock (`workdir.locked`), held by process 0 for the whole run."""
+  with contextlib.ExitStack() as stack:
+    if distributed.is_writer():
+      for w in workdirs:
+        stack.enter_context(workdir_lib.locked(w))
+    yield
+
+
+def _run_classes(config, names, chosen, configs, workdirs, discard_stale
+                 ) -> dict[str, dict[str, Any]]:
   for c, w in zip(configs, workdirs, strict=True):
     workdir_lib.check(w, identity.plan(c), discard_stale=discard_stale, config_only=True)
   mesh = sharding.make_mesh(config.train.num_devices)

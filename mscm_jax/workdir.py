@@ -16,10 +16,15 @@ to share one stage 1 across stage-2 runs.
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import fcntl
 import json
 import os
 import shutil
+import socket
 import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 from absl import logging
@@ -51,6 +56,33 @@ def prepare(workdir: str | os.PathLike) -> str:
     raise WorkdirError(f"workdir {path} cannot be written ({e.strerror or e}): choose a "
                        "directory you can write") from None
   return path
+
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def locked(workdir: str) -> Iterator[None]:
+  """Holds the workdir's lock for a run: a second run on the same workdir (two `main`s,
+  a sweep cell started twice) is refused in one line instead of both writing its
+  checkpoints. An flock: released when the holder exits or dies, so a killed run never
+  leaves a stale lock behind."""
+  path = os.path.join(workdir, LOCK_FILE)
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      with open(path) as f:
+        holder = f.read().strip() or "another process"
+      raise WorkdirError(f"workdir {workdir} is in use by another run ({holder}): wait for "
+                         "it to finish, stop it, or choose another --workdir") from None
+    os.ftruncate(fd, 0)
+    since = datetime.datetime.now().isoformat(timespec="seconds")
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {since}\n".encode())
+    yield
+  finally:
+    os.close(fd)  # releases the lock
 
 
 def write_json(path: str, record: Any) -> None:

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from conftest import write_folder_tree
 
 from mscm_jax import config as config_lib
@@ -36,6 +37,7 @@ from mscm_jax import pipeline
 from mscm_jax.api import AnoMemDetector, InputError, NotFittedError
 from mscm_jax.errors import CheckpointError, ConfigError, StaleStageError, UserError
 from mscm_jax.errors import WorkdirError
+from mscm_jax.workdir import LOCK_FILE
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BASE = ("--config=configs/folder_oneclass.py:smoke", "--config.dataset.data_dir={tree}",
@@ -248,9 +250,10 @@ class CliResult:
 
 
 def _digest(root: pathlib.Path) -> dict[str, str]:
-  """{relative path: sha256} of every file under root."""
+  """{relative path: sha256} of every file under root but the lock, which says who
+  holds the workdir now (workdir.locked), not what it holds."""
   return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-          for p in sorted(root.rglob("*")) if p.is_file()}
+          for p in sorted(root.rglob("*")) if p.is_file() and p.name != LOCK_FILE}
 
 
 def trusted_leftovers(workdir: pathlib.Path) -> list[str]:

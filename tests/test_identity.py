@@ -21,10 +21,13 @@ def _copy(finished_run, tmp_path):
 
 
 def _snapshot(workdir) -> dict[str, tuple[int, int]]:
-  """{path: (size, mtime_ns)} of every file: a refused run must change none of them."""
+  """{path: (size, mtime_ns)} of every file: a refused run must change none of them
+  (the lock says who holds the workdir, not what it holds)."""
   out = {}
   for root, _, files in os.walk(workdir):
     for name in files:
+      if name == workdir_lib.LOCK_FILE:
+        continue
       st = os.stat(os.path.join(root, name))
       out[os.path.relpath(os.path.join(root, name), workdir)] = (st.st_size, st.st_mtime_ns)
   return out
@@ -176,3 +179,32 @@ def test_stop_after_on_a_finished_workdir_keeps_its_results(finished_run, tmp_pa
   out = pipeline.run(c, str(w))
   assert out["not_run"] == ["stage2", "evaluation"]
   assert (w / "results.json").read_text() == saved  # still this identity's evaluation
+
+
+def test_a_workdir_in_use_is_refused_and_freed_when_its_holder_dies(finished_run, tmp_path):
+  import signal  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+
+  config, src, _ = finished_run
+  w = tmp_path / "w"
+  shutil.copytree(src, w)
+  before = _snapshot(w)
+  with workdir_lib.locked(str(w)):
+    with pytest.raises(WorkdirError, match=r"in use by another run \(pid \d+ on .* since"):
+      pipeline.run(config, str(w))
+  assert _snapshot(w) == before
+  # Another process holds it, then is killed: its lock dies with it.
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import sys, time; from mscm_jax import workdir\n"
+       "with workdir.locked(sys.argv[1]):\n  print('held', flush=True); time.sleep(600)",
+       str(w)], stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(WorkdirError, match=f"pid {holder.pid} "):
+      pipeline.run(config, str(w))
+  finally:
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+  again = pipeline.run(config, str(w))  # finished: returns its results at once
+  assert again["identity"] == finished_run[2]["identity"]
