@@ -71,7 +71,7 @@ def _stage1(c, k, mesh, model_mesh, images):
               (data.images, data.is_anomaly), _STEPS.value)
   del data
   members = loop.Stacked([f"m{i}" for i in range(k)], model_mesh)
-  stacked = device.put_stacked(members.pad(images), members.pad(flags_), model_mesh)
+  stacked = device.put_stacked(images, flags_, model_mesh)
   sparts = stage1.components(c, N_TRAIN, (32, 32, 3), model_mesh)
   state = members.join([sparts.init_fn(jax.random.PRNGKey(i)) for i in range(k)])
   step = stage1.make_stacked_train_step(c, sparts.model, sparts.tx, sparts.schedule, N_TRAIN,
@@ -104,7 +104,8 @@ def _stage2(c, k, mesh, model_mesh):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from mscm_jax import loop, sharding, stage2  # pylint: disable=g-import-not-at-top
+  from mscm_jax import sharding, stage2  # pylint: disable=g-import-not-at-top
+  from mscm_jax.data import device  # pylint: disable=g-import-not-at-top
 
   inputs = [_detector_inputs(c, N_TRAIN, i) for i in range(k)]
   flags_ = np.zeros(N_TRAIN, bool)
@@ -119,17 +120,11 @@ def _stage2(c, k, mesh, model_mesh):
               stage2.init_state(c, detector, tx, inputs[0], mesh), (maps, flags_one),
               _STEPS.value)
   del maps
-  members = loop.Stacked([f"m{i}" for i in range(k)], model_mesh)
-  n_data, sspec = sharding.data_axis_size(model_mesh), sharding.stacked_data_sharding(model_mesh)
-
-  def put(parts):
-    return jax.device_put(np.stack(members.pad([sharding.pad_to_multiple(p, n_data)
-                                                for p in parts])), sspec)
-
-  stacked = {s: put([x[s] for x in inputs]) for s in inputs[0]}
+  stacked = {s: device.stack_rows([x[s] for x in inputs], model_mesh) for s in inputs[0]}
   state = stage2.init_members([c] * k, detector, tx, inputs, model_mesh)
   step = stage2.make_stacked_train_step(c, detector, tx, schedule, N_TRAIN, model_mesh)
-  return one, _time(step, state, (stacked, put([flags_] * k)), _STEPS.value)
+  return one, _time(step, state, (stacked, device.stack_rows([flags_] * k, model_mesh)),
+                    _STEPS.value)
 
 
 def _evaluation(c, k, mesh, model_mesh, test):

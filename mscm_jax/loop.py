@@ -97,7 +97,6 @@ class Stacked(Members):
   def __init__(self, workdirs: list[str], mesh: jax.sharding.Mesh):
     super().__init__(workdirs)
     self.mesh = mesh
-    self.padding = sharding.stack_padding(len(workdirs), mesh)
 
   def split(self, state):
     return sharding.unstack(state, self.mesh, len(self.workdirs))
@@ -105,11 +104,22 @@ class Stacked(Members):
   def join(self, parts):
     return sharding.stack(parts, self.mesh)
 
-  def pad(self, rows: list[Any]) -> list[Any]:
-    return rows + [rows[0]] * self.padding
-
   def scalars(self, logged):
     return [{k: float(v[i]) for k, v in logged.items()} for i in range(len(self.workdirs))]
+
+
+def finished_apart(name: str, workdirs: list[str], load: Callable[[int], Any],
+                   train_rest: Callable[[list[int]], list[Any]]) -> list[Any] | None:
+  """For K members of one program: when some have finished stage `name`, those are
+  loaded one by one (`load(i)`) and the others trained together (`train_rest(indices)`);
+  the results in member order. None when none has finished."""
+  finished = [checkpoints.finished_info(os.path.join(w, name)) is not None for w in workdirs]
+  if not any(finished):
+    return None
+  rest = [i for i, f in enumerate(finished) if not f]
+  out = {i: load(i) for i, f in enumerate(finished) if f}
+  out.update(zip(rest, train_rest(rest) if rest else [], strict=True))
+  return [out[i] for i in range(len(workdirs))]
 
 
 def run(name: str, workdir: str, state: Any, step_fn: Callable[[Any], tuple[Any, dict]], *,

@@ -80,7 +80,9 @@ class MemberScorers:
   def __init__(self, scorers: list[Scorer], mesh: Mesh):
     self.scorers, self.mesh = scorers, mesh
     self._variables = frozen.stack_variables([s.s1.state for s in scorers], mesh)
-    self._detectors = sharding.stack([s.s2.state for s in scorers], mesh)
+    # What the distances read (parameters, centres, input scales), not the optimiser.
+    self._detectors = sharding.stack([s.s2.state.replace(opt_state=None) for s in scorers],
+                                     mesh)
 
   def __len__(self) -> int:
     return len(self.scorers)

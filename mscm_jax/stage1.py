@@ -382,16 +382,13 @@ def train_stacked(configs: list[ml_collections.ConfigDict], splits: list[protoco
   and classes only, and the training sets must have one size.
   """
   t_start = time.time()
-  finished = [checkpoints.finished_info(os.path.join(w, STAGE)) is not None
-              for w in workdirs]
-  if any(finished):  # loaded alone; the others (if any) train as one program
-    loaded = {i: train(configs[i], splits[i], workdirs[i], mesh, probe=probe)
-              for i, f in enumerate(finished) if f}
-    rest = [i for i, f in enumerate(finished) if not f]
-    trained = dict(zip(rest, train_stacked(
-        [configs[i] for i in rest], [splits[i] for i in rest], [workdirs[i] for i in rest],
-        mesh, stop_after=stop_after, probe=probe) if rest else [], strict=True))
-    return [loaded.get(i) or trained[i] for i in range(len(configs))]
+  apart = loop.finished_apart(  # finished members loaded alone, the others as one program
+      STAGE, workdirs, lambda i: train(configs[i], splits[i], workdirs[i], mesh, probe=probe),
+      lambda rest: train_stacked([configs[i] for i in rest], [splits[i] for i in rest],
+                                 [workdirs[i] for i in rest], mesh, stop_after=stop_after,
+                                 probe=probe))
+  if apart is not None:
+    return apart
   keys = {stack_key(c) for c in configs}
   if len(keys) != 1:
     raise UserError("configs trained as one program may differ only in seed, "
@@ -401,8 +398,8 @@ def train_stacked(configs: list[ml_collections.ConfigDict], splits: list[protoco
   config = configs[0]
   config_lib.validate(config, sharding.data_axis_size(mesh))
   members = loop.Stacked(workdirs, mesh)
-  data = device.put_stacked(members.pad([s.train_images for s in splits]),
-                            members.pad([s.train_is_anomaly for s in splits]), mesh)
+  data = device.put_stacked([s.train_images for s in splits],
+                            [s.train_is_anomaly for s in splits], mesh)
   total, per_epoch = num_steps(config, data.size)
   model, schedule, tx, init_fn, _ = components(config, data.size,
                                                splits[0].train_images.shape[1:], mesh)

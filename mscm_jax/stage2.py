@@ -380,16 +380,11 @@ def fit_members(configs: Sequence[ml_collections.ConfigDict],
   state = init_members(configs, detector, tx,
                        [{s: m[normal] for s, m in x.items()}
                         for x, (_, _, normal) in zip(inputs, rows, strict=True)], mesh)
-  n_data, spec = sharding.data_axis_size(mesh), sharding.stacked_data_sharding(mesh)
-
-  def put(parts: list[np.ndarray]) -> jax.Array:
-    return jax.device_put(np.stack(members.pad([sharding.pad_to_multiple(p, n_data)
-                                                for p in parts])), spec)
-
-  fit_maps = {s: put([x[s][fit_rows] for x, (_, fit_rows, _) in zip(inputs, rows,
-                                                                     strict=True)])
+  fit_maps = {s: device.stack_rows([x[s][fit_rows] for x, (_, fit_rows, _)
+                                    in zip(inputs, rows, strict=True)], mesh)
               for s in inputs[0]}
-  fit_flags = put([f[fit_rows] for f, (_, fit_rows, _) in zip(flags, rows, strict=True)])
+  fit_flags = device.stack_rows([f[fit_rows] for f, (_, fit_rows, _)
+                                 in zip(flags, rows, strict=True)], mesh)
   step_fn = make_stacked_train_step(config, detector, tx, schedule, n_fit, mesh)
   res = loop.run_members(STAGE, members, state, lambda st: step_fn(st, fit_maps, fit_flags),
                          total=total, log_every=s2.log_every_steps,
@@ -448,16 +443,13 @@ def train_members(configs: Sequence[ml_collections.ConfigDict],
   their training images (`frozen.read_members`), then `fit_members`. Members whose
   stage 2 is finished are loaded; the others train together."""
   t_start = time.time()
-  finished = [checkpoints.finished_info(os.path.join(w, STAGE)) is not None
-              for w in workdirs]
-  if any(finished):
-    loaded = {i: train(configs[i], splits[i], workdirs[i], mesh, s1s[i])
-              for i, f in enumerate(finished) if f}
-    rest = [i for i, f in enumerate(finished) if not f]
-    trained = dict(zip(rest, train_members(
-        [configs[i] for i in rest], [splits[i] for i in rest], [workdirs[i] for i in rest],
-        mesh, [s1s[i] for i in rest], stop_after=stop_after) if rest else [], strict=True))
-    return [loaded.get(i) or trained[i] for i in range(len(configs))]
+  apart = loop.finished_apart(
+      STAGE, workdirs, lambda i: train(configs[i], splits[i], workdirs[i], mesh, s1s[i]),
+      lambda rest: train_members([configs[i] for i in rest], [splits[i] for i in rest],
+                                 [workdirs[i] for i in rest], mesh, [s1s[i] for i in rest],
+                                 stop_after=stop_after))
+  if apart is not None:
+    return apart
   if len({stage1.stack_key(c) for c in configs}) != 1:
     raise UserError("configs trained as one program may differ only in seed, "
                     "dataset.normal_class and anomaly_classes")

@@ -44,22 +44,26 @@ def put_on_device(images: np.ndarray, is_anomaly: np.ndarray, mesh: Mesh) -> Dev
   )
 
 
+def stack_rows(parts: list[np.ndarray], mesh: Mesh) -> jax.Array:
+  """K arrays of one length as [K_padded, N_padded, ...] on the mesh: members over
+  `model` (padded with copies of the first, as `sharding.stack` pads), each member's
+  rows over `data` (padded as `put_on_device` pads them)."""
+  n_data = sharding.data_axis_size(mesh)
+  parts = list(parts) + [parts[0]] * sharding.stack_padding(len(parts), mesh)
+  return jax.device_put(np.stack([sharding.pad_to_multiple(p, n_data) for p in parts]),
+                        sharding.stacked_data_sharding(mesh))
+
+
 def put_stacked(images: list[np.ndarray], is_anomaly: list[np.ndarray],
                 mesh: Mesh) -> DeviceDataset:
-  """K training sets of one size as [K, N_padded, ...], models over `model`, rows over
-  `data` (each model's rows are padded as `put_on_device` pads them)."""
+  """K training sets of one size as [K_padded, N_padded, ...] (`stack_rows`)."""
   sizes = {len(x) for x in images}
   if len(sizes) != 1:
     raise ConfigError(f"models trained as one program need training sets of one size, got "
                       f"{sorted(sizes)} images: train these classes separately")
-  n_data = sharding.data_axis_size(mesh)
-  spec = sharding.stacked_data_sharding(mesh)
-  return DeviceDataset(
-      images=jax.device_put(np.stack([sharding.pad_to_multiple(x, n_data) for x in images]),
-                            spec),
-      is_anomaly=jax.device_put(np.stack([sharding.pad_to_multiple(np.asarray(f, bool), n_data)
-                                          for f in is_anomaly]), spec),
-      size=sizes.pop())
+  return DeviceDataset(images=stack_rows(images, mesh),
+                       is_anomaly=stack_rows([np.asarray(f, bool) for f in is_anomaly], mesh),
+                       size=sizes.pop())
 
 
 def sample_indices(key: jax.Array, step: jax.Array, size: int, batch_size: int) -> jax.Array:
