@@ -5,11 +5,18 @@ r"""A grid of whole runs: classes x settings x seeds x variants, one workdir per
       --settings=oneclass,unbalanced:0.05,unbalanced:0.05:bird+frog \
       [--variant codebook memory.train=codebook] [--set train.epochs=30]
   python experiments/sweep.py --root=/work/sweeps/oc --table   # aggregate only
+  ... --stack   # the classes of a (setting, seed, variant) as one program (stack.classes)
 
 Each cell is `python -m mscm_jax.main` in ROOT/<class>.<setting>.s<seed>[.<variant>], so a
 cell's workdir, results.json and report are exactly a separate run's, and a killed cell
 resumes from its checkpoints. Every cell's config is built and validated before the first
 one starts (a bad override or class name is one line, at once).
+
+With `--stack`, the unfinished cells that differ only in their class run as one program
+(`--config.stack.classes`, one jitted step for all: what fills an accelerator or a pod
+slice), each class still in its cell's workdir, with its own claim, results.json and report.
+A stacked cell's workdir is an ordinary run's, so stacked and separate workers resume and
+skip each other's cells; a group with one cell left runs it alone.
 
 Several workers (one per host or accelerator) may share ROOT on a shared file system:
 a worker claims a cell by creating ROOT/.sweep/<cell>/claim.<n> with O_EXCL, which
@@ -105,6 +112,10 @@ class Setting:
     return out
 
 
+def _class_override(cls: str) -> str:
+  return f"dataset.normal_class={cls!r}"
+
+
 @dataclasses.dataclass(frozen=True)
 class Cell:
   cls: str
@@ -118,6 +129,10 @@ class Cell:
   def name(self) -> str:
     return f"{self.cls}.{self.setting.tag}.s{self.seed}" + (f".{self.variant}"
                                                             if self.variant else "")
+
+  @property
+  def class_flag(self) -> str:
+    return f"--config.{_class_override(self.cls)}"
 
   def spec(self) -> dict[str, Any]:
     return {"cell": self.name, "class": self.cls, "setting": self.setting.tag,
@@ -175,8 +190,8 @@ def build_grid(config_arg: str, classes: Sequence[str], settings: Sequence[Setti
     for cls in resolved:
       for seed in seeds:
         for variant, extra in (variants or {"": []}).items():
-          overrides = [*common, f"dataset.normal_class={cls!r}", f"seed={seed}",
-                       *setting.overrides(), *extra]
+          overrides = [*common, _class_override(cls), f"seed={seed}", *setting.overrides(),
+                       *extra]
           config = parse_config(config_arg, overrides)  # every cell, before any runs
           try:  # the classes it names, as the run checks them before decoding
             protocols.config_classes(config, names, counts)
@@ -185,6 +200,31 @@ def build_grid(config_arg: str, classes: Sequence[str], settings: Sequence[Setti
           argv = (f"--config={config_arg}", *(f"--config.{o}" for o in overrides))
           cells.append(Cell(cls, setting, seed, variant, argv, names))
   return cells, names
+
+
+def stack_groups(cells: Sequence[Cell]) -> list[list[Cell]]:
+  """The cells that differ only in their class, in grid order: one stacked program each."""
+  groups: dict[tuple[Setting, int, str], list[Cell]] = {}
+  for c in cells:
+    groups.setdefault((c.setting, c.seed, c.variant), []).append(c)
+  return list(groups.values())
+
+
+def stacked_argv(group: Sequence[Cell]) -> tuple[str, ...]:
+  """The main command's flags that run `group` as one program, each class in its cell's
+  workdir under ROOT (`stack.workdir_name`); --workdir=ROOT is added by the caller."""
+  first = group[0]
+  shared = [a for a in first.argv if a != first.class_flag]
+  classes = tuple(c.cls for c in group)
+  return (*shared, f"--config.stack.classes={classes!r}",
+          "--config.stack.workdir_name={class}" + first.name[len(first.cls):])
+
+
+def check_stacked(cells: Sequence[Cell]) -> None:
+  """Every group's stacked config validates (one line at once, before anything runs)."""
+  for group in stack_groups(cells):
+    argv = stacked_argv(group)
+    parse_config(argv[0][len("--config="):], [a[len("--config."):] for a in argv[1:]])
 
 
 # ----------------------------------------------------------------------------- claims
@@ -282,14 +322,15 @@ def is_done(root: str, cell: Cell) -> bool:
 
 
 @contextlib.contextmanager
-def _heartbeat(path: str, every: float):
-  """Touches the claim file while the cell runs: other hosts see the worker is alive."""
+def _heartbeat(paths: Sequence[str], every: float):
+  """Touches the claim files while their cells run: other hosts see the worker is alive."""
   stop = threading.Event()
 
   def beat():
     while not stop.wait(every):
-      with contextlib.suppress(OSError):
-        os.utime(path)
+      for path in paths:
+        with contextlib.suppress(OSError):
+          os.utime(path)
 
   t = threading.Thread(target=beat, daemon=True)
   t.start()
@@ -303,16 +344,29 @@ def _heartbeat(path: str, every: float):
 # ----------------------------------------------------------------------------- worker
 
 
-def run_cell(root: str, cell: Cell, n: int, stale_after: float,
-             child: dict[str, Any]) -> int:
-  """One attempt: the main command in the cell's workdir, its output in attempt<n>.log."""
-  meta = _meta(root, cell.name)
-  log = os.path.join(meta, f"attempt{n}.log")
-  cmd = [sys.executable, "-m", "mscm_jax.main", *cell.argv,
-         f"--workdir={os.path.join(root, cell.name)}"]
-  _write(os.path.join(meta, "cell.json"), cell.spec())
-  with open(log, "a") as out, _heartbeat(os.path.join(meta, f"claim.{n}"), stale_after / 4):
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+def _log(root: str, cell: str, n: int) -> str:
+  return os.path.join(_meta(root, cell), f"attempt{n}.log")
+
+
+def run_cells(root: str, claimed: Sequence[tuple[Cell, int]], stale_after: float,
+              child: dict[str, Any]) -> int:
+  """One attempt of each claimed cell: one main command (stacked for several cells), its
+  output in the first cell's attempt<n>.log, which the others' logs name."""
+  (first, n), rest = claimed[0], claimed[1:]
+  if rest:
+    cmd = [*stacked_argv([c for c, _ in claimed]), f"--workdir={root}"]
+  else:
+    cmd = [*first.argv, f"--workdir={os.path.join(root, first.name)}"]
+  for cell, k in claimed:
+    _write(os.path.join(_meta(root, cell.name), "cell.json"), cell.spec())
+    if cell is not first:
+      with open(_log(root, cell.name, k), "a") as f:
+        names = " + ".join(c.name for c, _ in claimed)
+        f.write(f"run as one program ({names}): output in {_log(root, first.name, n)}\n")
+  claims = [os.path.join(_meta(root, c.name), f"claim.{k}") for c, k in claimed]
+  with open(_log(root, first.name, n), "a") as out, _heartbeat(claims, stale_after / 4):
+    proc = subprocess.Popen([sys.executable, "-m", "mscm_jax.main", *cmd], cwd=REPO,
+                            stdout=out, stderr=subprocess.STDOUT)
     child["proc"] = proc
     rc = proc.wait()
     child["proc"] = None
@@ -330,8 +384,9 @@ def _last_error(log: str) -> str:
 
 
 def work(root: str, cells: Sequence[Cell], worker: str, stale_after: float = 600.0,
-         echo=print) -> dict[str, list[str]]:
-  """Runs every cell not finished and not held by another live worker, in grid order."""
+         echo=print, stack: bool = False) -> dict[str, list[str]]:
+  """Runs every cell not finished and not held by another live worker, in grid order;
+  with `stack`, the cells of a group (`stack_groups`) that this worker claims together."""
   os.makedirs(os.path.join(root, META), exist_ok=True)
   outcome: dict[str, list[str]] = {"ran": [], "skipped": [], "held": [], "failed": []}
   child: dict[str, Any] = {"proc": None}
@@ -343,39 +398,52 @@ def work(root: str, cells: Sequence[Cell], worker: str, stale_after: float = 600
       child["proc"].send_signal(signal.SIGTERM)
 
   previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+  order = {c.name: i + 1 for i, c in enumerate(cells)}
   try:
-    for i, cell in enumerate(cells):
+    for group in stack_groups(cells) if stack else [[c] for c in cells]:
       if stop["signal"] is not None:
         break
-      prefix = f"[{i + 1}/{len(cells)}] {cell.name}"
-      if is_done(root, cell):
-        outcome["skipped"].append(cell.name)
+      claimed = []
+      for cell in group:
+        prefix = f"[{order[cell.name]}/{len(cells)}] {cell.name}"
+        if is_done(root, cell):
+          outcome["skipped"].append(cell.name)
+          continue
+        n = claim(root, cell.name, worker, stale_after)
+        if n is None:
+          held = holder(root, cell.name, stale_after) or {}
+          echo(f"{prefix}: held by {held.get('worker', 'another worker')}")
+          outcome["held"].append(cell.name)
+          continue
+        if is_done(root, cell):  # finished by another worker since the first look
+          release(root, cell.name, n, {"ran": False, "reason": "already done"})
+          outcome["skipped"].append(cell.name)
+          continue
+        claimed.append((cell, n))
+      if not claimed:
         continue
-      n = claim(root, cell.name, worker, stale_after)
-      if n is None:
-        held = holder(root, cell.name, stale_after) or {}
-        echo(f"{prefix}: held by {held.get('worker', 'another worker')}")
-        outcome["held"].append(cell.name)
-        continue
-      if is_done(root, cell):  # finished by another worker since the first look
-        release(root, cell.name, n, {"ran": False, "reason": "already done"})
-        outcome["skipped"].append(cell.name)
-        continue
-      log = os.path.join(_meta(root, cell.name), f"attempt{n}.log")
-      echo(f"{prefix}: attempt {n} by {worker} (log: {log})")
+      log = _log(root, claimed[0][0].name, claimed[0][1])
+      names = [c.name for c, _ in claimed]
+      for cell, n in claimed:
+        together = f", one program with {len(claimed) - 1} more" if len(claimed) > 1 else ""
+        echo(f"[{order[cell.name]}/{len(cells)}] {cell.name}: attempt {n} by {worker}"
+             f"{together} (log: {log})")
       start = time.time()
-      rc = run_cell(root, cell, n, stale_after, child)
+      rc = run_cells(root, claimed, stale_after, child)
       seconds = round(time.time() - start, 1)
-      if rc == 0:
-        _write(os.path.join(_meta(root, cell.name), "done.json"),
-               {**cell.spec(), "seconds": seconds, "worker": worker, "attempt": n})
-        outcome["ran"].append(cell.name)
-        echo(f"{prefix}: finished in {seconds:.0f} s{_headline(root, cell.name)}")
-      else:
-        outcome["failed"].append(cell.name)
-        echo(f"{prefix}: exit status {rc} after {seconds:.0f} s: {_last_error(log)}")
-      release(root, cell.name, n, {"ran": True, "rc": rc, "seconds": seconds,
-                                   "worker": worker})
+      for cell, n in claimed:
+        prefix = f"[{order[cell.name]}/{len(cells)}] {cell.name}"
+        if rc == 0:
+          _write(os.path.join(_meta(root, cell.name), "done.json"),
+                 {**cell.spec(), "seconds": seconds, "worker": worker, "attempt": n,
+                  "program": names})
+          outcome["ran"].append(cell.name)
+          echo(f"{prefix}: finished in {seconds:.0f} s{_headline(root, cell.name)}")
+        else:
+          outcome["failed"].append(cell.name)
+          echo(f"{prefix}: exit status {rc} after {seconds:.0f} s: {_last_error(log)}")
+        release(root, cell.name, n, {"ran": True, "rc": rc, "seconds": seconds,
+                                     "worker": worker, "program": names})
   finally:
     for s, h in previous.items():
       signal.signal(s, h)
@@ -531,6 +599,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                  help="a named set of config overrides; the grid runs every variant")
   p.add_argument("--set", nargs="+", action="append", default=[], metavar="KEY=VALUE",
                  help="config overrides for every cell")
+  p.add_argument("--stack", action="store_true",
+                 help="run the cells that differ only in their class as one program")
   p.add_argument("--worker", default=f"{socket.gethostname()}:{os.getpid()}")
   p.add_argument("--stale_after", type=float, default=600.0,
                  help="seconds without a heartbeat after which another host's claim lapses")
@@ -557,6 +627,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       names = [c.name for c in cells]
       if len(set(names)) != len(names):
         raise SweepError("two cells share a name: give each variant its own name")
+      if args.stack:
+        check_stacked(cells)
       if args.dry_run:
         for c in cells:
           state = ("done" if is_done(root, c) else
@@ -565,7 +637,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
       print(f"{len(cells)} cells under {root}; worker {args.worker}", flush=True)
       outcome = work(root, cells, args.worker, args.stale_after,
-                     echo=lambda s: print(s, flush=True))
+                     echo=lambda s: print(s, flush=True), stack=args.stack)
       print(", ".join(f"{k} {len(v)}" for k, v in outcome.items()), flush=True)
     print(write_tables(root))
     print(f"tables: {os.path.join(root, 'results.md')}, {os.path.join(root, 'results.csv')}")

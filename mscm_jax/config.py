@@ -139,6 +139,9 @@ def base_config() -> ml_collections.ConfigDict:
   # and the classes). () = one run, of dataset.normal_class, in workdir itself.
   c.stack = ml_collections.ConfigDict()
   c.stack.classes = _any(())
+  # Each class's workdir under `workdir`: `{class}` is replaced by the class's name (the
+  # sweep runner names them as its cells, `{class}.oneclass.s0`, so either runs them).
+  c.stack.workdir_name = "{class}"
   c.stack.model_axis = 0
   # How a device group trains its several members: "vmap" (vectorised: one wide step) or
   # "sequential" (one member after another inside the one program, `lax.map`: one
@@ -149,6 +152,19 @@ def base_config() -> ml_collections.ConfigDict:
   # 1.33x. Stage 1 dominates, so vmap is the default.
   c.stack.within_group = "vmap"
   return c
+
+
+def stack_workdir(c: ml_collections.ConfigDict, name: str) -> str:
+  """The workdir, relative to the stacked run's, of the class `name`."""
+  pattern = c.stack.workdir_name
+  try:
+    out, other = (pattern.format(**{"class": n}) for n in (name, name + "_"))
+  except (AttributeError, KeyError, IndexError, ValueError):
+    out = other = ""
+  if out == other or "/" in out or out in (".", ".."):  # one workdir for every class
+    raise ConfigError(f"stack.workdir_name={pattern!r}: give a folder name with {{class}} in "
+                      "it and no other braces or '/', e.g. '{class}.oneclass.s0'")
+  return out
 
 
 def apply_preset(c: ml_collections.ConfigDict, preset: str | None) -> ml_collections.ConfigDict:
@@ -440,6 +456,7 @@ def validate(c: ml_collections.ConfigDict,
                       "or indices")
   if classes and c.dataset.name == "arrays":
     raise ConfigError("stack.classes needs a dataset source (tfds or folder), not arrays")
+  stack_workdir(c, "x")  # a bad pattern fails here, before anything runs
 
   if n_devices:
     for name, batch in (("train.batch_size", t.batch_size),

@@ -136,18 +136,19 @@ def _run(config, workdir, split, discard_stale, stage1_from) -> dict[str, Any]:
 def run_classes(config: ml_collections.ConfigDict, root: str, *,
                 discard_stale: bool = False) -> dict[str, dict[str, Any]]:
   """`run` for each class of `stack.classes` ('all' or names / indices) as the normal
-  class, in `root/<class>/`, with their stage 1, stage 2 and evaluation each run as
-  one program over a (model, data) mesh (`stage1.train_stacked`,
-  `stage2.train_members`, `evaluate.compute_scores_members`). Each workdir reads as
-  that class's own `run`, and is interchangeable with it (the identities are the same).
-  Returns {class: results}."""
+  class, in `root/<stack.workdir_name>/` (default `root/<class>/`), with their stage 1,
+  stage 2 and evaluation each run as one program over a (model, data) mesh
+  (`stage1.train_stacked`, `stage2.train_members`, `evaluate.compute_scores_members`).
+  Each workdir reads as that class's own `run`, and is interchangeable with it (the
+  identities are the same). Returns {class: results}."""
   config_lib.validate(config)
   root = workdir_lib.prepare(root)
   names = sources.class_names(config.dataset)
   chosen = (tuple(range(len(names))) if config.stack.classes == "all" else
             protocols.resolve_classes(config.stack.classes, names, "stack.classes"))
   configs = [class_config(config, names[k]) for k in chosen]
-  workdirs = [workdir_lib.prepare(os.path.join(root, names[k])) for k in chosen]
+  workdirs = [workdir_lib.prepare(os.path.join(root, config_lib.stack_workdir(config, names[k])))
+              for k in chosen]
   with _locked(workdirs):
     return _run_classes(config, names, chosen, configs, workdirs, discard_stale)
 

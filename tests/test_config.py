@@ -66,6 +66,9 @@ def test_presets_shrink_the_schedule():
     ("train.batch_size", 1, "batch_size"),
     ("stage2.deviation", "cosine+angle", "stage2.deviation entry"),
     ("stage2.deviation", "difference+difference", "twice"),
+    ("stack.workdir_name", "runs", "stack.workdir_name"),  # every class in one workdir
+    ("stack.workdir_name", "{class}/s0", "stack.workdir_name"),
+    ("stack.workdir_name", "{class}.{seed}", "stack.workdir_name"),
 ])
 def test_validation_names_the_bad_field(field, value, match):
   c = config_lib.base_config()

@@ -59,6 +59,29 @@ def test_grid_validates_every_cell_before_running(folder_tree, tmp_path):
                      [sweep.Setting.parse("unbalanced:0.2:apple")], [0], {}, common)
 
 
+def test_stacked_groups_are_the_cells_that_differ_only_in_their_class(folder_tree):
+  from mscm_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+
+  common = [f"dataset.data_dir={folder_tree}", "dataset.image_size=16"]
+  cells, _ = sweep.build_grid("configs/folder_oneclass.py:smoke", ["apple", "berry"],
+                              [sweep.Setting.parse("oneclass"),
+                               sweep.Setting.parse("unbalanced:0.2:cherry")],
+                              [0, 3], {}, common)
+  groups = sweep.stack_groups(cells)
+  assert [[c.name for c in g] for g in groups] == [
+      [f"{k}.{tag}.s{seed}" for k in ("apple", "berry")]
+      for tag in ("oneclass", "unb0.2-from-cherry") for seed in (0, 3)]
+  sweep.check_stacked(cells)
+  argv = sweep.stacked_argv(groups[3])
+  assert not any("normal_class" in a for a in argv)
+  config = sweep.parse_config(argv[0][len("--config="):],
+                              [a[len("--config."):] for a in argv[1:]])
+  assert tuple(config.stack.classes) == ("apple", "berry") and config.seed == 3
+  # Each class's workdir under ROOT is its cell's, so plain and stacked runs share them.
+  assert [config_lib.stack_workdir(config, c.cls) for c in groups[3]] == [
+      c.name for c in groups[3]]
+
+
 def _race(root: str, cell: str, workers: int) -> list[tuple[int, int]]:
   won = []
   start = threading.Barrier(workers)
@@ -179,6 +202,42 @@ def test_two_workers_split_a_grid_and_a_rerun_skips_it(tmp_path):
   assert again.returncode == 0, again.stderr
   assert "ran 0, skipped 4, held 0, failed 0" in again.stdout
   assert sum(len(sweep.attempts(str(root), c)) for c in cells) == 4  # nothing claimed anew
+
+
+def test_stacked_sweep_runs_a_group_as_one_program_in_the_cells_workdirs(tmp_path):
+  """--stack: both classes in one main command; the cells read as separate runs' cells."""
+  write_folder_tree(tmp_path / "tree", {"train": {"c0": 12, "c1": 12},
+                                        "test": {"c0": 6, "c1": 6}})
+  root = tmp_path / "sweep"
+  cmd = [a for a in _sweep_cmd(root, tmp_path / "tree", "w0") if a != "--seeds=0,1"]
+  r = subprocess.run([*cmd, "--seeds=0", "--stack"], cwd=ROOT, capture_output=True,
+                     text=True, timeout=600)
+  assert r.returncode == 0, r.stdout + r.stderr
+  assert "one program with 1 more" in r.stdout and "ran 2, skipped 0" in r.stdout
+  cells = ["c0.oneclass.s0", "c1.oneclass.s0"]
+  assert sorted(os.listdir(root)) == [".sweep", *cells, "results.csv", "results.md"]
+  log0 = (root / ".sweep" / cells[0] / "attempt1.log").read_text()
+  log1 = (root / ".sweep" / cells[1] / "attempt1.log").read_text()
+  assert "[stage1]" in log0 and log1.startswith("run as one program (c0.oneclass.s0 + c1.")
+  for cell in cells:
+    done = json.loads((root / ".sweep" / cell / "done.json").read_text())
+    assert done["program"] == cells and done["attempt"] == 1
+    results = json.loads((root / cell / "results.json").read_text())
+    assert results["normal_classes"] == [cell[:2]] and results["seed"] == 0
+  # A plain sweep skips both; the cell's own main command finds its run finished.
+  again = subprocess.run([*cmd, "--seeds=0"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+  assert "ran 0, skipped 2, held 0, failed 0" in again.stdout, again.stdout + again.stderr
+  [cell], _ = sweep.build_grid("configs/folder_oneclass.py:smoke", ["c1"],
+                               [sweep.Setting.parse("oneclass")], [0], {},
+                               cmd[cmd.index("--set") + 1:])
+  before = json.loads((root / cells[1] / "results.json").read_text())
+  alone = subprocess.run([sys.executable, "-m", "mscm_jax.main", *cell.argv,
+                          f"--workdir={root / cells[1]}"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+  assert alone.returncode == 0, alone.stderr[-2000:]
+  after = json.loads((root / cells[1] / "results.json").read_text())
+  assert after["identity"] == before["identity"] and after["seconds"] == before["seconds"]
 
 
 def test_bad_grid_is_one_line(tmp_path, folder_tree):
