@@ -5,6 +5,7 @@ r"""A grid of whole runs: classes x settings x seeds x variants, one workdir per
       --settings=oneclass,unbalanced:0.05,unbalanced:0.05:bird+frog \
       [--variant codebook memory.train=codebook] [--set train.epochs=30]
   python experiments/sweep.py --root=/work/sweeps/oc --table   # aggregate only
+  ... --table --export=experiments/results/oc   # keep the results of a grid, not its runs
   ... --stack   # the classes of a (setting, seed, variant) as one program (stack.classes)
 
 Each cell is `python -m mscm_jax.main` in ROOT/<class>.<setting>.s<seed>[.<variant>], so a
@@ -41,6 +42,7 @@ import glob
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -560,6 +562,20 @@ def tables(root: str) -> tuple[str, str]:
   return "\n".join(md), buf.getvalue()
 
 
+def export(root: str, dest: str) -> list[str]:
+  """Copies every finished cell's done.json and results.json (kilobytes; no checkpoints)
+  to DEST in ROOT's layout, so `--table --root=DEST` rebuilds the table from them: what a
+  results folder in a repository keeps of a grid whose workdirs are gone."""
+  out = []
+  for done, _ in finished_cells(root):
+    cell = done["cell"]
+    for rel in (os.path.join(META, cell, "done.json"), os.path.join(cell, "results.json")):
+      os.makedirs(os.path.dirname(os.path.join(dest, rel)), exist_ok=True)
+      shutil.copyfile(os.path.join(root, rel), os.path.join(dest, rel))
+    out.append(cell)
+  return out
+
+
 def write_tables(root: str) -> str:
   md, table_csv = tables(root)
   for name, text in (("results.md", md), ("results.csv", table_csv)):
@@ -606,6 +622,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                  help="seconds without a heartbeat after which another host's claim lapses")
   p.add_argument("--table", action="store_true", help="only aggregate the finished cells")
   p.add_argument("--dry_run", action="store_true", help="list the cells and their state")
+  p.add_argument("--export", metavar="DEST", help="copy the finished cells' done.json and "
+                 "results.json to DEST (then --table --root=DEST rebuilds the table)")
   args = p.parse_args(argv)
   root = os.path.abspath(args.root)
   try:
@@ -641,6 +659,13 @@ def main(argv: Sequence[str] | None = None) -> int:
       print(", ".join(f"{k} {len(v)}" for k, v in outcome.items()), flush=True)
     print(write_tables(root))
     print(f"tables: {os.path.join(root, 'results.md')}, {os.path.join(root, 'results.csv')}")
+    if args.export:
+      dest = os.path.abspath(args.export)
+      if dest == root:
+        raise SweepError("--export: give a folder other than --root")
+      cells = export(root, dest)
+      write_tables(dest)
+      print(f"exported {len(cells)} finished cells and their tables to {dest}")
   except SweepError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

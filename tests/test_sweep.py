@@ -165,6 +165,26 @@ def test_table_means_spreads_and_class_set_mean_only_when_complete(tmp_path):
   assert "### cifar10, unb0.05" in md and md.count("CSI") == 1  # references: one-class only
 
 
+def test_export_keeps_what_rebuilds_the_table_and_adds_to_it(tmp_path):
+  root, dest = tmp_path / "runs", tmp_path / "kept"
+  _fake_cell(root, "a", 0, aurocs={"mscm": 0.6})
+  (root / "a.oneclass.s0" / "checkpoints").mkdir()  # a run's bulk stays behind
+  (root / ".sweep" / "a.oneclass.s0" / "attempt1.log").write_text("...")
+  assert sweep.export(str(root), str(dest)) == ["a.oneclass.s0"]
+  assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()) == [
+      ".sweep/a.oneclass.s0/done.json", "a.oneclass.s0/results.json"]
+  assert sweep.tables(str(dest)) == sweep.tables(str(root))
+  later = tmp_path / "later"  # a later session's grid adds its cells to the kept ones
+  _fake_cell(later, "b", 0, aurocs={"mscm": 0.8})
+  sweep.export(str(later), str(dest))
+  assert "| **mean of all 2 classes** | | 0.700 |" in sweep.tables(str(dest))[0]
+  r = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "sweep.py"),
+                      f"--root={root}", "--table", f"--export={root}"], cwd=ROOT,
+                     capture_output=True, text=True, timeout=120)
+  assert r.returncode == 2 and r.stderr.strip() == (
+      "error: --export: give a folder other than --root")
+
+
 def _sweep_cmd(root, tree, worker):
   return [sys.executable, os.path.join(ROOT, "experiments", "sweep.py"), f"--root={root}",
           "--config=configs/folder_oneclass.py:smoke", "--classes=c0,c1", "--seeds=0,1",
