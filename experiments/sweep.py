@@ -55,6 +55,8 @@ from typing import Any
 import numpy as np
 
 from mscm_jax.names import HEADLINE
+from mscm_jax.identity import TRAINED
+from mscm_jax.workdir import FINAL_MARKER, stage_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 META = ".sweep"
@@ -346,6 +348,31 @@ def _heartbeat(paths: Sequence[str], every: float):
 # ----------------------------------------------------------------------------- worker
 
 
+def progress(root: str, cell: str) -> tuple[str, ...]:
+  """Where each trained stage of a cell's workdir stands: 'finished', or the step of its
+  newest checkpoint ('0': not started)."""
+  out = []
+  for stage in TRAINED:
+    d = stage_dir(os.path.join(root, cell), stage)
+    if os.path.exists(os.path.join(d, FINAL_MARKER)):
+      out.append("finished")
+    else:
+      steps = [int(n) for n in (os.listdir(d) if os.path.isdir(d) else []) if n.isdigit()]
+      out.append(str(max(steps, default=0)))
+  return tuple(out)
+
+
+def standing_together(root: str, claimed: Sequence[tuple[Cell, int]]
+                      ) -> list[list[tuple[Cell, int]]]:
+  """The claimed cells of a group split by `progress`: members of one program resume
+  from one step (a cell that a plain worker took part-way finishes alone, rather than
+  lose its steps or stop the others: `loop.run_members`)."""
+  parts: dict[tuple[str, ...], list[tuple[Cell, int]]] = {}
+  for cell, n in claimed:
+    parts.setdefault(progress(root, cell.name), []).append((cell, n))
+  return list(parts.values())
+
+
 def _log(root: str, cell: str, n: int) -> str:
   return os.path.join(_meta(root, cell), f"attempt{n}.log")
 
@@ -422,30 +449,33 @@ def work(root: str, cells: Sequence[Cell], worker: str, stale_after: float = 600
           outcome["skipped"].append(cell.name)
           continue
         claimed.append((cell, n))
-      if not claimed:
-        continue
-      log = _log(root, claimed[0][0].name, claimed[0][1])
-      names = [c.name for c, _ in claimed]
-      for cell, n in claimed:
-        together = f", one program with {len(claimed) - 1} more" if len(claimed) > 1 else ""
-        echo(f"[{order[cell.name]}/{len(cells)}] {cell.name}: attempt {n} by {worker}"
-             f"{together} (log: {log})")
-      start = time.time()
-      rc = run_cells(root, claimed, stale_after, child)
-      seconds = round(time.time() - start, 1)
-      for cell, n in claimed:
-        prefix = f"[{order[cell.name]}/{len(cells)}] {cell.name}"
-        if rc == 0:
-          _write(os.path.join(_meta(root, cell.name), "done.json"),
-                 {**cell.spec(), "seconds": seconds, "worker": worker, "attempt": n,
-                  "program": names})
-          outcome["ran"].append(cell.name)
-          echo(f"{prefix}: finished in {seconds:.0f} s{_headline(root, cell.name)}")
-        else:
-          outcome["failed"].append(cell.name)
-          echo(f"{prefix}: exit status {rc} after {seconds:.0f} s: {_last_error(log)}")
-        release(root, cell.name, n, {"ran": True, "rc": rc, "seconds": seconds,
-                                     "worker": worker, "program": names})
+      for part in standing_together(root, claimed):
+        if stop["signal"] is not None:  # claimed, not run: free for the next run
+          for cell, n in part:
+            release(root, cell.name, n, {"ran": False, "reason": "stopped"})
+          continue
+        log = _log(root, part[0][0].name, part[0][1])
+        names = [c.name for c, _ in part]
+        for cell, n in part:
+          together = f", one program with {len(part) - 1} more" if len(part) > 1 else ""
+          echo(f"[{order[cell.name]}/{len(cells)}] {cell.name}: attempt {n} by {worker}"
+               f"{together} (log: {log})")
+        start = time.time()
+        rc = run_cells(root, part, stale_after, child)
+        seconds = round(time.time() - start, 1)
+        for cell, n in part:
+          prefix = f"[{order[cell.name]}/{len(cells)}] {cell.name}"
+          if rc == 0:
+            _write(os.path.join(_meta(root, cell.name), "done.json"),
+                   {**cell.spec(), "seconds": seconds, "worker": worker, "attempt": n,
+                    "program": names})
+            outcome["ran"].append(cell.name)
+            echo(f"{prefix}: finished in {seconds:.0f} s{_headline(root, cell.name)}")
+          else:
+            outcome["failed"].append(cell.name)
+            echo(f"{prefix}: exit status {rc} after {seconds:.0f} s: {_last_error(log)}")
+          release(root, cell.name, n, {"ran": True, "rc": rc, "seconds": seconds,
+                                       "worker": worker, "program": names})
   finally:
     for s, h in previous.items():
       signal.signal(s, h)

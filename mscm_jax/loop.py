@@ -161,16 +161,25 @@ def run_members(name: str, members: Members, state: Any,
 
   Members resume from the newest step they all hold intact (a run killed between two
   members' saves leaves them one checkpoint apart; orbax keeps two); when there is none,
-  a CheckpointError says so.
+  a CheckpointError says so. A member further ahead than one checkpoint (trained alone
+  for a while) is not rolled back: a CheckpointError says how to go on.
   """
   dirs = [os.path.join(w, name) for w in members.workdirs]
   templates = members.split(state)
   restored = [checkpoints.restore_latest(d, t) for d, t in zip(dirs, templates, strict=True)]
   steps = [0 if r is None else r for _, r in restored]
   common = min(steps)
+  for d, step in zip(dirs, steps, strict=True):
+    if step - common > checkpoint_every:
+      raise CheckpointError(
+          f"{d} stands at step {step}, another member at {common}: finish this one alone "
+          f"(a finished stage joins the program as it is), or remove {d} to train it "
+          f"with the others from step {common}")
   parts = []
   for d, t, (part, step) in zip(dirs, templates, restored, strict=True):
     if step is not None and step > common:
+      logging.warning("%s: back from step %d to %d, where the other members stand", d, step,
+                      common)
       part, step = checkpoints.restore_latest(d, t, max_step=common) if common else (t, None)
       if (step or 0) != common:
         raise CheckpointError(

@@ -116,6 +116,18 @@ def test_stacked_resume_equals_uninterrupted(tmp_path):
                                rtol=1e-5)
 
 
+def test_a_member_trained_ahead_alone_is_not_rolled_back(tmp_path):
+  train, test = _data()
+  configs = [_config(k, **{"train.checkpoint_every_steps": 1}) for k in (0, 3)]
+  splits = [protocols.one_class_split(train, test, (k,)) for k in (0, 3)]
+  dirs = [str(tmp_path / f"m{k}") for k in range(2)]
+  stage1.train(configs[0], splits[0], dirs[0], sharding.make_mesh(), stop_after=3,
+               probe=False)
+  with pytest.raises(errors.CheckpointError, match="stands at step 3, another member at 0"):
+    stage1.train_stacked(configs, splits, dirs, sharding.make_model_mesh(2), probe=False)
+  assert "3" in os.listdir(os.path.join(dirs[0], "stage1"))  # its checkpoint is still there
+
+
 def test_stacked_refuses_what_cannot_share_a_program(tmp_path):
   train, test = _data()
   mesh = sharding.make_model_mesh(2)

@@ -82,6 +82,20 @@ def test_stacked_groups_are_the_cells_that_differ_only_in_their_class(folder_tre
       c.name for c in groups[3]]
 
 
+def test_claimed_cells_share_a_program_only_where_they_stand_together(tmp_path):
+  cells = [sweep.Cell(k, sweep.Setting("oneclass"), 0, "", (), ("a", "b", "c", "d"))
+           for k in "abcd"]
+  (tmp_path / "a.oneclass.s0" / "stage1" / "300").mkdir(parents=True)  # a plain run, cut
+  for k in "cd":  # a stacked pair with stage 1 done and stage 2 cut at step 20
+    for d in ("stage2/20", "stage1/600"):
+      (tmp_path / f"{k}.oneclass.s0" / d).mkdir(parents=True)
+    (tmp_path / f"{k}.oneclass.s0" / "stage1" / "FINISHED.json").write_text("{}")
+  assert sweep.progress(str(tmp_path), "a.oneclass.s0") == ("300", "0")
+  assert sweep.progress(str(tmp_path), "c.oneclass.s0") == ("finished", "20")
+  parts = sweep.standing_together(str(tmp_path), [(c, 1) for c in cells])
+  assert [[c.cls for c, _ in p] for p in parts] == [["a"], ["b"], ["c", "d"]]
+
+
 def _race(root: str, cell: str, workers: int) -> list[tuple[int, int]]:
   won = []
   start = threading.Barrier(workers)
