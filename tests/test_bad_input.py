@@ -156,6 +156,7 @@ CONFIG_ROWS = [
     cfg("stack.model_axis=-1"),
     cfg("stack.classes=3.5"),
     cfg("stack.within_group=parallel"),
+    cfg("stack.workdir_name=runs"),  # no {class}: every class in one workdir
 ]
 
 # Checked against the mesh, so after JAX starts (and after the data is read).
