@@ -386,11 +386,11 @@ def run_cells(root: str, claimed: Sequence[tuple[Cell, int]], stale_after: float
     cmd = [*stacked_argv([c for c, _ in claimed]), f"--workdir={root}"]
   else:
     cmd = [*first.argv, f"--workdir={os.path.join(root, first.name)}"]
+  names = " + ".join(c.name for c, _ in claimed)
   for cell, k in claimed:
     _write(os.path.join(_meta(root, cell.name), "cell.json"), cell.spec())
     if cell is not first:
       with open(_log(root, cell.name, k), "a") as f:
-        names = " + ".join(c.name for c, _ in claimed)
         f.write(f"run as one program ({names}): output in {_log(root, first.name, n)}\n")
   claims = [os.path.join(_meta(root, c.name), f"claim.{k}") for c, k in claimed]
   with open(_log(root, first.name, n), "a") as out, _heartbeat(claims, stale_after / 4):
@@ -428,20 +428,23 @@ def work(root: str, cells: Sequence[Cell], worker: str, stale_after: float = 600
 
   previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
   order = {c.name: i + 1 for i, c in enumerate(cells)}
+
+  def label(cell: Cell) -> str:
+    return f"[{order[cell.name]}/{len(cells)}] {cell.name}"
+
   try:
     for group in stack_groups(cells) if stack else [[c] for c in cells]:
       if stop["signal"] is not None:
         break
       claimed = []
       for cell in group:
-        prefix = f"[{order[cell.name]}/{len(cells)}] {cell.name}"
         if is_done(root, cell):
           outcome["skipped"].append(cell.name)
           continue
         n = claim(root, cell.name, worker, stale_after)
         if n is None:
           held = holder(root, cell.name, stale_after) or {}
-          echo(f"{prefix}: held by {held.get('worker', 'another worker')}")
+          echo(f"{label(cell)}: held by {held.get('worker', 'another worker')}")
           outcome["held"].append(cell.name)
           continue
         if is_done(root, cell):  # finished by another worker since the first look
@@ -458,22 +461,20 @@ def work(root: str, cells: Sequence[Cell], worker: str, stale_after: float = 600
         names = [c.name for c, _ in part]
         for cell, n in part:
           together = f", one program with {len(part) - 1} more" if len(part) > 1 else ""
-          echo(f"[{order[cell.name]}/{len(cells)}] {cell.name}: attempt {n} by {worker}"
-               f"{together} (log: {log})")
+          echo(f"{label(cell)}: attempt {n} by {worker}{together} (log: {log})")
         start = time.time()
         rc = run_cells(root, part, stale_after, child)
         seconds = round(time.time() - start, 1)
         for cell, n in part:
-          prefix = f"[{order[cell.name]}/{len(cells)}] {cell.name}"
           if rc == 0:
             _write(os.path.join(_meta(root, cell.name), "done.json"),
                    {**cell.spec(), "seconds": seconds, "worker": worker, "attempt": n,
                     "program": names})
             outcome["ran"].append(cell.name)
-            echo(f"{prefix}: finished in {seconds:.0f} s{_headline(root, cell.name)}")
+            echo(f"{label(cell)}: finished in {seconds:.0f} s{_headline(root, cell.name)}")
           else:
             outcome["failed"].append(cell.name)
-            echo(f"{prefix}: exit status {rc} after {seconds:.0f} s: {_last_error(log)}")
+            echo(f"{label(cell)}: exit status {rc} after {seconds:.0f} s: {_last_error(log)}")
           release(root, cell.name, n, {"ran": True, "rc": rc, "seconds": seconds,
                                        "worker": worker, "program": names})
   finally:
