@@ -48,6 +48,7 @@ class LoopResult:
   step: int  # the step reached (== total when the stage is complete)
   finished: dict[str, Any] | None  # FINISHED.json of a stage that was already complete
   rate: float | None  # items per second over the logged intervals (None: too few steps)
+  start: int = 0  # where this call began: 0 from scratch, a checkpoint's step, or `step`
 
 
 class Members(abc.ABC):
@@ -139,7 +140,7 @@ def run(name: str, workdir: str, state: Any, step_fn: Callable[[Any], tuple[Any,
                     checkpoint_every=checkpoint_every, items_per_step=items_per_step,
                     steps_per_epoch=steps_per_epoch, stop_after=stop_after, unit=unit,
                     advice=advice)
-  return LoopResult(res.state, res.step, res.finished[0], res.rate)
+  return LoopResult(res.state, res.step, res.finished[0], res.rate, res.start)
 
 
 @dataclasses.dataclass
@@ -148,6 +149,7 @@ class MembersResult:
   step: int
   finished: list[dict[str, Any] | None]  # per member; all set when the stage was complete
   rate: float | None
+  start: int = 0  # the step every member began from in this call
 
 
 def run_members(name: str, members: Members, state: Any,
@@ -193,7 +195,7 @@ def run_members(name: str, members: Members, state: Any,
   if all(f is not None for f in finished) and start >= total:
     logging.info("%s already finished at step %d: loaded from %s", name, start,
                  ", ".join(dirs))
-    return MembersResult(state, start, finished, finished[0].get(f"{unit}_per_second"))
+    return MembersResult(state, start, finished, finished[0].get(f"{unit}_per_second"), start)
   if start:
     logging.info("%s resumes from step %d of %d (%s)", name, start, total, ", ".join(dirs))
   mngrs = [checkpoints.manager(d) for d in dirs]
@@ -204,7 +206,7 @@ def run_members(name: str, members: Members, state: Any,
   finally:
     for m in mngrs:
       m.close()
-  return MembersResult(res.state, res.step, [None] * len(dirs), res.rate)
+  return MembersResult(res.state, res.step, [None] * len(dirs), res.rate, start)
 
 
 def _stop_now(flag: bool, step: int, log_every: int, end: int) -> bool:
@@ -283,4 +285,4 @@ def _train(name, members, mngrs, state, step_fn, start, total, log_every, ckpt_e
     progress.close()
     for writer in writers:
       writer.close()
-  return LoopResult(state, step, None, rate)
+  return LoopResult(state, step, None, rate, start)

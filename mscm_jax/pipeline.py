@@ -329,6 +329,8 @@ def _stage1_done(r: _Run, s1: stage1.Stage1Result, seconds: float) -> dict[str, 
   r.summary["stage1"] = {"steps": s1.steps, "probe_knn_auroc": s1.probe_auroc,
                          "probe_untrained_knn_auroc": s1.probe_untrained_auroc,
                          "views_per_second": s1.views_per_second}
+  # `seconds` are this process's: where it took each stage up says what they paid for.
+  r.summary["resumed_from"] = {"stage1": s1.resumed_from}
   logging.info("Stage 1: %s", json.dumps(r.summary["stage1"]))
   if r.config.stop_after == "stage1":
     return _finish(r.workdir, r.summary, r.seconds, "stage1")
@@ -339,6 +341,7 @@ def _stage2_done(r: _Run, s2: stage2.Stage2Result, seconds: float) -> dict[str, 
   """Stage 2 in the summary; the run's end when it stops there (or has no test images)."""
   config = r.config
   r.seconds["stage2"] = seconds
+  r.summary["resumed_from"]["stage2"] = s2.resumed_from
   detectors = {name: list(v) for name, v in stage2.detectors(config).items()}
   r.summary["stage2"] = {"steps": s2.steps, "detectors": detectors,
                          "weights": stage2.detector_weights(config),

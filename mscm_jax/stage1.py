@@ -281,6 +281,9 @@ class Stage1Result:
   views_per_second: float | None
   seconds: float
   probe_untrained_auroc: float | None = None  # the same probe of the initial network
+  # The step this process's training began at: 0 from scratch, a checkpoint's step when
+  # resumed, `steps` when the stage was finished earlier (`seconds` is this process's).
+  resumed_from: int = 0
 
 
 def train(config: ml_collections.ConfigDict, split: protocols.ADSplit, workdir: str,
@@ -312,13 +315,13 @@ def train(config: ml_collections.ConfigDict, split: protocols.ADSplit, workdir: 
                  stop_after=stop_after, unit="views", advice=nan_advice(config))
   if res.finished is not None:
     return Stage1Result(res.state, model, res.step, res.finished.get("probe_auroc"),
-                        res.rate, 0.0, res.finished.get("probe_untrained_auroc"))
+                        res.rate, 0.0, res.finished.get("probe_untrained_auroc"), res.step)
   return _finish(config, split, workdir, model, init_fn, res.state, res.step, total,
-                 res.rate, probe, t_start)
+                 res.rate, probe, t_start, res.start)
 
 
 def _finish(config, split, workdir, model, init_fn, state, step, total, rate, probe,
-            t_start) -> Stage1Result:
+            t_start, start) -> Stage1Result:
   """A complete stage's last work: the k-NN probe (trained and untrained), FINISHED.json."""
   probe_auroc = untrained = None
   if step >= total:
@@ -341,7 +344,7 @@ def _finish(config, split, workdir, model, init_fn, state, step, total, rate, pr
                                "views_per_second": rate,
                                "image_shape": list(split.train_images.shape[1:])})
   return Stage1Result(state, model, step, probe_auroc, rate,
-                      time.time() - t_start, untrained)
+                      time.time() - t_start, untrained, start)
 
 
 # ----------------------------------------------------------- K models as one program
@@ -418,10 +421,11 @@ def train_stacked(configs: list[ml_collections.ConfigDict], splits: list[protoco
                                                 strict=True):
     if finished is not None:
       out.append(Stage1Result(state, model, res.step, finished.get("probe_auroc"),
-                              res.rate, 0.0, finished.get("probe_untrained_auroc")))
+                              res.rate, 0.0, finished.get("probe_untrained_auroc"),
+                              res.step))
     else:
       out.append(_finish(c, split, workdir, model, init_fn, state, res.step, total,
-                         res.rate, probe, t_start))
+                         res.rate, probe, t_start, res.start))
   return out
 
 
@@ -438,4 +442,5 @@ def load_finished(config: ml_collections.ConfigDict, workdir: str,
   template = make_init_fn(model, tx, image_shape, mesh)(jax.random.PRNGKey(config.seed))
   state = checkpoints.restore_final(os.path.join(workdir, STAGE), template, info["step"])
   return (Stage1Result(state, model, int(state.step), info.get("probe_auroc"),
-                       info.get("views_per_second"), 0.0), image_shape)
+                       info.get("views_per_second"), 0.0, info.get("probe_untrained_auroc"),
+                       int(state.step)), image_shape)

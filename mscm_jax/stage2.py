@@ -297,6 +297,7 @@ class FitResult:
   norm: dict[str, list[float]]  # {detector: [mean, std]} of its distance on `reference`
   reference: np.ndarray  # bool [N]: the rows that set the spread (the holdout)
   n_fit: int
+  start: int = 0  # the step this call began from (`loop.LoopResult.start`)
 
 
 def nan_advice(config: ml_collections.ConfigDict):
@@ -351,7 +352,7 @@ def fit(config: ml_collections.ConfigDict, inputs: dict[str, np.ndarray],
   norm = spread(distances(detector, res.state, {s: m[ref] for s, m in inputs.items()},
                           config.evaluate.batch_size))
   rate = res.rate if res.finished is None else res.finished.get("maps_per_second")
-  return FitResult(res.state, detector, res.step, rate, norm, ref, n_fit)
+  return FitResult(res.state, detector, res.step, rate, norm, ref, n_fit, res.start)
 
 
 def fit_members(configs: Sequence[ml_collections.ConfigDict],
@@ -398,7 +399,7 @@ def fit_members(configs: Sequence[ml_collections.ConfigDict],
                             mesh, config.evaluate.batch_size)
   return [FitResult(state, detector, res.step,
                     res.rate if finished is None else finished.get("maps_per_second"),
-                    spread(norm), ref, n_fit)
+                    spread(norm), ref, n_fit, res.start)
           for state, finished, norm, ref in zip(members.split(res.state), res.finished, norms,
                                                 refs, strict=True)]
 
@@ -410,6 +411,7 @@ class Stage2Result:
   steps: int
   norm: dict[str, dict[str, list[float]]]  # {'mscm': {detector: [mean, std]}, 'deviation'}
   seconds: float
+  resumed_from: int = 0  # as `stage1.Stage1Result.resumed_from`
 
 
 def train(config: ml_collections.ConfigDict, split: protocols.ADSplit, workdir: str, mesh,
@@ -480,7 +482,8 @@ def _finish(config: ml_collections.ConfigDict, split: protocols.ADSplit, workdir
                               {"step": res.steps, "norm": norm, "n_fit": res.n_fit,
                                "n_holdout": int(split.n_train - res.n_fit),
                                "maps_per_second": res.rate})
-  return Stage2Result(res.state, res.detector, res.steps, norm, time.time() - t_start)
+  return Stage2Result(res.state, res.detector, res.steps, norm, time.time() - t_start,
+                      res.start)
 
 
 def load_finished(config: ml_collections.ConfigDict, workdir: str, image_shape: Sequence[int],
@@ -503,4 +506,4 @@ def load_finished(config: ml_collections.ConfigDict, workdir: str, image_shape: 
   tx, _ = build_optimizer(config, total)
   template = init_state(config, detector, tx, dummy, mesh)
   state = checkpoints.restore_final(os.path.join(workdir, STAGE), template, info["step"])
-  return Stage2Result(state, detector, int(state.step), info["norm"], 0.0)
+  return Stage2Result(state, detector, int(state.step), info["norm"], 0.0, int(state.step))

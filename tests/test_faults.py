@@ -31,10 +31,12 @@ EPOCHS = 6  # 32 normal images / batch 16 = 12 stage-1 steps, each one checkpoin
 
 
 def _comparable(results: dict[str, Any], workdir: pathlib.Path) -> Any:
-  """results.json less what may differ between equal runs: timings, the workdir's path."""
+  """results.json less what may differ between equal runs: timings, where the last process
+  took the stages up, the workdir's path."""
   def walk(x: Any) -> Any:
     if isinstance(x, dict):
-      return {k: walk(v) for k, v in x.items() if k != "seconds" and "per_second" not in k}
+      return {k: walk(v) for k, v in x.items()
+              if k not in ("seconds", "resumed_from") and "per_second" not in k}
     if isinstance(x, (list, tuple)):
       return [walk(v) for v in x]
     if isinstance(x, str):

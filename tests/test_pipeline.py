@@ -26,6 +26,7 @@ def test_results_json_has_every_field(finished_run):
                                            "fpr95_anomalies_positive",
                                            "fpr95_normals_positive"}, name
   assert set(saved["seconds"]) == {"data", "stage1", "stage2", "evaluation"}
+  assert saved["resumed_from"] == {"stage1": 0, "stage2": 0}  # both trained by this run
   assert checkpoints.finished_info(str(workdir / "stage1"))["step"] == 6  # 48/16 x 2 epochs
   assert checkpoints.finished_info(str(workdir / "stage2"))["n_holdout"] == 5
 
@@ -80,6 +81,7 @@ def test_changed_stage2_config_reuses_stage1(finished_run, tmp_path):
   c.stage2.deviation_scales = ("res3",)
   out = pipeline.run(c, str(tmp_path), stage1_from=str(workdir))
   assert out["stage1"]["steps"] == 6
+  assert out["resumed_from"] == {"stage1": 6, "stage2": 0}  # stage 1 loaded, not trained
   assert out["stage2"]["detectors"] == {"pooled": ["pooled", "euclidean"]}
   assert out["stage2"]["deviation_scales"] == ["res3"]
   assert "mscm_res3" not in out["scores"] and "deviation_res3" in out["scores"]

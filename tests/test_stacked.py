@@ -107,6 +107,7 @@ def test_stacked_resume_equals_uninterrupted(tmp_path):
   # so both resume from step 1, the newest they share.
   checkpoints.drop_after(os.path.join(cut[1], "stage1"), 1)
   resumed = stage1.train_stacked(configs, splits, cut, mesh, probe=False)
+  assert [s.resumed_from for s in resumed] == [1, 1]
   for r, s in zip(ref, resumed, strict=True):
     pa, pb = jax.device_get((r.state.params, s.state.params))
     assert max(float(np.max(np.abs(x - y)))
@@ -271,6 +272,7 @@ def test_stage2_members_resume_and_load(tmp_path):
   assert [p.steps for p in part] == [2, 2] and [r.steps for r in ref] == [8, 8]
   assert checkpoints.finished_info(os.path.join(cut[0], "stage2")) is None
   resumed = stage2.train_members(configs, splits, cut, mesh, s1s)
+  assert [s.resumed_from for s in resumed] == [2, 2]
   for r, s in zip(ref, resumed, strict=True):
     assert s.steps == 8 and _worst(r.state.params, s.state.params) < 1e-5
     _assert_norms_close(s.norm, r.norm, 1e-6)
@@ -278,6 +280,7 @@ def test_stage2_members_resume_and_load(tmp_path):
   before = [_stage_losses(d, "stage2") for d in cut]
   loaded = stage2.train_members(configs, splits, cut, mesh, s1s)
   assert [_stage_losses(d, "stage2") for d in cut] == before
+  assert [s.resumed_from for s in loaded] == [8, 8]
   for r, s in zip(ref, loaded, strict=True):
     assert _worst(r.state.params, s.state.params) < 1e-5
     _assert_norms_close(s.norm, r.norm, 1e-6)

@@ -84,6 +84,7 @@ def test_resume_equals_uninterrupted(tmp_path):
   assert part.steps == 2 and checkpoints.finished_info(str(tmp_path / "b" / "stage1")) is None
   resumed = stage1.train(c, split, str(tmp_path / "b"), mesh, probe=False)
   assert straight.steps == resumed.steps == 4
+  assert (straight.resumed_from, part.resumed_from, resumed.resumed_from) == (0, 0, 2)
   for a, b in zip(jax.tree.leaves(jax.device_get(straight.state)),
                   jax.tree.leaves(jax.device_get(resumed.state))):
     np.testing.assert_array_equal(a, b)  # bitwise on CPU
@@ -91,7 +92,7 @@ def test_resume_equals_uninterrupted(tmp_path):
   steps = [json.loads(l)["step"] for l in open(tmp_path / "b" / "metrics.jsonl")]
   assert steps == [1, 2, 3, 4]
   again = stage1.train(c, split, str(tmp_path / "b"), mesh, probe=False)  # finished: a load
-  assert again.steps == 4 and again.seconds == 0.0
+  assert again.steps == 4 and again.seconds == 0.0 and again.resumed_from == 4
 
 
 def test_update_fits_a_fixed_batch():

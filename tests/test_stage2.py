@@ -223,6 +223,7 @@ def test_train_resume_equals_uninterrupted_and_reloads(tmp_path):
   resumed = stage2.train(c, split, str(tmp_path / "b"), mesh, s1)
   # 48 images, 10% held out -> 43 fitted, 6 batches of 8 per epoch, 2 epochs
   assert straight.steps == resumed.steps == 12
+  assert (straight.resumed_from, part.resumed_from, resumed.resumed_from) == (0, 0, 5)
   for a, b in zip(jax.tree.leaves(jax.device_get(straight.state)),
                   jax.tree.leaves(jax.device_get(resumed.state)), strict=True):
     np.testing.assert_array_equal(a, b)
@@ -232,7 +233,7 @@ def test_train_resume_equals_uninterrupted_and_reloads(tmp_path):
   steps = [json.loads(line)["step"] for line in open(tmp_path / "b" / "metrics.jsonl")]
   assert steps == list(range(1, 13)), steps  # one record per step across the resume
   loaded = stage2.train(c, split, str(tmp_path / "b"), mesh, s1)  # finished: a load
-  assert loaded.seconds == 0.0 and loaded.norm == straight.norm
+  assert loaded.seconds == 0.0 and loaded.norm == straight.norm and loaded.resumed_from == 12
   for a, b in zip(jax.tree.leaves(jax.device_get(straight.state.params)),
                   jax.tree.leaves(jax.device_get(loaded.state.params)), strict=True):
     np.testing.assert_array_equal(a, b)
