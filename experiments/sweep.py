@@ -42,6 +42,7 @@ import glob
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -535,6 +536,49 @@ def _fmt(mean: float, std: float) -> str:
   return f"{mean:.3f}" + (f" ± {std:.3f}" if np.isfinite(std) else "")
 
 
+def _setting_order(tag: str) -> tuple[float, str]:
+  """oneclass first, then by ratio; a ratio's drawn-from variants after the plain one."""
+  m = re.fullmatch(r"unb([0-9.e-]+?)(-from-.*)?", tag)
+  return (-1.0, tag) if tag == "oneclass" or not m else (float(m.group(1)), m.group(2) or "")
+
+
+def _side_by_side(groups) -> list[str]:
+  """Per dataset and variant with several settings: class x setting, one table per score,
+  what the unbalanced setting is to be read against (issue 11: beside one-class)."""
+  by_key: dict[tuple[str, str], dict[str, dict[str, dict[int, Any]]]] = {}
+  for (setting, variant), (_, by_class) in groups.items():
+    dataset = next(iter(next(iter(by_class.values())).values()))["dataset"]
+    by_key.setdefault((dataset, variant), {})[setting] = by_class
+  md: list[str] = []
+  for (dataset, variant), by_setting in sorted(by_key.items()):
+    if len(by_setting) < 2:
+      continue
+    settings = sorted(by_setting, key=_setting_order)
+    classes = sorted({c for by_class in by_setting.values() for c in by_class})
+    md += [f"### {dataset}" + (f", variant {variant}" if variant else "")
+           + ": the settings side by side", "",
+           "AUROC, mean ± spread over seeds; — = no finished cell.", ""]
+    for score in HEADLINE:
+      md += [f"`{score}`", "", "| class | " + " | ".join(settings) + " |",
+             "|" + "---|" * (len(settings) + 1)]
+      for c in classes:
+        row = []
+        for st in settings:
+          runs = by_setting[st].get(c, {})
+          vals = [v for v in (_values(r, score) for r in runs.values()) if v is not None]
+          row.append(_fmt(*_stats(vals)) if vals else "—")
+        md.append(f"| {c} | " + " | ".join(row) + " |")
+      md.append("")
+    differ = [f"{c}: " + "; ".join(f"{st} {','.join(map(str, sorted(by_setting[st][c])))}"
+                                   for st in settings if c in by_setting[st])
+              for c in classes
+              if len({tuple(sorted(by_setting[st][c])) for st in settings
+                      if c in by_setting[st]}) > 1]
+    if differ:
+      md += ["Seeds differ between settings (" + " | ".join(differ) + ").", ""]
+  return md
+
+
 def tables(root: str) -> tuple[str, str]:
   """(Markdown, CSV) of every finished cell under ROOT."""
   groups = _groups(root)
@@ -585,6 +629,7 @@ def tables(root: str) -> tuple[str, str]:
       md += ["", "Reference (SPEC section 5; one-class mean AUROC over all classes): "
              + ", ".join(f"{k} {v / 100:.3f}" for k, v in ref.items()) + "."]
     md.append("")
+  md += _side_by_side(groups)
   buf = io.StringIO()
   fields = ["dataset", "setting", "variant", "class", "score", "n", "mean", "std", "seeds"]
   w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")

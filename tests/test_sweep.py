@@ -179,6 +179,27 @@ def test_table_means_spreads_and_class_set_mean_only_when_complete(tmp_path):
   assert "### cifar10, unb0.05" in md and md.count("CSI") == 1  # references: one-class only
 
 
+def test_side_by_side_sets_each_setting_beside_one_class(tmp_path):
+  _fake_cell(tmp_path, "a", 0, aurocs={"mscm": 0.6, "knn": 0.8})
+  assert "side by side" not in sweep.tables(str(tmp_path))[0]  # one setting: nothing to set
+  _fake_cell(tmp_path, "a", 1, aurocs={"mscm": 0.8, "knn": 0.8})
+  _fake_cell(tmp_path, "a", 0, setting="unb0.05-from-b", aurocs={"mscm": 0.95})
+  _fake_cell(tmp_path, "a", 0, setting="unb0.1", aurocs={"mscm": 0.93})
+  _fake_cell(tmp_path, "b", 0, setting="unb0.05", aurocs={"mscm": 0.9, "knn": 0.7})
+  _fake_cell(tmp_path, "a", 0, setting="unb0.05", aurocs={"mscm": 0.91})
+  md = sweep.tables(str(tmp_path))[0]
+  side = md[md.index("### cifar10: the settings side by side"):]
+  header = "| class | oneclass | unb0.05 | unb0.05-from-b | unb0.1 |"
+  assert side.count(header) == len(sweep.HEADLINE)  # one table per headline score
+  mscm = side[side.index("`mscm`"):side.index("`deviation`")]
+  assert "| a | 0.700 ± 0.141 | 0.910 | 0.950 | 0.930 |" in mscm
+  assert "| b | — | 0.900 | — | — |" in mscm
+  knn = side[side.index("`knn`"):side.index("`pixel_knn`")]
+  assert "| a | 0.800 ± 0.000 | — | — | — |" in knn and "| b | — | 0.700 | — | — |" in knn
+  assert "Seeds differ between settings (a: oneclass 0,1; unb0.05 0; unb0.05-from-b 0; " \
+      "unb0.1 0)." in side
+
+
 def test_export_keeps_what_rebuilds_the_table_and_adds_to_it(tmp_path):
   root, dest = tmp_path / "runs", tmp_path / "kept"
   _fake_cell(root, "a", 0, aurocs={"mscm": 0.6})
