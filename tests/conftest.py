@@ -2,10 +2,14 @@
 
 XLA reads its flags when JAX first initialises its backend, so they are set here, before
 any test module imports jax. Tests also ask XLA for cheap compilation: on 2 cores compile
-time, not run time, is what a test of a tiny model spends (about half of it is saved).
+time, not run time, is what a test of a tiny model spends (about half of it is saved),
+and they share one compilation cache.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
@@ -13,6 +17,17 @@ if "xla_force_host_platform_device_count" not in _flags:
 if "xla_backend_optimization_level" not in _flags:
   _flags += " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 os.environ["XLA_FLAGS"] = _flags.strip()
+
+# One XLA compilation cache for the whole pytest run, shared by the test processes and by
+# every `python -m mscm_jax.main` a test starts (they inherit the environment): otherwise
+# each subprocess compiles the same smoke programs again from nothing (measured: a smoke
+# run 46 s cold, 11 s warm). Made fresh for each run and removed after it, so nothing
+# carries between runs; a JAX_COMPILATION_CACHE_DIR the caller set is used as it is.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="mscm_jax_tests_xla_")
+  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
