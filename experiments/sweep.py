@@ -542,19 +542,24 @@ def _setting_order(tag: str) -> tuple[float, str]:
   return (-1.0, tag) if tag == "oneclass" or not m else (float(m.group(1)), m.group(2) or "")
 
 
-def _side_by_side(groups) -> list[str]:
+def _side_by_side(groups: dict[tuple[str, str], tuple[list[str], dict[str, dict[int, Any]]]]
+                  ) -> list[str]:
   """Per dataset and variant with several settings: class x setting, one table per score,
   what the unbalanced setting is to be read against (issue 11: beside one-class)."""
   by_key: dict[tuple[str, str], dict[str, dict[str, dict[int, Any]]]] = {}
-  for (setting, variant), (_, by_class) in groups.items():
+  order: dict[tuple[str, str], list[str]] = {}
+  for (setting, variant), (all_names, by_class) in groups.items():
     dataset = next(iter(next(iter(by_class.values())).values()))["dataset"]
     by_key.setdefault((dataset, variant), {})[setting] = by_class
+    order[(dataset, variant)] = list(all_names)
   md: list[str] = []
-  for (dataset, variant), by_setting in sorted(by_key.items()):
+  for key, by_setting in sorted(by_key.items()):
     if len(by_setting) < 2:
       continue
+    dataset, variant = key
     settings = sorted(by_setting, key=_setting_order)
-    classes = sorted({c for by_class in by_setting.values() for c in by_class})
+    present = {c for by_class in by_setting.values() for c in by_class}
+    classes = [c for c in order[key] if c in present] + sorted(present - set(order[key]))
     md += [f"### {dataset}" + (f", variant {variant}" if variant else "")
            + ": the settings side by side", "",
            "AUROC, mean ± spread over seeds; — = no finished cell.", ""]
