@@ -4,9 +4,9 @@ r"""AUROC of a finished run's scores against each anomaly class of the test spli
 
 The unbalanced variant whose labelled anomalies come from some classes only is tested on
 all; this splits its AUROC into the classes stage 2 saw labelled and those it never saw.
-It reads the run's `config.json` and `scores.npz` and the test split through the library
-(`sources.load_splits`), and checks that the split's labels give the run's `is_anomaly`
-before it trusts the order. Prints one Markdown row per workdir.
+It reads the run's `config.json` and `scores.npz` and the test split alone through the
+library (`sources.load_splits`), and checks that the split's labels give the run's
+`is_anomaly` before it trusts the order. Prints a Markdown table per workdir.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def per_class(workdir: str, scores: Sequence[str] = ("mscm", "knn")
   config = config_lib.load_json(os.path.join(workdir, "config.json"))
   with np.load(os.path.join(workdir, "scores.npz")) as z:
     run = {k: z[k] for k in z.files}
-  _, test = sources.load_splits(config.dataset)
+  (test,) = sources.load_splits(config.dataset, [config.dataset.test_split])
   normal = test.class_names.index(config.dataset.normal_class)
   if test.labels.shape != run["is_anomaly"].shape or not np.array_equal(
       test.labels != normal, run["is_anomaly"]):

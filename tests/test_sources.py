@@ -87,6 +87,22 @@ def test_folder_source_test_only_class_gets_its_own_index(folder_tree):
   assert np.bincount(test.labels).tolist() == [3, 3, 2, 2]
 
 
+
+def test_load_splits_of_a_config_section_and_the_test_split_alone(folder_tree):
+  from conftest import smoke_config, write_folder_tree
+  write_folder_tree(folder_tree, {"train": {"aaa_train_only": 2}})
+  dataset = smoke_config(folder_tree).dataset
+  train, test = sources.load_splits(dataset)
+  (alone,) = sources.load_splits(dataset, [dataset.test_split])
+  # Decoding the test split alone gives the same images and the class indices of both
+  # splits' listing (the train-only class still shifts every other class's index).
+  assert len(train.labels) == 17 and alone.class_names == test.class_names == train.class_names
+  assert alone.class_names[0] == "aaa_train_only"
+  np.testing.assert_array_equal(alone.labels, test.labels)
+  np.testing.assert_array_equal(alone.images, test.images)
+  assert np.bincount(alone.labels, minlength=4).tolist() == [0, 3, 3, 2]
+
+
 def test_folder_source_errors(folder_tree, tmp_path):
   with pytest.raises(DatasetNotFoundError, match="no image folder tree"):
     sources.folder_class_names(str(tmp_path / "missing"))

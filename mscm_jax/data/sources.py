@@ -261,8 +261,12 @@ def class_names(dataset) -> tuple[str, ...]:
   return tuple(builder.info.features[dataset.label_key].names)
 
 
-def load_splits(dataset) -> tuple[LabelledImages, LabelledImages]:
-  """(train, test) for a `config.dataset` section, from tfds or a folder tree."""
+def load_splits(dataset, splits: Sequence[str] | None = None) -> tuple[LabelledImages, ...]:
+  """(train, test) for a `config.dataset` section, from tfds or a folder tree; or the
+  `splits` named (a finished run's scores need its test split only, not a train decode).
+  A folder tree's class indices come from both splits' listings either way."""
+  if splits is None:
+    splits = (dataset.train_split, dataset.test_split)
   if dataset.name == "folder":
     if not dataset.data_dir:
       raise UserError("dataset.name='folder' needs --config.dataset.data_dir=ROOT "
@@ -270,7 +274,7 @@ def load_splits(dataset) -> tuple[LabelledImages, LabelledImages]:
     names = folder_class_names(dataset.data_dir, (dataset.train_split, dataset.test_split))
     return tuple(load_folder(dataset.data_dir, s, image_size=dataset.image_size,
                              class_names=names)
-                 for s in (dataset.train_split, dataset.test_split))
+                 for s in splits)
   return tuple(load_tfds(dataset.name, s, data_dir=dataset.data_dir,
                          label_key=dataset.label_key, download=dataset.download)
-               for s in (dataset.train_split, dataset.test_split))
+               for s in splits)
