@@ -7,8 +7,10 @@ and they share one compilation cache.
 """
 
 import atexit
+import importlib.util
 import os
 import shutil
+import sys
 import tempfile
 
 _flags = os.environ.get("XLA_FLAGS", "")
@@ -32,6 +34,18 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
+
+
+def load_experiment(name: str):
+  """experiments/<name>.py as a module (the folder is scripts, not a package); registered
+  in sys.modules, which its dataclasses need."""
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      "experiments", f"{name}.py")
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[name] = module
+  spec.loader.exec_module(module)
+  return module
 
 
 def write_folder_tree(root, counts: dict[str, dict[str, int]], size: int = 16,

@@ -2,30 +2,20 @@
 
 import importlib.util
 import json
-import os
-import sys
 
 import jax
 import numpy as np
 import pytest
 
+from conftest import load_experiment
+
 from mscm_jax import config as config_lib
 from mscm_jax.data import augment
 from mscm_jax.frozen import build_model
 
-EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments")
-
-
-def _load(name):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(EXPERIMENTS, f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[name] = module
-  spec.loader.exec_module(module)
-  return module
-
 
 def test_benchmark_rows_have_every_field(tmp_path):
-  benchmark = _load("benchmark")
+  benchmark = load_experiment("benchmark")
   out = tmp_path / "b.json"
   benchmark.main(["--preset", "smoke", "--dtypes", "float32", "--steps", "1", "--warmup", "1",
                   "--torch_variants", "default", "--out", str(out)])
@@ -50,7 +40,7 @@ def test_benchmark_rows_have_every_field(tmp_path):
 @pytest.mark.parametrize("preset", ["smoke", "cpu"])
 def test_torch_mirror_has_the_same_parameters(preset):
   torch = pytest.importorskip("torch")
-  torch_step = _load("torch_step")
+  torch_step = load_experiment("torch_step")
   c = config_lib.apply_preset(config_lib.base_config(), preset)
   params = build_model(c).init(jax.random.PRNGKey(0), np.zeros((2, 32, 32, 3), np.float32),
                                train=False)["params"]

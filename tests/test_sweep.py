@@ -1,6 +1,5 @@
 """experiments/sweep.py: the grid, atomic claims, resumable workers, the aggregated table."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,21 +9,12 @@ import time
 
 import pytest
 
-from conftest import write_folder_tree
+from conftest import load_experiment, write_folder_tree
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _load():
-  path = os.path.join(ROOT, "experiments", "sweep.py")
-  spec = importlib.util.spec_from_file_location("sweep", path)
-  module = importlib.util.module_from_spec(spec)
-  sys.modules["sweep"] = module
-  spec.loader.exec_module(module)
-  return module
-
-
-sweep = _load()
+sweep = load_experiment("sweep")
 
 
 def test_settings_parse_and_name_cells():
@@ -305,15 +295,3 @@ def test_bad_grid_is_one_line(tmp_path, folder_tree):
   lines = [l for l in r.stderr.splitlines() if l.strip()]
   assert len(lines) == 1 and lines[0].startswith("error: --classes: no class 'durian'")
 
-
-def test_per_class_auroc_splits_a_runs_scores_by_anomaly_class(finished_run):
-  spec = importlib.util.spec_from_file_location(
-      "per_class_auroc", os.path.join(ROOT, "experiments", "per_class_auroc.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  _, workdir, results = finished_run
-  others, out, labelled = module.per_class(str(workdir))
-  # One anomaly class: its AUROC is the run's own, and a one-class run labels none.
-  assert others == ["c1"] and labelled == ()
-  for s in ("mscm", "knn"):
-    assert out[s]["c1"] == pytest.approx(results["scores"][s]["auroc"], abs=1e-12)
