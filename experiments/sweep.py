@@ -108,6 +108,20 @@ class Setting:
     return f"unb{self.ratio:g}" + (f"-from-{'+'.join(self.anomaly_classes)}"
                                    if self.anomaly_classes else "")
 
+  @classmethod
+  def from_tag(cls, tag: str) -> Setting | None:
+    """The inverse of `tag` (done.json keeps the tag); None for one `tag` does not make."""
+    if tag == "oneclass":
+      return cls("oneclass")
+    m = re.fullmatch(r"unb(.+?)(?:-from-(.+))?", tag)
+    try:
+      ratio = float(m.group(1)) if m else None
+    except ValueError:
+      ratio = None
+    if ratio is None:
+      return None
+    return cls("unbalanced", ratio, tuple(m.group(2).split("+")) if m.group(2) else ())
+
   def overrides(self) -> list[str]:
     if self.kind == "oneclass":
       return ["setting=oneclass"]
@@ -518,6 +532,11 @@ def _groups(root: str) -> dict[tuple[str, str], tuple[list[str], dict[str, dict[
   return groups
 
 
+def _any_results(by_class: dict[str, dict[int, Any]]) -> dict[str, Any]:
+  """One finished cell's results.json of a group: what its dataset and scores are."""
+  return next(iter(next(iter(by_class.values())).values()))
+
+
 def _values(results: dict[str, Any], score: str) -> float | None:
   if score == "probe_gain":
     s1 = results.get("stage1") or {}
@@ -536,10 +555,12 @@ def _fmt(mean: float, std: float) -> str:
   return f"{mean:.3f}" + (f" ± {std:.3f}" if np.isfinite(std) else "")
 
 
-def _setting_order(tag: str) -> tuple[float, str]:
+def _setting_order(tag: str) -> tuple[float, tuple[str, ...], str]:
   """oneclass first, then by ratio; a ratio's drawn-from variants after the plain one."""
-  m = re.fullmatch(r"unb([0-9.e-]+?)(-from-.*)?", tag)
-  return (-1.0, tag) if tag == "oneclass" or not m else (float(m.group(1)), m.group(2) or "")
+  s = Setting.from_tag(tag)
+  if s is None or s.ratio is None:
+    return (-1.0, (), tag)
+  return (s.ratio, s.anomaly_classes, tag)
 
 
 def _side_by_side(groups: dict[tuple[str, str], tuple[list[str], dict[str, dict[int, Any]]]]
@@ -549,7 +570,7 @@ def _side_by_side(groups: dict[tuple[str, str], tuple[list[str], dict[str, dict[
   by_key: dict[tuple[str, str], dict[str, dict[str, dict[int, Any]]]] = {}
   order: dict[tuple[str, str], list[str]] = {}
   for (setting, variant), (all_names, by_class) in groups.items():
-    dataset = next(iter(next(iter(by_class.values())).values()))["dataset"]
+    dataset = _any_results(by_class)["dataset"]
     by_key.setdefault((dataset, variant), {})[setting] = by_class
     order[(dataset, variant)] = list(all_names)
   md: list[str] = []
@@ -589,7 +610,7 @@ def tables(root: str) -> tuple[str, str]:
   groups = _groups(root)
   md, rows = [], []
   for (setting, variant), (all_names, by_class) in sorted(groups.items()):
-    any_results = next(iter(next(iter(by_class.values())).values()))
+    any_results = _any_results(by_class)
     dataset = any_results["dataset"]
     scores = [s for s in HEADLINE if s in any_results["scores"]]
     scores += sorted(s for s in any_results["scores"] if s not in HEADLINE)

@@ -26,6 +26,10 @@ def test_settings_parse_and_name_cells():
   for bad in ("unbalanced", "unbalanced:2", "unbalanced:x", "twoclass"):
     with pytest.raises(sweep.SweepError):
       sweep.Setting.parse(bad)
+  for text in ("oneclass", "unbalanced:0.05:cat+dog", "unbalanced:0.1", "unbalanced:1e-05"):
+    setting = sweep.Setting.parse(text)
+    assert sweep.Setting.from_tag(setting.tag) == setting  # done.json's tag reads back
+  assert sweep.Setting.from_tag("unbx") is None and sweep.Setting.from_tag("other") is None
 
 
 def test_grid_validates_every_cell_before_running(folder_tree, tmp_path):
