@@ -4,14 +4,17 @@ r"""AUROC of a finished run's scores against each anomaly class of the test spli
 
 The unbalanced variant whose labelled anomalies come from some classes only is tested on
 all; this splits its AUROC into the classes stage 2 saw labelled and those it never saw.
-It reads the run's `config.json` and `scores.npz` and the test split alone through the
-library (`sources.load_splits`), and checks that the split's labels give the run's
-`is_anomaly` before it trusts the order. Prints a Markdown table per workdir.
+A run evaluated since results.json had `per_anomaly_class` is read from there; an older
+one (or a score that field lacks) is recomputed by the library's `evaluate.class_aurocs`
+from the run's `config.json` and `scores.npz` and the test split (`sources.load_splits`),
+after checking that the split's labels give the run's `is_anomaly`. Prints a Markdown table
+per workdir.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -19,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from mscm_jax import config as config_lib
-from mscm_jax import metrics
+from mscm_jax import evaluate
 from mscm_jax.data import sources
 from mscm_jax.errors import UserError
 
@@ -27,6 +30,18 @@ from mscm_jax.errors import UserError
 def per_class(workdir: str, scores: Sequence[str] = ("mscm", "knn")
               ) -> tuple[list[str], dict[str, dict[str, float]], tuple[str, ...]]:
   """(anomaly classes, {score: {class: AUROC of normals vs that class}}, labelled ones)."""
+  with open(os.path.join(workdir, "results.json")) as f:
+    saved = json.load(f).get("per_anomaly_class")
+  if saved and all(s in m for m in saved["auroc"].values() for s in scores):
+    by_class, labelled = saved["auroc"], tuple(saved["labelled"])
+  else:
+    by_class, labelled = _recomputed(workdir, scores)
+  others = list(by_class)
+  return others, {s: {c: by_class[c][s] for c in others} for s in scores}, labelled
+
+
+def _recomputed(workdir: str, scores: Sequence[str]
+                ) -> tuple[dict[str, dict[str, float]], tuple[str, ...]]:
   config = config_lib.load_json(os.path.join(workdir, "config.json"))
   with np.load(os.path.join(workdir, "scores.npz")) as z:
     run = {k: z[k] for k in z.files}
@@ -36,18 +51,13 @@ def per_class(workdir: str, scores: Sequence[str] = ("mscm", "knn")
       test.labels != normal, run["is_anomaly"]):
     raise UserError(f"{workdir}: the test split's labels do not give the run's is_anomaly "
                     "(another split or order): per-class AUROC would be wrong")
-  others = [c for i, c in enumerate(test.class_names) if i != normal]
-  out: dict[str, dict[str, float]] = {}
-  for s in scores:
-    out[s] = {}
-    for c in others:
-      keep = (test.labels == normal) | (test.labels == test.class_names.index(c))
-      out[s][c] = metrics.auroc(run[s][keep], run["is_anomaly"][keep])
+  by_class = evaluate.class_aurocs(run, test.labels, run["is_anomaly"], test.class_names,
+                                   scores)
   if config.setting != "unbalanced":
     labelled: tuple[str, ...] = ()
   else:  # labelled anomalies drawn from the named classes, or from every other class
-    labelled = tuple(config.get("anomaly_classes", ()) or ()) or tuple(others)
-  return others, out, labelled
+    labelled = tuple(config.get("anomaly_classes", ()) or ()) or tuple(by_class)
+  return by_class, labelled
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -79,6 +79,22 @@ def score_metrics(scores: dict[str, np.ndarray], is_anomaly: np.ndarray) -> dict
   return {name: metrics.evaluate(v, labels) for name, v in scores.items()}
 
 
+def class_aurocs(scores: dict[str, np.ndarray], classes: np.ndarray, is_anomaly: np.ndarray,
+                 class_names: Sequence[str], names: Sequence[str] = HEADLINE
+                 ) -> dict[str, dict[str, float]]:
+  """{class: {score: AUROC}} against each anomaly class of the test split alone (every
+  normal test image vs that class's images): an unbalanced run whose labels come from some
+  classes is read on the classes it never saw."""
+  classes, is_anomaly = np.asarray(classes), np.asarray(is_anomaly, bool)
+  labels = is_anomaly.astype(int)
+  out = {}
+  for c in np.unique(classes[is_anomaly]):
+    keep = ~is_anomaly | (classes == c)
+    out[class_names[c]] = {n: metrics.auroc(scores[n][keep], labels[keep])
+                           for n in names if n in scores}
+  return out
+
+
 def summary_table(results: dict[str, Any]) -> str:
   """The headline scores, then the per-scale ones, as a fixed-width text table."""
   names = [n for n in HEADLINE if n in results["scores"]]
@@ -99,14 +115,27 @@ def summary_table(results: dict[str, Any]) -> str:
   lines.append("FPR95-AD: normals flagged where 95 % of anomalies are caught (anomalies "
                "positive); FPR95-OOD: anomalies accepted where 95 % of normals are accepted "
                "(OpenOOD)")
+  per = results.get("per_anomaly_class")  # absent from a results.json written before it
+  if per and per["auroc"]:
+    first = next(iter(per["auroc"].values()))
+    shown = [n for n in HEADLINE if n in first]
+    w = max(12, max(len(c) for c in per["auroc"]) + 3)
+    lines.append("AUROC against each anomaly class alone (* = labelled in training)")
+    lines.append(f"{'class':<{w}}" + "".join(f"{n:>11}" for n in shown))
+    for c, m in per["auroc"].items():
+      name = c + (" *" if c in per["labelled"] else "")
+      lines.append(f"{name:<{w}}" + "".join(f"{m[n]:>11.4f}" for n in shown))
   return "\n".join(lines)
 
 
 def write_results(workdir: str, results: dict[str, Any], scores: dict[str, np.ndarray],
-                  is_anomaly: np.ndarray) -> str:
-  """results.json (atomically) and scores.npz (every test score, for later analysis)."""
+                  is_anomaly: np.ndarray, classes: np.ndarray | None = None) -> str:
+  """results.json (atomically) and scores.npz (every test score, for later analysis; with
+  `classes`, each test image's original class index as `class`)."""
   tmp = os.path.join(workdir, "scores.tmp.npz")  # atomic, as results.json
-  np.savez_compressed(tmp, is_anomaly=is_anomaly, **{k: v for k, v in scores.items()})
+  extra = {} if classes is None else {"class": np.asarray(classes)}
+  np.savez_compressed(tmp, is_anomaly=is_anomaly, **extra,
+                      **{k: v for k, v in scores.items()})
   os.replace(tmp, os.path.join(workdir, "scores.npz"))
   path = os.path.join(workdir, "results.json")
   with open(path + ".tmp", "w") as f:

@@ -358,6 +358,10 @@ def _evaluated(r: _Run, out: dict[str, Any], t: float) -> dict[str, Any]:
   config, split, workdir, summary = r.config, r.split, r.workdir, r.summary
   writer = distributed.is_writer()
   summary["scores"] = evaluate.score_metrics(out["scores"], split.test_is_anomaly)
+  summary["per_anomaly_class"] = {
+      "labelled": list(split.labelled_anomaly_classes),
+      "auroc": evaluate.class_aurocs(out["scores"], split.test_classes, split.test_is_anomaly,
+                                     split.class_names)}
   if config.evaluate.report and writer:
     from mscm_jax import report  # pylint: disable=g-import-not-at-top
     paths = report.write_report(os.path.join(workdir, "report"), out["scores"],
@@ -369,7 +373,8 @@ def _evaluated(r: _Run, out: dict[str, Any], t: float) -> dict[str, Any]:
   summary["identity"] = r.plan["evaluation"].fingerprint
   summary["identities"] = {k: v.fingerprint for k, v in r.plan.items()}
   if writer:
-    evaluate.write_results(workdir, summary, out["scores"], split.test_is_anomaly)
+    evaluate.write_results(workdir, summary, out["scores"], split.test_is_anomaly,
+                           split.test_classes)
     print(evaluate.summary_table(summary), flush=True)
   distributed.sync("results written")
   return summary

@@ -1,5 +1,8 @@
 """experiments/per_class_auroc.py: a finished run's AUROC against each anomaly class."""
 
+import json
+import shutil
+
 import pytest
 
 from conftest import load_experiment
@@ -7,10 +10,19 @@ from conftest import load_experiment
 per_class_auroc = load_experiment("per_class_auroc")
 
 
-def test_one_anomaly_class_gives_the_runs_own_auroc(finished_run):
+def test_one_anomaly_class_gives_the_runs_own_auroc(finished_run, tmp_path):
   _, workdir, results = finished_run
-  others, out, labelled = per_class_auroc.per_class(str(workdir))
+  read = per_class_auroc.per_class(str(workdir))
   # One anomaly class: its AUROC is the run's own, and a one-class run labels none.
+  others, out, labelled = read
   assert others == ["c1"] and labelled == ()
   for s in ("mscm", "knn"):
     assert out[s]["c1"] == pytest.approx(results["scores"][s]["auroc"], abs=1e-12)
+  # A results.json from before `per_anomaly_class`: recomputed from the split, the same.
+  old = tmp_path / "old"
+  old.mkdir()
+  for name in ("config.json", "scores.npz"):
+    shutil.copy(workdir / name, old / name)
+  (old / "results.json").write_text(json.dumps(
+      {k: v for k, v in results.items() if k != "per_anomaly_class"}))
+  assert per_class_auroc.per_class(str(old)) == read

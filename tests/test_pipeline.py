@@ -9,6 +9,7 @@ import pytest
 from conftest import smoke_config, write_folder_tree
 
 from mscm_jax import checkpoints, evaluate, metrics, pipeline
+from mscm_jax.data import protocols
 
 
 def test_results_json_has_every_field(finished_run):
@@ -70,6 +71,40 @@ def test_summary_table_lists_headline_scores_first(finished_run):
   _, _, results = finished_run
   lines = evaluate.summary_table(results).splitlines()
   assert [l.split()[0] for l in lines[2:6]] == ["mscm", "deviation", "knn", "pixel_knn"]
+
+
+def test_per_anomaly_class_aurocs_in_results_and_scores(finished_run):
+  """One anomaly class: its AUROC is the run's; scores.npz keeps each image's class."""
+  _, workdir, results = finished_run
+  per = results["per_anomaly_class"]
+  assert per["labelled"] == [] and list(per["auroc"]) == ["c1"]
+  for name in ("mscm", "deviation", "knn", "pixel_knn"):
+    assert per["auroc"]["c1"][name] == results["scores"][name]["auroc"], name
+  with np.load(workdir / "scores.npz") as saved:
+    np.testing.assert_array_equal(saved["class"] == 1, saved["is_anomaly"])
+  assert "c1 " in evaluate.summary_table(results).splitlines()[-1]
+
+
+def test_class_aurocs_split_by_class_and_mark_the_labelled():
+  # normals (class 0) score 0..3; class 1 scores above every normal, class 2 below.
+  classes = np.array([0, 0, 0, 0, 1, 1, 2, 2])
+  split = protocols.ADSplit(
+      train_images=np.zeros((3, 4, 4, 3), np.uint8),
+      train_is_anomaly=np.array([False, False, True]), train_classes=np.array([0, 0, 2]),
+      test_images=np.zeros((8, 4, 4, 3), np.uint8), test_is_anomaly=classes != 0,
+      test_classes=classes, class_names=("n", "up", "down"), normal_classes=(0,))
+  scores = {"mscm": np.array([0.0, 1.0, 2.0, 3.0, 5.0, 6.0, -2.0, -1.0]),
+            "knn": np.array([0.0, 1.0, 2.0, 3.0, -1.0, 9.0, 1.5, 1.5])}
+  out = evaluate.class_aurocs(scores, classes, classes != 0, split.class_names)
+  assert out == {"up": {"mscm": 1.0, "knn": 0.5}, "down": {"mscm": 0.0, "knn": 0.5}}
+  assert split.labelled_anomaly_classes == ("down",)
+  table = evaluate.summary_table({
+      "dataset": "d", "setting": "unbalanced", "normal_classes": ["n"], "seed": 0,
+      "n_test": 8, "n_test_anomalous": 4,
+      "per_anomaly_class": {"labelled": ["down"], "auroc": out},
+      "scores": {n: metrics.evaluate(v, classes != 0) for n, v in scores.items()}})
+  rows = [l.split() for l in table.splitlines()[-2:]]
+  assert rows == [["up", "1.0000", "0.5000"], ["down", "*", "0.0000", "0.5000"]]
 
 
 def test_changed_stage2_config_reuses_stage1(finished_run, tmp_path):

@@ -32,6 +32,7 @@ def test_one_class_split_counts_and_labels():
   # label 1 = anomaly: exactly the test images of the other classes
   np.testing.assert_array_equal(split.test_is_anomaly, TEST.labels != 2)
   assert split.summary()["normal_classes"] == ["c2"]
+  assert split.labelled_anomaly_classes == ()
 
 
 def test_several_normal_classes():
@@ -45,6 +46,7 @@ def test_unbalanced_ratio_and_anomaly_origin():
   anomalies = split.train_is_anomaly
   assert (split.train_classes[anomalies] != 1).all()
   assert (split.train_classes[~anomalies] == 1).all()
+  assert set(split.labelled_anomaly_classes) <= {"c0", "c2", "c3", "c4"}
   # images travel with their flags and classes
   np.testing.assert_array_equal(split.train_images[..., 0, 0, 0], split.train_classes)
   assert split.n_test == 50  # the test split is untouched
@@ -61,6 +63,7 @@ def test_unbalanced_is_seeded():
 def test_unbalanced_anomaly_classes_restrict_the_pool():
   split = protocols.unbalanced_split(TRAIN, TEST, (1,), 0.5, seed=0, anomaly_classes=(3,))
   assert set(split.train_classes[split.train_is_anomaly]) == {3}
+  assert split.labelled_anomaly_classes == ("c3",)
   assert split.n_test_anomalous == 40  # unseen anomaly types still tested
   with pytest.raises(ConfigError, match="pool holds 40"):
     protocols.unbalanced_split(TRAIN, TEST, (1,), 1.5, seed=0, anomaly_classes=(3,))

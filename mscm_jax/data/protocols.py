@@ -46,6 +46,12 @@ class ADSplit:
   def n_test_anomalous(self) -> int:
     return int(self.test_is_anomaly.sum())
 
+  @property
+  def labelled_anomaly_classes(self) -> tuple[str, ...]:
+    """The classes stage 2 sees labelled anomalies of (none in one-class)."""
+    return tuple(self.class_names[c]
+                 for c in np.unique(self.train_classes[self.train_is_anomaly]))
+
   def summary(self) -> dict[str, Any]:
     return {
         "normal_classes": [self.class_names[i] for i in self.normal_classes],
