@@ -30,7 +30,10 @@ from mscm_jax.errors import UserError
 def per_class(workdir: str, scores: Sequence[str] = ("mscm", "knn")
               ) -> tuple[list[str], dict[str, dict[str, float]], tuple[str, ...]]:
   """(anomaly classes, {score: {class: AUROC of normals vs that class}}, labelled ones)."""
-  with open(os.path.join(workdir, "results.json")) as f:
+  path = os.path.join(workdir, "results.json")
+  if not os.path.isfile(path):
+    raise UserError(f"{workdir}: no results.json (not a finished run's workdir)")
+  with open(path) as f:
     saved = json.load(f).get("per_anomaly_class")
   if saved and all(s in m for m in saved["auroc"].values() for s in scores):
     by_class, labelled = saved["auroc"], tuple(saved["labelled"])

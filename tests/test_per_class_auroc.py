@@ -26,3 +26,9 @@ def test_one_anomaly_class_gives_the_runs_own_auroc(finished_run, tmp_path):
   (old / "results.json").write_text(json.dumps(
       {k: v for k, v in results.items() if k != "per_anomaly_class"}))
   assert per_class_auroc.per_class(str(old)) == read
+
+
+def test_a_workdir_without_results_is_one_line(tmp_path, capsys):
+  assert per_class_auroc.main([str(tmp_path)]) == 2
+  err = capsys.readouterr().err.strip()
+  assert err == f"error: {tmp_path}: no results.json (not a finished run's workdir)"
