@@ -57,7 +57,7 @@ import numpy as np
 
 from mscm_jax.names import HEADLINE
 from mscm_jax.identity import TRAINED
-from mscm_jax.workdir import FINAL_MARKER, stage_dir
+from mscm_jax.workdir import FINAL_MARKER, saved_steps, stage_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 META = ".sweep"
@@ -372,8 +372,7 @@ def progress(root: str, cell: str) -> tuple[str, ...]:
     if os.path.exists(os.path.join(d, FINAL_MARKER)):
       out.append("finished")
     else:
-      steps = [int(n) for n in (os.listdir(d) if os.path.isdir(d) else []) if n.isdigit()]
-      out.append(str(max(steps, default=0)))
+      out.append(str(max(saved_steps(d), default=0)))
   return tuple(out)
 
 

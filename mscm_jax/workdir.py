@@ -107,6 +107,16 @@ def stage_dir(workdir: str, stage: str) -> str:
   return os.path.join(workdir, stage)
 
 
+def saved_steps(directory: str) -> list[int]:
+  """The steps of a stage directory's finalised checkpoints, read without JAX or orbax
+  (for the sweep runner): orbax names each by its step and writes an unfinished save
+  under '<step>.orbax-checkpoint-tmp-*' first. test_checkpoints pins this to orbax's own
+  `CheckpointManager.all_steps`."""
+  names = os.listdir(directory) if os.path.isdir(directory) else []
+  return sorted(int(n) for n in names
+                if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
+
+
 def has_content(directory: str) -> bool:
   return os.path.isdir(directory) and any(not n.startswith(".") for n in os.listdir(directory))
 

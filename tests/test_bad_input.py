@@ -37,7 +37,7 @@ from mscm_jax import pipeline
 from mscm_jax.api import AnoMemDetector, InputError, NotFittedError
 from mscm_jax.errors import CheckpointError, ConfigError, StaleStageError, UserError
 from mscm_jax.errors import WorkdirError
-from mscm_jax.workdir import LOCK_FILE
+from mscm_jax.workdir import LOCK_FILE, saved_steps
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BASE = ("--config=configs/folder_oneclass.py:smoke", "--config.dataset.data_dir={tree}",
@@ -461,8 +461,7 @@ def _load_tampered(tamper: Callable[[pathlib.Path], None],
 
 def _garble_checkpoints(stage: str, newest_only: bool = False) -> Callable[[pathlib.Path], None]:
   def tamper(w: pathlib.Path) -> None:
-    steps = sorted((d for d in (w / stage).iterdir() if d.is_dir() and d.name.isdigit()),
-                   key=lambda d: int(d.name))
+    steps = [w / stage / str(n) for n in saved_steps(str(w / stage))]
     for step in steps[-1:] if newest_only else steps:
       for f in step.rglob("*"):
         if f.is_file():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from test_stage1 import _config, _split
 
-from mscm_jax import checkpoints, sharding, stage1
+from mscm_jax import checkpoints, sharding, stage1, workdir
 from mscm_jax.errors import CheckpointError, NonFiniteError
 
 
@@ -27,6 +27,19 @@ def _partial(straight, tmp_path, steps=4):
   c, split, mesh, _ = straight
   stage1.train(c, split, str(tmp_path), mesh, stop_after=steps, probe=False)
   return tmp_path / "stage1"
+
+
+def test_saved_steps_reads_what_orbax_lists(straight, tmp_path):
+  """The sweep's jax-free reading of a stage directory agrees with orbax's own."""
+  d = _partial(straight, tmp_path)
+  (d / "5.orbax-checkpoint-tmp-1700000000").mkdir()  # a save cut before its rename
+  (d / "7").write_text("")  # a file, not a checkpoint
+  mngr = checkpoints.manager(str(d))
+  try:
+    assert workdir.saved_steps(str(d)) == sorted(mngr.all_steps()) == [3, 4]
+  finally:
+    mngr.close()
+  assert workdir.saved_steps(str(tmp_path / "absent")) == []
 
 
 def _data_files(step_dir):
@@ -59,7 +72,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_older_one(straight, tmp_pat
                                                                 caplog):
   c, split, mesh, final = straight
   d = _partial(straight, tmp_path)
-  assert sorted(int(n) for n in os.listdir(d) if n.isdigit()) == [3, 4]
+  assert workdir.saved_steps(str(d)) == [3, 4]
   damage(d / "4")
   res = stage1.train(c, split, str(tmp_path), mesh, probe=False)  # resumes from step 3
   warned = [r.getMessage() for r in caplog.records if "is damaged" in r.getMessage()]
@@ -120,7 +133,7 @@ def test_nan_names_the_term_and_the_step_range_and_saves_nothing(tmp_path):
   assert "nt_xent" in message or "parameters" in message, message
   assert "optim.learning_rate (now 1000000000000.0)" in message, message
   assert "\n" not in message
-  steps = [int(n) for n in os.listdir(tmp_path / "stage1") if n.isdigit()]
+  steps = workdir.saved_steps(str(tmp_path / "stage1"))
   for step in steps:  # every checkpoint that was written holds finite parameters
     parts = stage1.components(c, split.n_train, split.train_images.shape[1:],
                               sharding.make_mesh(1))

@@ -23,6 +23,7 @@ import numpy as np
 from conftest import write_folder_tree
 
 from mscm_jax import pipeline
+from mscm_jax.workdir import saved_steps
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 STAGES = ("stage1", "stage2")
@@ -114,7 +115,7 @@ def _state(workdir: pathlib.Path) -> dict[str, Any]:
   for stage in STAGES:
     d = workdir / stage
     names = sorted(os.listdir(d)) if d.is_dir() else []
-    steps = sorted(int(n) for n in names if n.isdigit())
+    steps = saved_steps(str(d))
     try:
       sums = json.loads((d / "checksums.json").read_text())
     except (OSError, ValueError):
