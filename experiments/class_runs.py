@@ -2,10 +2,10 @@ r"""Per-run tables of a sweep root (experiments/sweep.py runs the cells).
 
 For every ROOT/<cell>/results.json: each score's AUROC with the stage-1 k-NN probe of the
 trained and of the untrained network and the seconds per stage; every score (per scale
-and per detector too), one column per run; and the AUROC of the training-free
-`deviation` over every subset of scales (from scores.npz and the spreads in
-results.json, combined as the pipeline does). `sweep.py` aggregates over seeds; this is
-the detail behind it.
+and per detector too), one column per run; the AUROC of the training-free `deviation`
+over every subset of scales, and of `mscm` without each of its detectors in turn (from
+scores.npz and the spreads in results.json, combined as the pipeline does). `sweep.py`
+aggregates over seeds; this is the detail behind it.
 
   TFDS_DATA_DIR=../shared/tfds python experiments/sweep.py --root=/work/lc \
       --config=configs/cifar10_oneclass.py:cpu --classes=0,1,3 --seeds=0,1
@@ -68,23 +68,34 @@ def all_scores(root: str) -> str:
   return "\n".join(lines)
 
 
-def deviation_subsets(root: str) -> str:
-  rows = {}
+def subsets(root: str, score: str = "deviation", drop_one: bool = False) -> str:
+  """The AUROC of `score` (`deviation` over its scales, `mscm` over its detectors) when
+  only some of its members are summed, equal-weighted as the defaults are, from scores.npz
+  and the spreads in results.json: every subset, or with `drop_one` the whole set and
+  each set of all members but one (which member costs the combination)."""
+  rows, label = {}, {}
   for name, r in _results(root).items():
-    z = np.load(os.path.join(root, name, "scores.npz"))
-    norm = r["stage2"]["norm"]["deviation"]
-    scales = sorted(norm)
-    labels = z["is_anomaly"].astype(int)
-    per = {s: z[f"deviation_{s}"] for s in scales}
-    rows[name] = evaluate.subset_aurocs(
-        per, norm, labels, scales, range(1, len(scales) + 1))
+    with np.load(os.path.join(root, name, "scores.npz")) as z:
+      norm = r["stage2"]["norm"][score]
+      members = sorted(norm)
+      per = {m: z[f"{score}_{m}"] for m in members}
+      labels = z["is_anomaly"].astype(int)
+    n = len(members)
+    sizes = ((n - 1, n) if n > 1 else (n,)) if drop_one else range(1, n + 1)
+    rows[name] = evaluate.subset_aurocs(per, norm, labels, members, sizes)
+    if drop_one:  # "all but x" reads better than five names joined
+      label.update({"+".join(m for m in members if m != x): f"all but {x}" for x in members})
+      label["+".join(members)] = "all"
   if not rows:
     return ""
-  subsets = list(next(iter(rows.values())))
-  lines = ["| deviation scales | " + " | ".join(rows) + " | min |", "|" + "---|" * (len(rows) + 2)]
-  for sub in subsets:
+  keys = list(next(iter(rows.values())))
+  kind = "scales" if score == "deviation" else "detectors"
+  lines = [f"| {score} {kind} | " + " | ".join(rows) + " | min |",
+           "|" + "---|" * (len(rows) + 2)]
+  for sub in keys:
     vals = [rows[run][sub] for run in rows]
-    lines.append(f"| {sub} | " + " | ".join(f"{v:.3f}" for v in vals) + f" | {min(vals):.3f} |")
+    lines.append(f"| {label.get(sub, sub)} | " + " | ".join(f"{v:.3f}" for v in vals)
+                 + f" | {min(vals):.3f} |")
   return "\n".join(lines)
 
 
@@ -96,7 +107,9 @@ def main() -> None:
   print()
   print(all_scores(args.root))
   print()
-  print(deviation_subsets(args.root))
+  print(subsets(args.root, "deviation"))
+  print()
+  print(subsets(args.root, "mscm", drop_one=True))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,31 @@
+"""experiments/class_runs.py: the detail tables of a sweep root's finished runs."""
+
+import pytest
+
+from conftest import load_experiment
+
+class_runs = load_experiment("class_runs")
+
+
+def _row(table: str, label: str) -> list[float]:
+  line = next(l for l in table.splitlines() if l.startswith(f"| {label} |"))
+  return [float(v) for v in line.strip("|").split("|")[1:]]
+
+
+def test_subsets_recombine_as_the_pipeline_does(finished_run):
+  _, workdir, results = finished_run
+  root = str(workdir.parent)  # the fixture's root: its one run, "w"
+  mscm = class_runs.subsets(root, "mscm", drop_one=True)
+  detectors = sorted(results["stage2"]["norm"]["mscm"])
+  # The whole set is the run's own `mscm`; the row with one member dropped is there for each.
+  assert _row(mscm, "all")[0] == pytest.approx(results["scores"]["mscm"]["auroc"], abs=5e-4)
+  for d in detectors:
+    assert 0.0 <= _row(mscm, f"all but {d}")[0] <= 1.0
+  assert len(detectors) > 1 and len(mscm.splitlines()) == 2 + len(detectors) + 1
+  deviation = class_runs.subsets(root, "deviation")
+  scales = sorted(results["stage2"]["norm"]["deviation"])
+  assert _row(deviation, "+".join(scales))[0] == pytest.approx(
+      results["scores"]["deviation"]["auroc"], abs=5e-4)
+  for s in scales:  # one scale alone is that scale's own score
+    assert _row(deviation, s)[0] == pytest.approx(
+        results["scores"][f"deviation_{s}"]["auroc"], abs=5e-4)
