@@ -23,7 +23,7 @@ import numpy as np
 
 from mscm_jax import config as config_lib
 from mscm_jax import evaluate
-from mscm_jax.data import sources
+from mscm_jax.data import protocols, sources
 from mscm_jax.errors import UserError
 
 
@@ -49,17 +49,17 @@ def _recomputed(workdir: str, scores: Sequence[str]
   with np.load(os.path.join(workdir, "scores.npz")) as z:
     run = {k: z[k] for k in z.files}
   (test,) = sources.load_splits(config.dataset, [config.dataset.test_split])
-  normal = test.class_names.index(config.dataset.normal_class)
+  names = test.class_names
+  normal, anomaly = protocols.config_classes(config, names)
   if test.labels.shape != run["is_anomaly"].shape or not np.array_equal(
-      test.labels != normal, run["is_anomaly"]):
+      ~np.isin(test.labels, normal), run["is_anomaly"]):
     raise UserError(f"{workdir}: the test split's labels do not give the run's is_anomaly "
                     "(another split or order): per-class AUROC would be wrong")
-  by_class = evaluate.class_aurocs(run, test.labels, run["is_anomaly"], test.class_names,
-                                   scores)
+  by_class = evaluate.class_aurocs(run, test.labels, run["is_anomaly"], names, scores)
   if config.setting != "unbalanced":
     labelled: tuple[str, ...] = ()
-  else:  # labelled anomalies drawn from the named classes, or from every other class
-    labelled = tuple(config.get("anomaly_classes", ()) or ()) or tuple(by_class)
+  else:  # the pool the labelled anomalies were drawn from, as the protocol draws them
+    labelled = tuple(names[c] for c in protocols.pool_classes(len(names), normal, anomaly))
   return by_class, labelled
 
 

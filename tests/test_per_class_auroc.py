@@ -26,6 +26,11 @@ def test_one_anomaly_class_gives_the_runs_own_auroc(finished_run, tmp_path):
   (old / "results.json").write_text(json.dumps(
       {k: v for k, v in results.items() if k != "per_anomaly_class"}))
   assert per_class_auroc.per_class(str(old)) == read
+  # ... also when the config names its normal class by index, as the README's run does.
+  config = json.loads((old / "config.json").read_text())
+  config["dataset"]["normal_class"] = 0  # c0
+  (old / "config.json").write_text(json.dumps(config))
+  assert per_class_auroc.per_class(str(old)) == read
 
 
 def test_a_workdir_without_results_is_one_line(tmp_path, capsys):

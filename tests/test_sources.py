@@ -6,6 +6,7 @@ import time
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from conftest import smoke_config, write_folder_tree
 
 from mscm_jax.data import sources
 from mscm_jax.errors import DatasetNotFoundError, UserError
@@ -79,7 +80,6 @@ def test_folder_source_resizes_and_ignores_non_images(folder_tree):
 
 
 def test_folder_source_test_only_class_gets_its_own_index(folder_tree):
-  from conftest import write_folder_tree
   write_folder_tree(folder_tree, {"test": {"zzz_odd": 2}})
   names = sources.folder_class_names(str(folder_tree))
   assert names == ("apple", "berry", "cherry", "zzz_odd")
@@ -87,9 +87,7 @@ def test_folder_source_test_only_class_gets_its_own_index(folder_tree):
   assert np.bincount(test.labels).tolist() == [3, 3, 2, 2]
 
 
-
 def test_load_splits_of_a_config_section_and_the_test_split_alone(folder_tree):
-  from conftest import smoke_config, write_folder_tree
   write_folder_tree(folder_tree, {"train": {"aaa_train_only": 2}})
   dataset = smoke_config(folder_tree).dataset
   train, test = sources.load_splits(dataset)

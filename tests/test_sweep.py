@@ -298,4 +298,3 @@ def test_bad_grid_is_one_line(tmp_path, folder_tree):
   assert r.returncode == 2
   lines = [l for l in r.stderr.splitlines() if l.strip()]
   assert len(lines) == 1 and lines[0].startswith("error: --classes: no class 'durian'")
-

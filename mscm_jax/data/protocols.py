@@ -117,7 +117,7 @@ def unbalanced_split(train: LabelledImages, test: LabelledImages,
   base = one_class_split(train, test, normal_classes)
   n_anom = check_unbalanced(train.class_names, normal_classes, anomaly_classes,
                             anomaly_ratio, _counts(train))
-  pool = np.flatnonzero(np.isin(train.labels, _pool_classes(
+  pool = np.flatnonzero(np.isin(train.labels, pool_classes(
       len(train.class_names), normal_classes, anomaly_classes)))
   chosen = np.sort(np.random.default_rng(seed).choice(pool, n_anom, replace=False))
   return dataclasses.replace(
@@ -132,7 +132,7 @@ def _counts(images: LabelledImages) -> np.ndarray:
   return np.bincount(images.labels, minlength=len(images.class_names))
 
 
-def _pool_classes(n_classes: int, normal: Sequence[int],
+def pool_classes(n_classes: int, normal: Sequence[int],
                   anomaly_classes: Sequence[int]) -> list[int]:
   """Where labelled anomalies come from: `anomaly_classes`, or every non-normal class."""
   return [c for c in (anomaly_classes or range(n_classes)) if c not in normal]
@@ -158,7 +158,7 @@ def check_unbalanced(class_names: Sequence[str], normal: Sequence[int],
   if train_counts is None:
     return None
   n_normal = sum(int(train_counts[i]) for i in normal)
-  pool = sum(int(train_counts[c]) for c in _pool_classes(len(class_names), normal,
+  pool = sum(int(train_counts[c]) for c in pool_classes(len(class_names), normal,
                                                          anomaly_classes))
   wanted = int(round(anomaly_ratio * n_normal))
   if wanted < 1:
