@@ -134,8 +134,7 @@ def write_results(workdir: str, results: dict[str, Any], scores: dict[str, np.nd
   `classes`, each test image's original class index as `class`)."""
   tmp = os.path.join(workdir, "scores.tmp.npz")  # atomic, as results.json
   extra = {} if classes is None else {"class": np.asarray(classes)}
-  np.savez_compressed(tmp, is_anomaly=is_anomaly, **extra,
-                      **{k: v for k, v in scores.items()})
+  np.savez_compressed(tmp, is_anomaly=is_anomaly, **extra, **scores)
   os.replace(tmp, os.path.join(workdir, "scores.npz"))
   path = os.path.join(workdir, "results.json")
   with open(path + ".tmp", "w") as f:
