@@ -133,7 +133,7 @@ def _counts(images: LabelledImages) -> np.ndarray:
 
 
 def pool_classes(n_classes: int, normal: Sequence[int],
-                  anomaly_classes: Sequence[int]) -> list[int]:
+                 anomaly_classes: Sequence[int]) -> list[int]:
   """Where labelled anomalies come from: `anomaly_classes`, or every non-normal class."""
   return [c for c in (anomaly_classes or range(n_classes)) if c not in normal]
 
@@ -159,7 +159,7 @@ def check_unbalanced(class_names: Sequence[str], normal: Sequence[int],
     return None
   n_normal = sum(int(train_counts[i]) for i in normal)
   pool = sum(int(train_counts[c]) for c in pool_classes(len(class_names), normal,
-                                                         anomaly_classes))
+                                                        anomaly_classes))
   wanted = int(round(anomaly_ratio * n_normal))
   if wanted < 1:
     raise ConfigError(f"anomaly_ratio={anomaly_ratio} x {n_normal} normal images rounds to "
