@@ -31,6 +31,7 @@ import numpy as np
 
 from mscm_jax import config as config_lib
 from mscm_jax import evaluate, pipeline, stage2
+from mscm_jax.names import PROBE_KEYS, test_scores
 
 # Evaluation-time variants: overrides of the saved stage-1 config.
 VARIANTS = {
@@ -86,7 +87,7 @@ def evaluate_run(workdir: str, variants: list[str], out_path: str, done: set) ->
     results = pipeline.run(c, eval_dir, stage1_from=workdir)
     saved = np.load(os.path.join(eval_dir, "scores.npz"))
     labels = saved["is_anomaly"].astype(int)
-    aurocs = {k: m["auroc"] for k, m in results["scores"].items()}
+    aurocs = {k: m["auroc"] for k, m in test_scores(results).items()}
     norm = results["stage2"]["norm"]
     groups = {"mscm": list(stage2.detectors(c)),  # detector names: the scales, one kind
               "deviation": list(stage2.detector_scales(c))}
@@ -96,7 +97,7 @@ def evaluate_run(workdir: str, variants: list[str], out_path: str, done: set) ->
       aurocs.update({f"{score}[{tag}]": v for tag, v in subsets.items()})
     record = {"run": key[0], "train": m["train"], "class": m["class"],
               "seed": m["seed"], "variant": name,
-              "probe": results["stage1"]["probe_knn_auroc"],
+              "probe": results["stage1"][PROBE_KEYS[0]],
               "seconds": round(time.time() - t, 1), "auroc": aurocs}
     with open(out_path, "a") as f:
       f.write(json.dumps(record) + "\n")

@@ -22,7 +22,7 @@ import os
 import numpy as np
 
 from mscm_jax import evaluate
-from mscm_jax.names import HEADLINE
+from mscm_jax.names import HEADLINE, PROBE_KEYS, test_scores
 
 
 
@@ -39,9 +39,9 @@ def table(root: str) -> str:
   lines = ["| run | class | seed | " + " | ".join(HEADLINE) + " | probe | probe untrained | "
            "probe gain | seconds: data / stage 1 / stage 2 / evaluation |", "|" + "---|" * 11]
   for name, r in _results(root).items():
-    a = {k: v["auroc"] for k, v in r["scores"].items()}
+    a = {k: v["auroc"] for k, v in test_scores(r).items()}
     s1 = r.get("stage1", {})
-    probe, untrained = s1.get("probe_knn_auroc"), s1.get("probe_untrained_knn_auroc")
+    probe, untrained = (s1.get(k) for k in PROBE_KEYS)
     gain = f"{probe - untrained:+.3f}" if probe is not None and untrained is not None else "-"
     sec = r.get("seconds", {})
     lines.append(f"| {name} | {r['normal_classes'][0]} | {r['seed']} | "
@@ -58,12 +58,13 @@ def all_scores(root: str) -> str:
   runs = _results(root)
   if not runs:
     return ""
-  names = sorted({n for r in runs.values() for n in r["scores"]},
+  names = sorted({n for r in runs.values() for n in test_scores(r)},
                  key=lambda n: (n not in HEADLINE, HEADLINE.index(n) if n in HEADLINE else 0, n))
   lines = ["| score | " + " | ".join(runs) + " |", "|" + "---|" * (len(runs) + 1)]
   for n in names:
     lines.append(f"| {n} | " + " | ".join(
-        f"{r['scores'][n]['auroc']:.3f}" if n in r["scores"] else "-" for r in runs.values())
+        f"{test_scores(r)[n]['auroc']:.3f}" if n in test_scores(r) else "-"
+        for r in runs.values())
         + " |")
   return "\n".join(lines)
 

@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from mscm_jax.names import HEADLINE
+from mscm_jax.names import HEADLINE, PROBE_KEYS, test_scores
 from mscm_jax.identity import TRAINED
 from mscm_jax.workdir import FINAL_MARKER, saved_steps, stage_dir
 
@@ -501,10 +501,10 @@ def work(root: str, cells: Sequence[Cell], worker: str, stale_after: float = 600
 
 def _headline(root: str, cell: str) -> str:
   r = _read(os.path.join(root, cell, "results.json"))
-  if not r or "scores" not in r:
+  if not r or not ({"scores", "test_scores"} & set(r)):
     return ""
-  return ": " + ", ".join(f"{k} {r['scores'][k]['auroc']:.3f}" for k in HEADLINE
-                          if k in r["scores"])
+  test = test_scores(r)
+  return ": test " + ", ".join(f"{k} {test[k]['auroc']:.3f}" for k in HEADLINE if k in test)
 
 
 # ---------------------------------------------------------------------------- the table
@@ -516,7 +516,7 @@ def finished_cells(root: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
   for done_path in sorted(glob.glob(os.path.join(root, META, "*", "done.json"))):
     done = _read(done_path)
     results = done and _read(os.path.join(root, done["cell"], "results.json"))
-    if results and "scores" in results:
+    if results and {"scores", "test_scores"} & set(results):
       out.append((done, results))
   return out
 
@@ -536,12 +536,21 @@ def _any_results(by_class: dict[str, dict[int, Any]]) -> dict[str, Any]:
   return next(iter(next(iter(by_class.values())).values()))
 
 
-def _values(results: dict[str, Any], score: str) -> float | None:
-  if score == "probe_gain":
+SPLITS = ("validation", "test")  # validation first: where choices are read
+
+
+def _split_scores(results: dict[str, Any], split: str) -> dict[str, Any]:
+  if split == "test":
+    return test_scores(results)
+  return results.get("validation_scores") or {}
+
+
+def _values(results: dict[str, Any], score: str, split: str = "test") -> float | None:
+  if score == "probe_gain":  # the stage-1 probe is read on the validation split only
     s1 = results.get("stage1") or {}
-    a, b = s1.get("probe_knn_auroc"), s1.get("probe_untrained_knn_auroc")
-    return None if a is None or b is None else a - b
-  m = results["scores"].get(score)
+    a, b = (s1.get(k) for k in PROBE_KEYS)
+    return None if split != "validation" or a is None or b is None else a - b
+  m = _split_scores(results, split).get(score)
   return None if m is None else m["auroc"]
 
 
@@ -582,7 +591,7 @@ def _side_by_side(groups: dict[tuple[str, str], tuple[list[str], dict[str, dict[
     classes = [c for c in order[key] if c in present] + sorted(present - set(order[key]))
     md += [f"### {dataset}" + (f", variant {variant}" if variant else "")
            + ": the settings side by side", "",
-           "AUROC, mean ± spread over seeds; — = no finished cell.", ""]
+           "AUROC on the test split, mean ± spread over seeds; — = no finished cell.", ""]
     for score in HEADLINE:
       md += [f"`{score}`", "", "| class | " + " | ".join(settings) + " |",
              "|" + "---|" * (len(settings) + 1)]
@@ -605,35 +614,60 @@ def _side_by_side(groups: dict[tuple[str, str], tuple[list[str], dict[str, dict[
 
 
 def tables(root: str) -> tuple[str, str]:
-  """(Markdown, CSV) of every finished cell under ROOT."""
+  """(Markdown, CSV) of every finished cell under ROOT: the validation split's tables
+  first (where choices are read), then the test split's (the final numbers)."""
   groups = _groups(root)
   md, rows = [], []
+  for split in SPLITS:
+    md += _split_tables(groups, split, rows)
+  md += _side_by_side(groups)
+  buf = io.StringIO()
+  fields = ["dataset", "setting", "variant", "split", "class", "score", "n", "mean", "std",
+            "seeds"]
+  w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+  w.writeheader()
+  w.writerows(rows)
+  return "\n".join(md), buf.getvalue()
+
+
+def _split_tables(groups, split: str, rows: list[dict[str, Any]]) -> list[str]:
+  """One table per (setting, variant) of `split`'s AUROCs; CSV rows appended to `rows`."""
+  md: list[str] = []
   for (setting, variant), (all_names, by_class) in sorted(groups.items()):
     any_results = _any_results(by_class)
     dataset = any_results["dataset"]
-    scores = [s for s in HEADLINE if s in any_results["scores"]]
-    scores += sorted(s for s in any_results["scores"] if s not in HEADLINE)
+    names = _split_scores(any_results, split)
+    if not names:  # a grid evaluated before the validation split existed
+      continue
+    scores = [s for s in HEADLINE if s in names]
+    scores += sorted(s for s in names if s not in HEADLINE)
     scores.append("probe_gain")
     order = list(all_names or sorted(by_class))
     classes = [c for c in order if c in by_class] + sorted(set(by_class) - set(order))
-    title = f"{dataset}, {setting}" + (f", variant {variant}" if variant else "")
-    shown = [s for s in HEADLINE if s in scores] + ["probe_gain"]
-    md += [f"### {title}", "", "AUROC, mean ± spread (sample std) over seeds; probe_gain = "
-           "stage-1 k-NN probe minus the untrained network's.", "",
+    title = (f"{dataset}, {setting}" + (f", variant {variant}" if variant else "")
+             + f": {split} split")
+    shown = [s for s in HEADLINE if s in scores]
+    gain = ""
+    if split == "validation":
+      shown.append("probe_gain")
+      gain = "; probe_gain = stage-1 k-NN probe minus the untrained network's"
+    md += [f"### {title}", "", f"AUROC, mean ± spread (sample std) over seeds{gain}.", "",
            "| class | seeds | " + " | ".join(shown) + " |", "|" + "---|" * (len(shown) + 2)]
     class_means: dict[str, dict[str, float]] = {}
     for c in classes:
       seeds = sorted(by_class[c])
       cells = []
       for s in scores:
-        vals = [v for v in (_values(by_class[c][k], s) for k in seeds) if v is not None]
+        vals = [v for v in (_values(by_class[c][k], s, split) for k in seeds) if v is not None]
         if not vals:
+          if s in shown:
+            cells.append("-")
           continue
         mean, std = _stats(vals)
         class_means.setdefault(c, {})[s] = mean
-        rows.append({"dataset": dataset, "setting": setting, "variant": variant, "class": c,
-                     "score": s, "n": len(vals), "mean": round(mean, 6),
-                     "std": round(std, 6) if np.isfinite(std) else "",
+        rows.append({"dataset": dataset, "setting": setting, "variant": variant,
+                     "split": split, "class": c, "score": s, "n": len(vals),
+                     "mean": round(mean, 6), "std": round(std, 6) if np.isfinite(std) else "",
                      "seeds": " ".join(map(str, seeds))})
         if s in shown:
           cells.append(_fmt(mean, std))
@@ -650,17 +684,11 @@ def tables(root: str) -> tuple[str, str]:
       md.append(f"No class-set mean: {len(missing)} of the dataset's classes have no finished "
                 f"cell ({', '.join(missing)})." if missing else "No class-set mean.")
     ref = REFERENCE.get(dataset)
-    if ref and setting == "oneclass":
-      md += ["", "Reference (SPEC section 5; one-class mean AUROC over all classes): "
-             + ", ".join(f"{k} {v / 100:.3f}" for k, v in ref.items()) + "."]
+    if ref and setting == "oneclass" and split == "test":
+      md += ["", "Reference (SPEC section 5; one-class mean AUROC over all classes, on the "
+             "test split): " + ", ".join(f"{k} {v / 100:.3f}" for k, v in ref.items()) + "."]
     md.append("")
-  md += _side_by_side(groups)
-  buf = io.StringIO()
-  fields = ["dataset", "setting", "variant", "class", "score", "n", "mean", "std", "seeds"]
-  w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-  w.writeheader()
-  w.writerows(rows)
-  return "\n".join(md), buf.getvalue()
+  return md
 
 
 def export(root: str, dest: str) -> list[str]:

@@ -48,6 +48,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset.test_split = "test"
   c.dataset.image_size = 32  # folder images are resized to this square size
 
+  # The validation split every choice is read on (the stage-1 probe, learning curves,
+  # ablations), so that the test split is read once, for the final table: `fraction` of
+  # the normal training images, kept out of both stages, against `anomalies` training
+  # images of the other classes (unused by the one-class protocol; never the labelled
+  # anomalies that train). fraction 0: no validation split.
+  c.validation = ml_collections.ConfigDict()
+  c.validation.fraction = 0.1
+  c.validation.anomalies = 2000
+
   # SimCLR CIFAR augmentation set (SPEC section 2).
   c.augment = ml_collections.ConfigDict()
   c.augment.crop_scale = (0.08, 1.0)
@@ -352,6 +361,9 @@ def validate(c: ml_collections.ConfigDict,
   if d.normal_class in ("", (), None):
     raise ConfigError("dataset.normal_class is empty: give a class index or name")
   _check_int("dataset.image_size", d.image_size, 8, 4096)
+
+  _check_range("validation.fraction", c.validation.fraction, 0.0, 0.5)
+  _check_int("validation.anomalies", c.validation.anomalies, 0)
 
   a = c.augment
   for name in ("crop_scale", "crop_ratio"):

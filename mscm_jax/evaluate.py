@@ -24,18 +24,25 @@ from absl import logging
 
 from mscm_jax import knn, metrics, stage2
 from mscm_jax.data import protocols
-from mscm_jax.names import HEADLINE
+from mscm_jax.names import HEADLINE, test_scores
 from mscm_jax.scoring import MemberScorers, Scorer
 
 
 
 def compute_scores(config: ml_collections.ConfigDict, split: protocols.ADSplit,
                    scorer: Scorer) -> dict[str, Any]:
-  """{'scores': {name: [M] float64}, 'maps': {scale: [M, h, w] deviation maps}}."""
-  scores, test = scorer.scores_and_read(split.test_images)
+  """{'scores': {name: [M] float64}, 'maps': {scale: [M, h, w] deviation maps},
+  'validation': {name: [V] float64} or None}: every score on the test split, and on the
+  validation split when the split has one."""
   normal = ~split.train_is_anomaly
-  return _with_knn(config, split, scores, test,
-                   scorer.embedding(split.train_images[normal]))
+  bank = scorer.embedding(split.train_images[normal])
+  scores, test = scorer.scores_and_read(split.test_images)
+  out = {"scores": _with_knn(config, split, scores, test, bank, split.test_images),
+         "maps": test["maps"], "validation": None}
+  if split.has_validation:
+    scores, val = scorer.scores_and_read(split.val_images)
+    out["validation"] = _with_knn(config, split, scores, val, bank, split.val_images)
+  return out
 
 
 def compute_scores_members(configs: Sequence[ml_collections.ConfigDict],
@@ -49,19 +56,26 @@ def compute_scores_members(configs: Sequence[ml_collections.ConfigDict],
                for s in splits)
   tests = scorers.scores_and_read(first if shared else [s.test_images for s in splits])
   banks = scorers.embedding([s.train_images[~s.train_is_anomaly] for s in splits])
-  return [_with_knn(c, split, scores, test, bank) for c, split, (scores, test), bank
-          in zip(configs, splits, tests, banks, strict=True)]
+  outs = [{"scores": _with_knn(c, split, scores, test, bank, split.test_images),
+           "maps": test["maps"], "validation": None}
+          for c, split, (scores, test), bank in zip(configs, splits, tests, banks, strict=True)]
+  if all(s.has_validation for s in splits):  # each member's own held-out images
+    vals = scorers.scores_and_read([s.val_images for s in splits])
+    for out, c, split, (scores, val), bank in zip(outs, configs, splits, vals, banks,
+                                                  strict=True):
+      out["validation"] = _with_knn(c, split, scores, val, bank, split.val_images)
+  return outs
 
 
-def _with_knn(config, split, scores, test, bank) -> dict[str, Any]:
-  """The k-NN scores added: the embedding's against `bank` (the normal training
-  images'), and the raw pixels'."""
+def _with_knn(config, split, scores, read, bank, images) -> dict[str, np.ndarray]:
+  """`scores` with the k-NN scores of `images` added: the embedding's (`read`'s) against
+  `bank` (the normal training images'), and the raw pixels'."""
   k = config.evaluate.knn_k
   normal = ~split.train_is_anomaly
-  scores["knn"] = knn.knn_scores(bank, test["embedding"], k=min(k, len(bank)))
-  scores["pixel_knn"] = knn.knn_scores(split.train_images[normal], split.test_images,
+  scores["knn"] = knn.knn_scores(bank, read["embedding"], k=min(k, len(bank)))
+  scores["pixel_knn"] = knn.knn_scores(split.train_images[normal], images,
                                        k=min(k, int(normal.sum())), center=True)
-  return {"scores": scores, "maps": test["maps"]}
+  return scores
 
 
 def subset_aurocs(per: dict[str, np.ndarray], norm: dict[str, Sequence[float]],
@@ -96,25 +110,33 @@ def class_aurocs(scores: dict[str, np.ndarray], classes: np.ndarray, is_anomaly:
 
 
 def summary_table(results: dict[str, Any]) -> str:
-  """The headline scores, then the per-scale ones, as a fixed-width text table."""
-  names = [n for n in HEADLINE if n in results["scores"]]
-  names += sorted(n for n in results["scores"] if n not in HEADLINE)
+  """The headline scores, then the per-scale ones, as a fixed-width text table: the
+  test split's metrics, and each score's validation AUROC beside them."""
+  test = test_scores(results)
+  val = results.get("validation_scores") or {}
+  names = [n for n in HEADLINE if n in test]
+  names += sorted(n for n in test if n not in HEADLINE)
   w = max(18, max(len(n) for n in names) + 2)  # detector names can be scale_kind
+  val_note = (f"; validation: {results['n_val']} images, {results['n_val_anomalous']} "
+              "anomalous" if val else "; no validation split")
   lines = [f"{results['dataset']} {results['setting']} normal={results['normal_classes']} "
            f"seed={results['seed']}  test: {results['n_test']} images, "
-           f"{results['n_test_anomalous']} anomalous",
+           f"{results['n_test_anomalous']} anomalous{val_note}",
            f"{'score':<{w}}{'AUROC':>8}{'AUPR-in':>9}{'AUPR-out':>10}{'FPR95-AD':>10}"
-           f"{'FPR95-OOD':>11}"]
+           f"{'FPR95-OOD':>11}{'val AUROC':>11}"]
   for n in names:
-    m = results["scores"][n]
+    m = test[n]
     # .get: a results.json written before both FPR95 conventions were named lacks them
     fpr = [m.get(k) for k in ("fpr95_anomalies_positive", "fpr95_normals_positive")]
+    v = val.get(n, {}).get("auroc")
     lines.append(f"{n:<{w}}{m['auroc']:>8.4f}{m['aupr_in']:>9.4f}{m['aupr_out']:>10.4f}"
-                 + "".join("-".rjust(width) if v is None else f"{v:>{width}.4f}"
-                           for v, width in zip(fpr, (10, 11), strict=True)))
-  lines.append("FPR95-AD: normals flagged where 95 % of anomalies are caught (anomalies "
-               "positive); FPR95-OOD: anomalies accepted where 95 % of normals are accepted "
-               "(OpenOOD)")
+                 + "".join("-".rjust(width) if x is None else f"{x:>{width}.4f}"
+                           for x, width in zip(fpr + [v], (10, 11, 11), strict=True)))
+  lines.append("AUROC to FPR95-OOD: the test split. FPR95-AD: normals flagged where 95 % of "
+               "anomalies are caught;\nFPR95-OOD: anomalies accepted where 95 % of normals "
+               "are accepted (OpenOOD). val AUROC: the validation split\n(held-out normal "
+               "training images against other classes' training images), where choices "
+               "are made.")
   per = results.get("per_anomaly_class")  # absent from a results.json written before it
   if per and per["auroc"]:
     first = next(iter(per["auroc"].values()))
@@ -129,13 +151,22 @@ def summary_table(results: dict[str, Any]) -> str:
 
 
 def write_results(workdir: str, results: dict[str, Any], scores: dict[str, np.ndarray],
-                  is_anomaly: np.ndarray, classes: np.ndarray | None = None) -> str:
-  """results.json (atomically) and scores.npz (every test score, for later analysis; with
-  `classes`, each test image's original class index as `class`)."""
-  tmp = os.path.join(workdir, "scores.tmp.npz")  # atomic, as results.json
-  extra = {} if classes is None else {"class": np.asarray(classes)}
-  np.savez_compressed(tmp, is_anomaly=is_anomaly, **extra, **scores)
-  os.replace(tmp, os.path.join(workdir, "scores.npz"))
+                  is_anomaly: np.ndarray, classes: np.ndarray | None = None, *,
+                  validation: dict[str, np.ndarray] | None = None,
+                  val_is_anomaly: np.ndarray | None = None,
+                  val_classes: np.ndarray | None = None) -> str:
+  """results.json (atomically), scores.npz (every test score, for later analysis; with
+  `classes`, each test image's original class index as `class`) and, given `validation`,
+  validation_scores.npz (the same for the validation split)."""
+  for name, part, labels, cls in (("scores", scores, is_anomaly, classes),
+                                  ("validation_scores", validation, val_is_anomaly,
+                                   val_classes)):
+    if part is None:
+      continue
+    tmp = os.path.join(workdir, f"{name}.tmp.npz")  # atomic, as results.json
+    extra = {} if cls is None else {"class": np.asarray(cls)}
+    np.savez_compressed(tmp, is_anomaly=labels, **extra, **part)
+    os.replace(tmp, os.path.join(workdir, f"{name}.npz"))
   path = os.path.join(workdir, "results.json")
   with open(path + ".tmp", "w") as f:
     json.dump(results, f, indent=2)

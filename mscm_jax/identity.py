@@ -31,8 +31,8 @@ TRAINED = ("stage1", "stage2")  # the stages with checkpoints, in the order they
 
 # Config sections (or single fields) that each stage reads.
 _READS = {
-    "stage1": ("seed", "setting", "anomaly_ratio", "dataset", "augment", "model", "memory",
-               "loss", "optim", "train"),
+    "stage1": ("seed", "setting", "anomaly_ratio", "dataset", "validation", "augment",
+               "model", "memory", "loss", "optim", "train"),
     "stage2": ("stage2",),
     "evaluation": ("evaluate",),
 }
@@ -112,8 +112,14 @@ def train_data(split) -> dict[str, Any]:
 
 
 def test_data(split) -> dict[str, Any]:
-  return {"n_test": split.n_test, "n_test_anomalous": split.n_test_anomalous,
-          "test_digest": array_digest(split.test_images, split.test_is_anomaly)}
+  """The data part of the evaluation: the test split and the validation split."""
+  out = {"n_test": split.n_test, "n_test_anomalous": split.n_test_anomalous,
+         "test_digest": array_digest(split.test_images, split.test_is_anomaly)}
+  if split.val_images is not None:
+    out.update({"n_val": len(split.val_images), "n_val_anomalous":
+                int(split.val_is_anomaly.sum()),
+                "val_digest": array_digest(split.val_images, split.val_is_anomaly)})
+  return out
 
 
 def plan(config: ml_collections.ConfigDict, split=None) -> dict[str, Identity]:

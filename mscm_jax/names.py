@@ -11,3 +11,12 @@ MEMORY_TRAIN: tuple[str, ...] = ("contrastive", "codebook")
 DEVIATIONS: tuple[str, ...] = ("cosine", "similarity", "euclidean", "difference")
 # The scores a reader looks at first (evaluate's docstring): tables and plots lead with them.
 HEADLINE: tuple[str, ...] = ("mscm", "deviation", "knn", "pixel_knn")
+# The stage-1 probe's keys in metrics.jsonl and results.json: read on the validation split.
+PROBE_KEYS: tuple[str, str] = ("validation_probe_knn_auroc",
+                               "validation_probe_untrained_knn_auroc")
+
+
+def test_scores(results: dict) -> dict:
+  """The test split's metrics of a results.json (named `scores` before the validation
+  split existed; `validation_scores` holds the validation split's)."""
+  return results["test_scores"] if "test_scores" in results else results["scores"]

@@ -26,6 +26,7 @@ from mscm_jax import config as config_lib
 from mscm_jax import workdir as workdir_lib
 from mscm_jax.data import augment, device, protocols, sources
 from mscm_jax.errors import ConfigError
+from mscm_jax.names import PROBE_KEYS
 from mscm_jax.scoring import MemberScorers, Scorer
 
 
@@ -326,8 +327,9 @@ def _after_stage1(r: _Run, s1: stage1.Stage1Result, mesh, stage1_seconds: float
 def _stage1_done(r: _Run, s1: stage1.Stage1Result, seconds: float) -> dict[str, Any] | None:
   """Stage 1 in the summary; the run's end when it stops there."""
   r.seconds["stage1"] = seconds
-  r.summary["stage1"] = {"steps": s1.steps, "probe_knn_auroc": s1.probe_auroc,
-                         "probe_untrained_knn_auroc": s1.probe_untrained_auroc,
+  r.summary["stage1"] = {"steps": s1.steps,
+                         PROBE_KEYS[0]: s1.probe_auroc,
+                         PROBE_KEYS[1]: s1.probe_untrained_auroc,
                          "views_per_second": s1.views_per_second}
   # `seconds` are this process's: where it took each stage up says what they paid for.
   r.summary["resumed_from"] = {"stage1": s1.resumed_from}
@@ -357,7 +359,12 @@ def _evaluated(r: _Run, out: dict[str, Any], t: float) -> dict[str, Any]:
   `evaluate.compute_scores`, whose clock started at `t`)."""
   config, split, workdir, summary = r.config, r.split, r.workdir, r.summary
   writer = distributed.is_writer()
-  summary["scores"] = evaluate.score_metrics(out["scores"], split.test_is_anomaly)
+  # Both splits' metrics, named apart: choices read `validation_scores`, the final
+  # table `test_scores`.
+  summary["validation_scores"] = (None if out["validation"] is None else
+                                  evaluate.score_metrics(out["validation"],
+                                                         split.val_is_anomaly))
+  summary["test_scores"] = evaluate.score_metrics(out["scores"], split.test_is_anomaly)
   summary["per_anomaly_class"] = {
       "labelled": list(split.labelled_anomaly_classes),
       "auroc": evaluate.class_aurocs(out["scores"], split.test_classes, split.test_is_anomaly,
@@ -374,7 +381,8 @@ def _evaluated(r: _Run, out: dict[str, Any], t: float) -> dict[str, Any]:
   summary["identities"] = {k: v.fingerprint for k, v in r.plan.items()}
   if writer:
     evaluate.write_results(workdir, summary, out["scores"], split.test_is_anomaly,
-                           split.test_classes)
+                           split.test_classes, validation=out["validation"],
+                           val_is_anomaly=split.val_is_anomaly, val_classes=split.val_classes)
     print(evaluate.summary_table(summary), flush=True)
   distributed.sync("results written")
   return summary

@@ -29,6 +29,7 @@ from mscm_jax.data import augment, device, protocols
 from mscm_jax.errors import UserError
 from mscm_jax.frozen import build_model
 from mscm_jax.models import AnoMem, conv
+from mscm_jax.names import PROBE_KEYS
 
 STAGE = "stage1"
 
@@ -232,12 +233,13 @@ def make_train_step(config: ml_collections.ConfigDict, model: AnoMem, tx,
 
 def knn_probe(model: AnoMem, state: TrainState, split: protocols.ADSplit,
               k: int = 5) -> float:
-  """k-NN AUROC of the final embedding: a cheap sign that the representation learned."""
+  """k-NN AUROC of the final embedding on the validation split: a cheap sign that the
+  representation learned, read without the test split."""
   normal = ~split.train_is_anomaly
   bank = frozen.embed(model, state, split.train_images[normal])
-  scores = knn.knn_scores(bank, frozen.embed(model, state, split.test_images),
+  scores = knn.knn_scores(bank, frozen.embed(model, state, split.val_images),
                           k=min(k, len(bank)))
-  return metrics.auroc(scores, split.test_is_anomaly.astype(int))
+  return metrics.auroc(scores, split.val_is_anomaly.astype(int))
 
 
 # ------------------------------------------------------------------------------- loop
@@ -277,7 +279,7 @@ class Stage1Result:
   state: TrainState
   model: AnoMem
   steps: int
-  probe_auroc: float | None
+  probe_auroc: float | None  # on the validation split; None without one
   views_per_second: float | None
   seconds: float
   probe_untrained_auroc: float | None = None  # the same probe of the initial network
@@ -314,8 +316,8 @@ def train(config: ml_collections.ConfigDict, split: protocols.ADSplit, workdir: 
                  items_per_step=2 * config.train.batch_size, steps_per_epoch=per_epoch,
                  stop_after=stop_after, unit="views", advice=nan_advice(config))
   if res.finished is not None:
-    return Stage1Result(res.state, model, res.step, res.finished.get("probe_auroc"),
-                        res.rate, 0.0, res.finished.get("probe_untrained_auroc"), res.step)
+    return Stage1Result(res.state, model, res.step, res.finished.get("val_probe_auroc"),
+                        res.rate, 0.0, res.finished.get("val_probe_untrained_auroc"), res.step)
   return _finish(config, split, workdir, model, init_fn, res.state, res.step, total,
                  res.rate, probe, t_start, res.start)
 
@@ -325,22 +327,20 @@ def _finish(config, split, workdir, model, init_fn, state, step, total, rate, pr
   """A complete stage's last work: the k-NN probe (trained and untrained), FINISHED.json."""
   probe_auroc = untrained = None
   if step >= total:
-    if probe and split.n_test and split.test_is_anomaly.any() and not split.test_is_anomaly.all():
+    if probe and split.has_validation:
       probe_auroc = knn_probe(model, state, split)
-      # The yardstick: has training beaten the random network it started from? (At 10
-      # epochs it had not: experiments/results/stage1_cpu.md.)
+      # The yardstick: has training beaten the random network it started from?
       untrained = knn_probe(model, init_fn(jax.random.PRNGKey(config.seed)), split)
-      logging.info("Stage 1 health probe: k-NN AUROC of the embedding on the test split %.4f "
-                   "(the untrained network: %.4f)", probe_auroc, untrained)
+      logging.info("Stage 1 health probe: k-NN AUROC of the embedding on the validation "
+                   "split %.4f (the untrained network: %.4f)", probe_auroc, untrained)
       writer = monitoring.MetricWriter(workdir, STAGE)
-      writer.drop_key("probe_knn_auroc")
-      writer.drop_key("probe_untrained_knn_auroc")
-      writer.write(step, {"probe_knn_auroc": probe_auroc,
-                              "probe_untrained_knn_auroc": untrained})
+      writer.drop_key(PROBE_KEYS[0])
+      writer.drop_key(PROBE_KEYS[1])
+      writer.write(step, dict(zip(PROBE_KEYS, (probe_auroc, untrained), strict=True)))
       writer.close()
     checkpoints.mark_finished(os.path.join(workdir, STAGE),
-                              {"step": step, "probe_auroc": probe_auroc,
-                               "probe_untrained_auroc": untrained,
+                              {"step": step, "val_probe_auroc": probe_auroc,
+                               "val_probe_untrained_auroc": untrained,
                                "views_per_second": rate,
                                "image_shape": list(split.train_images.shape[1:])})
   return Stage1Result(state, model, step, probe_auroc, rate,
@@ -420,8 +420,8 @@ def train_stacked(configs: list[ml_collections.ConfigDict], splits: list[protoco
                                                 members.split(res.state), res.finished,
                                                 strict=True):
     if finished is not None:
-      out.append(Stage1Result(state, model, res.step, finished.get("probe_auroc"),
-                              res.rate, 0.0, finished.get("probe_untrained_auroc"),
+      out.append(Stage1Result(state, model, res.step, finished.get("val_probe_auroc"),
+                              res.rate, 0.0, finished.get("val_probe_untrained_auroc"),
                               res.step))
     else:
       out.append(_finish(c, split, workdir, model, init_fn, state, res.step, total,
@@ -441,6 +441,6 @@ def load_finished(config: ml_collections.ConfigDict, workdir: str,
   tx = build_optimizer(config, learning_rate_schedule(config, 2, 1))  # shapes only
   template = make_init_fn(model, tx, image_shape, mesh)(jax.random.PRNGKey(config.seed))
   state = checkpoints.restore_final(os.path.join(workdir, STAGE), template, info["step"])
-  return (Stage1Result(state, model, int(state.step), info.get("probe_auroc"),
-                       info.get("views_per_second"), 0.0, info.get("probe_untrained_auroc"),
+  return (Stage1Result(state, model, int(state.step), info.get("val_probe_auroc"),
+                       info.get("views_per_second"), 0.0, info.get("val_probe_untrained_auroc"),
                        int(state.step)), image_shape)

@@ -3,7 +3,8 @@
   config.json          the config of the last run that passed the checks below
   stage1/, stage2/     orbax checkpoints, IDENTITY.json (written before the first
                        checkpoint), checksums.json, FINISHED.json once complete
-  results.json, scores.npz, report/   the evaluation, keyed on its identity
+  results.json, scores.npz, validation_scores.npz, report/
+                       the evaluation, keyed on its identity
   metrics.jsonl, tensorboard/<stage>/ every logged step
 
 `check` compares each stage's recorded identity with this run's and refuses, in one
@@ -35,7 +36,7 @@ from mscm_jax.identity import Identity
 
 IDENTITY_FILE = "IDENTITY.json"
 FINAL_MARKER = "FINISHED.json"
-RESULT_FILES = ("results.json", "scores.npz", "run_summary.json")
+RESULT_FILES = ("results.json", "scores.npz", "validation_scores.npz", "run_summary.json")
 DISCARD_HINT = ("use a new --workdir, or rerun with --discard_stale to delete it and the "
                 "stages after it and train them again")
 

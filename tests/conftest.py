@@ -96,7 +96,7 @@ def finished_run(tmp_path_factory):
   from mscm_jax import pipeline  # pylint: disable=g-import-not-at-top
 
   root = tmp_path_factory.mktemp("run")
-  write_folder_tree(root / "tree", {"train": {"c0": 48, "c1": 16},
+  write_folder_tree(root / "tree", {"train": {"c0": 53, "c1": 16},
                                     "test": {"c0": 16, "c1": 16}})
   config = smoke_config(root / "tree", **{"dataset.normal_class": "c0",
                                           "train.epochs": 2, "stage2.epochs": 4})

@@ -18,14 +18,14 @@ def test_subsets_recombine_as_the_pipeline_does(finished_run):
   mscm = class_runs.subsets(root, "mscm", drop_one=True)
   detectors = sorted(results["stage2"]["norm"]["mscm"])
   # The whole set is the run's own `mscm`; the row with one member dropped is there for each.
-  assert _row(mscm, "all")[0] == pytest.approx(results["scores"]["mscm"]["auroc"], abs=5e-4)
+  assert _row(mscm, "all")[0] == pytest.approx(results["test_scores"]["mscm"]["auroc"], abs=5e-4)
   for d in detectors:
     assert 0.0 <= _row(mscm, f"all but {d}")[0] <= 1.0
   assert len(detectors) > 1 and len(mscm.splitlines()) == 2 + len(detectors) + 1
   deviation = class_runs.subsets(root, "deviation")
   scales = sorted(results["stage2"]["norm"]["deviation"])
   assert _row(deviation, "+".join(scales))[0] == pytest.approx(
-      results["scores"]["deviation"]["auroc"], abs=5e-4)
+      results["test_scores"]["deviation"]["auroc"], abs=5e-4)
   for s in scales:  # one scale alone is that scale's own score
     assert _row(deviation, s)[0] == pytest.approx(
-        results["scores"][f"deviation_{s}"]["auroc"], abs=5e-4)
+        results["test_scores"][f"deviation_{s}"]["auroc"], abs=5e-4)

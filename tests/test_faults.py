@@ -23,6 +23,7 @@ import numpy as np
 from conftest import write_folder_tree
 
 from mscm_jax import pipeline
+from mscm_jax.names import PROBE_KEYS
 from mscm_jax.workdir import saved_steps
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -89,7 +90,7 @@ def _records(workdir: pathlib.Path) -> list[dict[str, Any]]:
 
 def _key(record: dict[str, Any]) -> tuple[int, int, int]:
   """A record's place in the run: (stage, step, 0 step / 1 probe)."""
-  return (STAGES.index(record["stage"]), record["step"], int("probe_knn_auroc" in record))
+  return (STAGES.index(record["stage"]), record["step"], int(PROBE_KEYS[0] in record))
 
 
 def _events(workdir: pathlib.Path, since: float) -> list[tuple[float, tuple[int, int, int]]]:
@@ -270,7 +271,7 @@ def test_kill_after_the_probe_is_logged_logs_it_once(finished_run, tmp_path):
     (w / name).unlink()
   lines = (w / "metrics.jsonl").read_text().splitlines(keepends=True)
   (w / "metrics.jsonl").write_text("".join(l for l in lines if '"stage1"' in l))
-  assert sum("probe_knn_auroc" in r for r in _records(w)) == 1
+  assert sum(PROBE_KEYS[0] in r for r in _records(w)) == 1
   c = config.copy_and_resolve_references()
   c.stop_after = "stage1"
   pipeline.run(c, str(w))

@@ -17,7 +17,7 @@ def test_one_anomaly_class_gives_the_runs_own_auroc(finished_run, tmp_path):
   others, out, labelled = read
   assert others == ["c1"] and labelled == ()
   for s in ("mscm", "knn"):
-    assert out[s]["c1"] == pytest.approx(results["scores"][s]["auroc"], abs=1e-12)
+    assert out[s]["c1"] == pytest.approx(results["test_scores"][s]["auroc"], abs=1e-12)
   # A results.json from before `per_anomaly_class`: recomputed from the split, the same.
   old = tmp_path / "old"
   old.mkdir()

@@ -17,13 +17,16 @@ def test_results_json_has_every_field(finished_run):
   saved = json.loads((workdir / "results.json").read_text())
   assert saved == json.loads(json.dumps(results))
   for key in ("dataset", "setting", "normal_classes", "seed", "n_train", "n_train_anomalies",
-              "n_test", "n_test_anomalous", "scores", "seconds", "identity", "identities"):
+              "n_test", "n_test_anomalous", "test_scores", "validation_scores", "seconds",
+              "identity", "identities", "n_val", "n_val_anomalous"):
     assert key in saved, key
   assert saved["dataset"] == "folder" and saved["normal_classes"] == ["c0"]
+  # 5 of the 53 normal training images validate, against the 16 images of the other class
   assert saved["n_train"] == 48 and saved["n_test"] == 32 and saved["n_test_anomalous"] == 16
+  assert saved["n_val"] == 21 and saved["n_val_anomalous"] == 16
   for name in ("mscm", "deviation", "knn", "pixel_knn", "mscm_res3", "mscm_pooled",
                "deviation_res3", "deviation_pooled"):
-    assert set(saved["scores"][name]) == {"auroc", "aupr_in", "aupr_out",
+    assert set(saved["test_scores"][name]) == {"auroc", "aupr_in", "aupr_out",
                                            "fpr95_anomalies_positive",
                                            "fpr95_normals_positive"}, name
   assert set(saved["seconds"]) == {"data", "stage1", "stage2", "evaluation"}
@@ -37,15 +40,15 @@ def test_saved_scores_reproduce_the_metrics(finished_run):
   saved = np.load(workdir / "scores.npz")
   labels = saved["is_anomaly"]
   assert labels.shape == (32,) and labels.sum() == 16
-  for name, m in results["scores"].items():
+  for name, m in results["test_scores"].items():
     assert metrics.evaluate(saved[name], labels) == pytest.approx(m), name
 
 
 def test_scores_separate_the_planted_class(finished_run):
   # Normal images have a bright red channel, anomalies a bright green one.
   _, _, results = finished_run
-  assert results["scores"]["mscm"]["auroc"] > 0.8, results["scores"]
-  assert results["scores"]["knn"]["auroc"] > 0.8, results["scores"]
+  assert results["test_scores"]["mscm"]["auroc"] > 0.8, results["test_scores"]
+  assert results["test_scores"]["knn"]["auroc"] > 0.8, results["test_scores"]
 
 
 def test_report_pictures_are_written(finished_run):
@@ -79,7 +82,7 @@ def test_per_anomaly_class_aurocs_in_results_and_scores(finished_run):
   per = results["per_anomaly_class"]
   assert per["labelled"] == [] and list(per["auroc"]) == ["c1"]
   for name in ("mscm", "deviation", "knn", "pixel_knn"):
-    assert per["auroc"]["c1"][name] == results["scores"][name]["auroc"], name
+    assert per["auroc"]["c1"][name] == results["test_scores"][name]["auroc"], name
   with np.load(workdir / "scores.npz") as saved:
     np.testing.assert_array_equal(saved["class"] == 1, saved["is_anomaly"])
   assert "c1 " in evaluate.summary_table(results).splitlines()[-1]
@@ -119,10 +122,10 @@ def test_changed_stage2_config_reuses_stage1(finished_run, tmp_path):
   assert out["resumed_from"] == {"stage1": 6, "stage2": 0}  # stage 1 loaded, not trained
   assert out["stage2"]["detectors"] == {"pooled": ["pooled", "euclidean"]}
   assert out["stage2"]["deviation_scales"] == ["res3"]
-  assert "mscm_res3" not in out["scores"] and "deviation_res3" in out["scores"]
+  assert "mscm_res3" not in out["test_scores"] and "deviation_res3" in out["test_scores"]
   # one scale: `deviation` is a monotone transform of that scale's score
-  assert out["scores"]["deviation"] == out["scores"]["deviation_res3"]
-  assert out["scores"]["mscm"] == out["scores"]["mscm_pooled"]
+  assert out["test_scores"]["deviation"] == out["test_scores"]["deviation_res3"]
+  assert out["test_scores"]["mscm"] == out["test_scores"]["mscm_pooled"]
 
 
 def test_stop_after_stage2_leaves_no_results(tmp_path):
@@ -139,8 +142,26 @@ def test_unbalanced_run_trains_deep_sad_with_the_classifier_head(tmp_path):
   c = smoke_config(tmp_path / "tree", **{"setting": "unbalanced", "anomaly_ratio": 0.25,
                                          "stage2.classifier": True, "evaluate.report": False})
   out = pipeline.run(c, str(tmp_path / "w"))
-  assert out["n_train_anomalies"] == 6 and set(out["scores"]) >= {"mscm", "pixel_knn"}
+  assert out["n_train_anomalies"] == 6 and set(out["test_scores"]) >= {"mscm", "pixel_knn"}
   logged = [json.loads(line) for line in open(tmp_path / "w" / "metrics.jsonl")]
   stage2_keys = set().union(*(r for r in logged if r["stage"] == "stage2"))
   assert {"sad_res3", "sad_pooled", "bce_res3", "bce_pooled"} <= stage2_keys
   assert not (tmp_path / "w" / "report").exists()
+
+
+def test_validation_is_scored_apart_from_the_test_split(finished_run):
+  """The stage-1 probe is the embedding's k-NN AUROC on the validation split (the same
+  number as the `knn` score there), never on the test split; both splits' scores are
+  saved under their own names."""
+  _, workdir, results = finished_run
+  val, test = results["validation_scores"], results["test_scores"]
+  assert set(val) == set(test)
+  probe = results["stage1"]["validation_probe_knn_auroc"]
+  assert probe == pytest.approx(val["knn"]["auroc"], abs=1e-9)
+  assert results["stage1"]["validation_probe_untrained_knn_auroc"] is not None
+  with np.load(workdir / "validation_scores.npz") as saved:
+    labels = saved["is_anomaly"]
+    assert labels.shape == (21,) and labels.sum() == 16
+    assert set(saved["class"][labels]) == {1}  # other classes' training images
+    for name, m in val.items():
+      assert metrics.evaluate(saved[name], labels) == pytest.approx(m), name

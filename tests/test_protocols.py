@@ -96,3 +96,59 @@ def test_make_split_follows_the_config():
   split = protocols.make_split(c, TRAIN, TEST)
   assert split.n_train_anomalies == 4
   assert set(split.train_classes[split.train_is_anomaly]) == {0}
+
+
+def test_validation_holds_normals_out_of_training():
+  base = protocols.one_class_split(TRAIN, TEST, (2,))
+  split = protocols.with_validation(base, TRAIN, 0.25, 30, seed=0)
+  assert split.n_train == 30 and split.n_test == base.n_test  # 10 of 40 normals held out
+  assert split.val_is_anomaly.sum() == 30 and (~split.val_is_anomaly).sum() == 10
+  # pixel channel 1 is each source image's index: no image both trains and validates
+  train_ids = set(split.train_images[:, 0, 0, 1])
+  held = split.val_images[~split.val_is_anomaly]
+  assert not train_ids & set(held[:, 0, 0, 1]) and (held[..., 0] == 2).all()
+  assert train_ids | set(held[:, 0, 0, 1]) == set(base.train_images[:, 0, 0, 1])
+  # the proxy anomalies are training images of the other classes, never the test split's
+  proxies = split.val_images[split.val_is_anomaly]
+  assert (split.val_classes[split.val_is_anomaly] != 2).all()
+  np.testing.assert_array_equal(proxies[..., 0, 0, 0], split.val_classes[split.val_is_anomaly])
+  assert split.has_validation
+  assert split.summary()["n_val"] == 40 and split.summary()["n_val_anomalous"] == 30
+
+
+def test_validation_is_seeded_and_capped():
+  base = protocols.one_class_split(TRAIN, TEST, (2,))
+  a, b, c = (protocols.with_validation(base, TRAIN, 0.25, 500, seed=s) for s in (0, 0, 1))
+  np.testing.assert_array_equal(a.val_images, b.val_images)
+  assert not np.array_equal(a.val_images, c.val_images)
+  assert a.val_is_anomaly.sum() == 160  # every image of the four other classes
+  assert protocols.with_validation(base, TRAIN, 0.0, 500, seed=0) is base
+
+
+def test_validation_without_other_classes_gives_no_auroc():
+  only = sources.LabelledImages(TRAIN.images[TRAIN.labels == 2],
+                                TRAIN.labels[TRAIN.labels == 2], NAMES)
+  split = protocols.with_validation(protocols.one_class_split(only, TEST, (2,)), only,
+                                    0.1, 100, seed=0)
+  assert split.n_train == 36 and len(split.val_images) == 4
+  assert not split.has_validation
+  tiny = sources.LabelledImages(only.images[:2], only.labels[:2], NAMES)
+  kept = protocols.with_validation(protocols.one_class_split(tiny, TEST, (2,)), tiny, 0.5,
+                                   0, seed=0)
+  assert kept.n_train == 1  # one normal image always trains
+
+
+def test_unbalanced_validation_keeps_the_labelled_draw_and_never_reuses_it():
+  c = config_lib.base_config()
+  c.dataset.normal_class = 1
+  c.setting = "unbalanced"
+  c.anomaly_ratio = 0.25
+  c.validation.fraction = 0.25
+  c.validation.anomalies = 1000  # every image of the pool that does not train
+  split = protocols.make_split(c, TRAIN, TEST)
+  plain = protocols.unbalanced_split(TRAIN, TEST, (1,), 0.25, seed=0)
+  labelled = split.train_images[split.train_is_anomaly]
+  np.testing.assert_array_equal(labelled, plain.train_images[plain.train_is_anomaly])
+  ids = lambda x: set(x[:, 0, 0, 1].tolist())  # noqa: E731
+  assert not ids(labelled) & ids(split.val_images[split.val_is_anomaly])
+  assert split.val_is_anomaly.sum() == 160 - 10 and split.n_train == 30 + 10

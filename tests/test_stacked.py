@@ -157,12 +157,12 @@ def test_run_classes_writes_workdirs_that_separate_runs_accept(tmp_path):
   results = pipeline.run_classes(config, str(root))
   assert sorted(results) == ["a", "b", "c"]
   for name, res in results.items():
-    assert res["normal_classes"] == [name] and set(res["scores"]) >= {"mscm", "knn"}
+    assert res["normal_classes"] == [name] and set(res["test_scores"]) >= {"mscm", "knn"}
     assert (root / name / "results.json").exists() and (root / name / "report").is_dir()
   # Run alone, class b gives the same results (tolerance as above, on 8 x 16 test pairs).
   alone = pipeline.run(pipeline.class_config(config, "b"), str(tmp_path / "b_alone"))
-  for score, m in alone["scores"].items():
-    assert abs(results["b"]["scores"][score]["auroc"] - m["auroc"]) <= 4 / 128, score
+  for score, m in alone["test_scores"].items():
+    assert abs(results["b"]["test_scores"][score]["auroc"] - m["auroc"]) <= 4 / 128, score
   # The class's workdir is an ordinary run's: rerun alone, it returns its results at once.
   again = pipeline.run(pipeline.class_config(config, "b"), str(root / "b"))
   assert again["identity"] == results["b"]["identity"]

@@ -25,7 +25,7 @@ def _config(**overrides):
   return config_lib.validate(c)
 
 
-def _split(n_train=32, seed=0, unbalanced=False):
+def _split(n_train=32, seed=0, unbalanced=False, validation=0.0):
   """Two synthetic classes: smooth horizontal stripes (normal) and checkerboard noise."""
   rng = np.random.default_rng(seed)
 
@@ -45,7 +45,8 @@ def _split(n_train=32, seed=0, unbalanced=False):
                              [0] * n_test + [1] * n_test, ("stripes", "noise"))
   if unbalanced:
     return protocols.unbalanced_split(train, test, (0,), 0.25, seed)
-  return protocols.one_class_split(train, test, (0,))
+  split = protocols.one_class_split(train, test, (0,))
+  return protocols.with_validation(split, train, validation, 100, seed)
 
 
 def _tree_max_diff(a, b):
@@ -116,7 +117,7 @@ def test_update_fits_a_fixed_batch():
 
 
 def test_train_logs_and_probe_separates(tmp_path):
-  split = _split(n_train=64)
+  split = _split(n_train=64, validation=0.25)  # 48 train, 16 + 32 validate
   c = _config(**{"train.epochs": 10, "train.batch_size": 32, "optim.learning_rate": 0.2,
                  "train.checkpoint_every_steps": 10})
   result = stage1.train(c, split, str(tmp_path), sharding.make_mesh(8))

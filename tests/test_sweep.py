@@ -11,6 +11,8 @@ import pytest
 
 from conftest import load_experiment, write_folder_tree
 
+from mscm_jax.names import PROBE_KEYS
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -144,7 +146,9 @@ def test_dead_workers_claims_lapse(tmp_path):
   assert sweep.claim(root, "cell", "w", 600) == 4
 
 
-def _fake_cell(root, cls, seed, setting="oneclass", aurocs=None, classes=("a", "b")):
+def _fake_cell(root, cls, seed, setting="oneclass", aurocs=None, classes=("a", "b"),
+               val=None):
+  """A finished cell whose validation AUROCs are `val` (default: the test's minus 0.1)."""
   name = f"{cls}.{setting}.s{seed}"
   meta = root / ".sweep" / name
   meta.mkdir(parents=True)
@@ -152,22 +156,32 @@ def _fake_cell(root, cls, seed, setting="oneclass", aurocs=None, classes=("a", "
       {"cell": name, "class": cls, "setting": setting, "seed": seed, "variant": "",
        "argv": [], "dataset_classes": list(classes)}))
   (root / name).mkdir()
-  scores = {k: {"auroc": v} for k, v in (aurocs or {}).items()}
+  aurocs = aurocs or {}
+  val = {k: v - 0.1 for k, v in aurocs.items()} if val is None else val
   (root / name / "results.json").write_text(json.dumps(
-      {"dataset": "cifar10", "scores": scores,
-       "stage1": {"probe_knn_auroc": 0.7, "probe_untrained_knn_auroc": 0.6}}))
+      {"dataset": "cifar10", "test_scores": {k: {"auroc": v} for k, v in aurocs.items()},
+       "validation_scores": {k: {"auroc": v} for k, v in val.items()},
+       "stage1": dict(zip(PROBE_KEYS, (0.7, 0.6)))}))
 
 
 def test_table_means_spreads_and_class_set_mean_only_when_complete(tmp_path):
   _fake_cell(tmp_path, "a", 0, aurocs={"mscm": 0.6, "knn": 0.8})
   _fake_cell(tmp_path, "a", 1, aurocs={"mscm": 0.8, "knn": 0.8})
   md, table_csv = sweep.tables(str(tmp_path))
-  assert "| a | 0,1 | 0.700 ± 0.141 | 0.800 ± 0.000 | 0.100 ± 0.000 |" in md
-  assert "No class-set mean" in md and "(b)" in md and "CSI 0.943" in md
-  assert "cifar10,oneclass,,a,mscm,2,0.7," in table_csv
+  val_part, test_part = md.split("### cifar10, oneclass: test split")
+  assert "### cifar10, oneclass: validation split" in val_part
+  # validation first, with the stage-1 probe's gain; the test split without it
+  assert "| a | 0,1 | 0.600 ± 0.141 | 0.700 ± 0.000 | 0.100 ± 0.000 |" in val_part
+  assert "| a | 0,1 | 0.700 ± 0.141 | 0.800 ± 0.000 |\n" in test_part
+  assert "No class-set mean" in md and "(b)" in md
+  assert "CSI 0.943" in test_part and "CSI" not in val_part  # references: test split only
+  assert "cifar10,oneclass,,test,a,mscm,2,0.7," in table_csv
+  assert "cifar10,oneclass,,validation,a,mscm,2,0.6," in table_csv
+  assert "cifar10,oneclass,,validation,a,probe_gain,2,0.1," in table_csv
   _fake_cell(tmp_path, "b", 0, aurocs={"mscm": 0.5, "knn": 0.6})
   md, _ = sweep.tables(str(tmp_path))
-  assert "| **mean of all 2 classes** | | 0.600 | 0.700 | 0.100 |" in md
+  assert "| **mean of all 2 classes** | | 0.600 | 0.700 |\n" in md
+  assert "| **mean of all 2 classes** | | 0.500 | 0.600 | 0.100 |" in md
   _fake_cell(tmp_path, "a", 0, setting="unb0.05", aurocs={"mscm": 0.9})
   md, _ = sweep.tables(str(tmp_path))
   assert "### cifar10, unb0.05" in md and md.count("CSI") == 1  # references: one-class only

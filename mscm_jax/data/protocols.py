@@ -29,6 +29,12 @@ class ADSplit:
   test_classes: np.ndarray  # int [M]
   class_names: tuple[str, ...]
   normal_classes: tuple[int, ...]
+  # The validation split (`with_validation`): normal training images kept out of both
+  # stages, against other classes' training images. Every choice is read on it, so that
+  # the test split is read once, for the final table. None: no validation split.
+  val_images: np.ndarray | None = None  # uint8 [V, H, W, 3]
+  val_is_anomaly: np.ndarray | None = None  # bool [V]
+  val_classes: np.ndarray | None = None  # int [V]
 
   @property
   def n_train(self) -> int:
@@ -47,6 +53,12 @@ class ADSplit:
     return int(self.test_is_anomaly.sum())
 
   @property
+  def has_validation(self) -> bool:
+    """Whether the validation split can give an AUROC (it holds both classes)."""
+    return (self.val_is_anomaly is not None and bool(self.val_is_anomaly.any())
+            and not bool(self.val_is_anomaly.all()))
+
+  @property
   def labelled_anomaly_classes(self) -> tuple[str, ...]:
     """The classes stage 2 sees labelled anomalies of (none in one-class)."""
     return tuple(self.class_names[c]
@@ -62,6 +74,8 @@ class ADSplit:
         "n_test_anomalous": self.n_test_anomalous,
         "n_test_normal": self.n_test - self.n_test_anomalous,
         "image_shape": list(self.train_images.shape[1:]),
+        "n_val": 0 if self.val_images is None else len(self.val_images),
+        "n_val_anomalous": 0 if self.val_is_anomaly is None else int(self.val_is_anomaly.sum()),
     }
 
 
@@ -115,16 +129,57 @@ def unbalanced_split(train: LabelledImages, test: LabelledImages,
   `anomaly_classes` only, to test on anomaly types never seen in training).
   """
   base = one_class_split(train, test, normal_classes)
-  n_anom = check_unbalanced(train.class_names, normal_classes, anomaly_classes,
-                            anomaly_ratio, _counts(train))
-  pool = np.flatnonzero(np.isin(train.labels, pool_classes(
-      len(train.class_names), normal_classes, anomaly_classes)))
-  chosen = np.sort(np.random.default_rng(seed).choice(pool, n_anom, replace=False))
+  chosen = labelled_rows(train, normal_classes, anomaly_ratio, seed, anomaly_classes)
+  n_anom = len(chosen)
   return dataclasses.replace(
       base,
       train_images=np.concatenate([base.train_images, train.images[chosen]]),
       train_is_anomaly=np.concatenate([base.train_is_anomaly, np.ones(n_anom, bool)]),
       train_classes=np.concatenate([base.train_classes, train.labels[chosen]]),
+  )
+
+
+def labelled_rows(train: LabelledImages, normal_classes: Sequence[int], anomaly_ratio: float,
+                  seed: int, anomaly_classes: Sequence[int] = ()) -> np.ndarray:
+  """Indices into `train` of the unbalanced setting's labelled anomalies, sorted."""
+  n_anom = check_unbalanced(train.class_names, normal_classes, anomaly_classes,
+                            anomaly_ratio, _counts(train))
+  pool = np.flatnonzero(np.isin(train.labels, pool_classes(
+      len(train.class_names), normal_classes, anomaly_classes)))
+  return np.sort(np.random.default_rng(seed).choice(pool, n_anom, replace=False))
+
+
+def with_validation(split: ADSplit, train: LabelledImages, fraction: float, anomalies: int,
+                    seed: int, exclude: np.ndarray | None = None) -> ADSplit:
+  """`split` with a validation split: a seeded `fraction` of its normal training images,
+  removed from training, against up to `anomalies` training images of the other classes
+  (never those in `exclude`: the labelled anomalies that train). In the one-class
+  protocol those images are otherwise unused, so selection never needs the test split.
+
+  The held-out normals keep at least one normal image in training; with no other class
+  in the training split (a folder of normal images only) the split has normals only and
+  gives no AUROC (`has_validation` is False).
+  """
+  if fraction <= 0:
+    return split
+  rng = np.random.default_rng([seed, 1])  # apart from the labelled draw's stream
+  normal_rows = np.flatnonzero(~split.train_is_anomaly)
+  n_hold = min(int(round(fraction * len(normal_rows))), len(normal_rows) - 1)
+  hold = np.zeros(split.n_train, bool)
+  hold[rng.choice(normal_rows, n_hold, replace=False)] = True
+  pool = ~np.isin(train.labels, split.normal_classes)
+  if exclude is not None:
+    pool[exclude] = False
+  pool_rows = np.flatnonzero(pool)
+  proxies = np.sort(rng.choice(pool_rows, min(anomalies, len(pool_rows)), replace=False))
+  return dataclasses.replace(
+      split,
+      train_images=split.train_images[~hold],
+      train_is_anomaly=split.train_is_anomaly[~hold],
+      train_classes=split.train_classes[~hold],
+      val_images=np.concatenate([split.train_images[hold], train.images[proxies]]),
+      val_is_anomaly=np.concatenate([np.zeros(n_hold, bool), np.ones(len(proxies), bool)]),
+      val_classes=np.concatenate([split.train_classes[hold], train.labels[proxies]]),
   )
 
 
@@ -189,11 +244,16 @@ def config_classes(config, class_names: Sequence[str],
 
 
 def make_split(config, train: LabelledImages, test: LabelledImages) -> ADSplit:
-  """The split that `config.setting` asks for."""
+  """The split that `config.setting` asks for, with its validation split."""
   if train.class_names != test.class_names:
     raise ConfigError("train and test splits disagree on the class names")
   normal, anomaly_classes = config_classes(config, train.class_names)
+  v = config.validation
   if config.setting == "oneclass":
-    return one_class_split(train, test, normal)
-  return unbalanced_split(train, test, normal, config.anomaly_ratio, config.seed,
-                          anomaly_classes)
+    return with_validation(one_class_split(train, test, normal), train, v.fraction,
+                           v.anomalies, config.seed)
+  split = unbalanced_split(train, test, normal, config.anomaly_ratio, config.seed,
+                           anomaly_classes)
+  return with_validation(split, train, v.fraction, v.anomalies, config.seed,
+                         exclude=labelled_rows(train, normal, config.anomaly_ratio,
+                                               config.seed, anomaly_classes))
