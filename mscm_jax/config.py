@@ -69,6 +69,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.augment.jitter_prob = 0.8
   c.augment.grayscale_prob = 0.2
 
+  # CSI's shifting transformations (SPEC section 8): each drawn image also enters the
+  # batch rotated by 90, 180, 270 degrees (rotations=4), every rotation another instance
+  # (a negative of the others) in NT-Xent; loss.rotation_weight > 0 adds a linear head
+  # that predicts the rotation. With rotations > 1 the evaluation adds `knn_rot` (the
+  # k-NN score averaged over the rotations) and, with the head, `rotation` (the head's
+  # negative log-likelihood of the true rotation, averaged). 1 = no rotation.
+  c.shift = ml_collections.ConfigDict()
+  c.shift.rotations = 1
+
   c.model = ml_collections.ConfigDict()
   c.model.stage_sizes = (2, 2, 2, 2)  # ResNet-18
   c.model.widths = (64, 128, 256, 512)
@@ -93,6 +102,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.variance_weight = 1.0  # lambda_var for the prototype variance hinge
   c.loss.alignment_weight = 0.0  # ||stopgrad(f) - r||^2 in replace/residual/branch modes
   c.loss.codebook_weight = 1.0  # the only loss of a memory with memory.train='codebook'
+  c.loss.rotation_weight = 0.0  # cross-entropy of the rotation head (needs shift.rotations > 1)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "lars"
@@ -405,9 +415,14 @@ def validate(c: ml_collections.ConfigDict,
   lo = c.loss
   _check_positive("loss.temperature", lo.temperature,
                   " (NT-Xent divides by it; the presets use 0.2-0.5)")
-  for name in ("scale_weight", "variance_weight", "alignment_weight", "codebook_weight"):
+  for name in ("scale_weight", "variance_weight", "alignment_weight", "codebook_weight",
+               "rotation_weight"):
     if lo[name] < 0:
       raise ConfigError(f"loss.{name}={lo[name]!r} must be >= 0")
+  _check_int("shift.rotations", c.shift.rotations, 1, 4)
+  if lo.rotation_weight > 0 and c.shift.rotations < 2:
+    raise ConfigError("loss.rotation_weight > 0 needs shift.rotations >= 2 (rotations to "
+                      "predict)")
 
   o = c.optim
   _check_choice("optim.name", o.name, OPTIMIZERS)

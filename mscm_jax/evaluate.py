@@ -8,6 +8,10 @@ Scores (higher = more anomalous):
   deviation_<s> one scale's mean deviation (1 - cos(f, r) averaged over positions), every scale
   knn           k-NN cosine distance of the final embedding to the normal training set
   pixel_knn     the same on raw, mean-centred pixels: the floor a learned score must clear
+  knn_rot       with shift.rotations = R > 1: `knn` of each rotation of the image against
+                the same rotation of the training set, averaged over the R rotations (CSI)
+  rotation      with the rotation head: its negative log-likelihood of each rotation's
+                true index, averaged over the R rotations (GEOM / CSI's shift score)
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from mscm_jax import knn, metrics, stage2
+from mscm_jax import distributed, knn, metrics, stage2
 from mscm_jax.data import protocols
 from mscm_jax.names import HEADLINE, test_scores
 from mscm_jax.scoring import MemberScorers, Scorer
@@ -42,7 +46,39 @@ def compute_scores(config: ml_collections.ConfigDict, split: protocols.ADSplit,
   if split.has_validation:
     scores, val = scorer.scores_and_read(split.val_images)
     out["validation"] = _with_knn(config, split, scores, val, bank, split.val_images)
+  _add_rotation_scores(config, split, scorer, out)
   return out
+
+
+def _add_rotation_scores(config: ml_collections.ConfigDict, split: protocols.ADSplit,
+                         scorer: Scorer, out: dict[str, Any]) -> None:
+  """`knn_rot` and `rotation` (module docstring) into `out`'s test and validation scores;
+  nothing without shift.rotations > 1."""
+  rotations = config.shift.rotations
+  if rotations < 2:
+    return
+  params = scorer.s1.state.params
+  head = ({k: distributed.to_host(v).astype(np.float64)
+           for k, v in params["rotation_head"].items()} if "rotation_head" in params else None)
+  parts = [(out["scores"], split.test_images)]
+  if out["validation"] is not None:
+    parts.append((out["validation"], split.val_images))
+  normal = split.train_images[~split.train_is_anomaly]
+  k = min(config.evaluate.knn_k, len(normal))
+  for scores, _ in parts:
+    scores["knn_rot"] = 0.0
+    if head is not None:
+      scores["rotation"] = 0.0
+  for r in range(rotations):
+    bank = scorer.embedding(np.rot90(normal, r, axes=(1, 2)))
+    for scores, images in parts:
+      q = scorer.embedding(np.rot90(images, r, axes=(1, 2)))
+      scores["knn_rot"] = scores["knn_rot"] + knn.knn_scores(bank, q, k=k) / rotations
+      if head is not None:
+        logits = q.astype(np.float64) @ head["kernel"] + head["bias"]
+        logits -= logits.max(axis=1, keepdims=True)
+        nll = np.log(np.exp(logits).sum(axis=1)) - logits[:, r]
+        scores["rotation"] = scores["rotation"] + nll / rotations
 
 
 def compute_scores_members(configs: Sequence[ml_collections.ConfigDict],
@@ -64,6 +100,8 @@ def compute_scores_members(configs: Sequence[ml_collections.ConfigDict],
     for out, c, split, (scores, val), bank in zip(outs, configs, splits, vals, banks,
                                                   strict=True):
       out["validation"] = _with_knn(c, split, scores, val, bank, split.val_images)
+  for out, c, split, scorer in zip(outs, configs, splits, scorers.scorers, strict=True):
+    _add_rotation_scores(c, split, scorer, out)  # member by member: 4 reads of each split
   return outs
 
 

@@ -34,7 +34,8 @@ def build_model(config: ml_collections.ConfigDict, top_k: int | None = None) -> 
       beta=mem.beta or None, learnable_beta=mem.learnable_beta,
       shrink_threshold=mem.shrink_threshold, retrieval_steps=mem.retrieval_steps,
       top_k=mem.top_k if top_k is None else top_k,
-      head_dims=tuple(m.head_dims), scale_head_dims=tuple(m.head_dims))
+      head_dims=tuple(m.head_dims), scale_head_dims=tuple(m.head_dims),
+      rotation_classes=config.shift.rotations if config.loss.rotation_weight > 0 else 0)
 
 
 def frozen_model(config: ml_collections.ConfigDict) -> AnoMem:

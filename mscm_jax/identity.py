@@ -32,7 +32,7 @@ TRAINED = ("stage1", "stage2")  # the stages with checkpoints, in the order they
 # Config sections (or single fields) that each stage reads.
 _READS = {
     "stage1": ("seed", "setting", "anomaly_ratio", "dataset", "validation", "augment",
-               "model", "memory", "loss", "optim", "train"),
+               "shift", "model", "memory", "loss", "optim", "train"),
     "stage2": ("stage2",),
     "evaluation": ("evaluate",),
 }

@@ -43,6 +43,19 @@ def num_steps(config: ml_collections.ConfigDict, n_train: int) -> tuple[int, int
   return max(1, round(config.train.epochs * per_epoch)), per_epoch
 
 
+def views_per_step(config: ml_collections.ConfigDict) -> int:
+  """Augmented views one step contrasts: two per image and rotation."""
+  return 2 * config.shift.rotations * config.train.batch_size
+
+
+def check_shape(config: ml_collections.ConfigDict, image_shape) -> None:
+  """Rotations by 90 degrees need square images."""
+  if config.shift.rotations > 1 and image_shape[0] != image_shape[1]:
+    raise UserError(f"shift.rotations={config.shift.rotations} needs square images, got "
+                    f"{tuple(image_shape[:2])}: resize them (dataset.image_size) or set "
+                    "shift.rotations=1")
+
+
 def learning_rate_schedule(config: ml_collections.ConfigDict, total: int,
                            per_epoch: int) -> optax.Schedule:
   """Linear warm-up then cosine decay; the peak scales linearly with the batch (per 256)."""
@@ -116,6 +129,11 @@ def loss_terms(out: dict[str, Any], params: Any, is_anomaly: jax.Array,
       terms[f"codebook_{scale}"] = losses.feature_alignment(f, r, normal_rows)
     elif config.loss.alignment_weight > 0:
       terms[f"alignment_{scale}"] = losses.feature_alignment(f, r, normal_rows)
+  if config.loss.rotation_weight > 0:  # both views of each rotated image, `rotate`'s layout
+    labels = augment.rotation_labels(b, config.shift.rotations)
+    logits = out["rotation_logits"]
+    terms["rotation"] = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+        logits, jnp.concatenate([labels, labels])))
   return terms
 
 
@@ -127,7 +145,8 @@ def term_weight(name: str, config: ml_collections.ConfigDict) -> float:
     return config.loss.scale_weight
   kind = name.split("_")[0]
   return {"variance": config.loss.variance_weight, "codebook": config.loss.codebook_weight,
-          "alignment": config.loss.alignment_weight}[kind]
+          "alignment": config.loss.alignment_weight,
+          "rotation": config.loss.rotation_weight}[kind]
 
 
 def total_loss(terms: dict[str, jax.Array], config: ml_collections.ConfigDict) -> jax.Array:
@@ -191,10 +210,11 @@ def make_update(config: ml_collections.ConfigDict, model: AnoMem, tx,
 
 def make_step_body(config: ml_collections.ConfigDict, model: AnoMem, tx,
                    schedule: optax.Schedule, data_size: int, mesh) -> Callable:
-  """The step, unjitted: draw the batch by index, augment twice, then `make_update`'s
-  update. `make_train_step` jits it for one model; a stacked program maps it over K
-  (`sharding.over_members`)."""
+  """The step, unjitted: draw the batch by index, rotate it (`shift.rotations`), augment
+  twice, then `make_update`'s update. `make_train_step` jits it for one model; a stacked
+  program maps it over K (`sharding.over_members`)."""
   batch_size = config.train.batch_size
+  rotations = config.shift.rotations
   aug_params = augment.AugmentParams.from_config(config.augment)
   data_spec = sharding.data_sharding(mesh)
   update = make_update(config, model, tx, schedule)
@@ -205,9 +225,13 @@ def make_step_body(config: ml_collections.ConfigDict, model: AnoMem, tx,
     idx = device.sample_indices(data_key, state.step, data_size, batch_size)
     batch = jax.lax.with_sharding_constraint(images[idx], data_spec)
     flags = jax.lax.with_sharding_constraint(is_anomaly[idx], data_spec)
-    view1, view2 = augment.two_views(aug_key, batch, aug_params)
+    if rotations > 1:
+      view1, view2 = augment.shifted_views(aug_key, batch, rotations, aug_params)
+      flags = jnp.tile(flags, rotations)  # a rotated labelled anomaly is still one
+    else:
+      view1, view2 = augment.two_views(aug_key, batch, aug_params)
     x = jnp.concatenate([view1, view2])
-    chex.assert_shape(x, (2 * batch_size,) + images.shape[1:])
+    chex.assert_shape(x, (2 * rotations * batch_size,) + images.shape[1:])
     return update(state, x, flags)
 
   return step_fn
@@ -299,6 +323,7 @@ def train(config: ml_collections.ConfigDict, split: protocols.ADSplit, workdir: 
   """
   t_start = time.time()
   config_lib.validate(config, mesh.devices.size)
+  check_shape(config, split.train_images.shape[1:])
   total, per_epoch = num_steps(config, split.n_train)
   model, _, _, init_fn, step_fn = components(config, split.n_train,
                                              split.train_images.shape[1:], mesh)
@@ -313,7 +338,7 @@ def train(config: ml_collections.ConfigDict, split: protocols.ADSplit, workdir: 
   res = loop.run(STAGE, workdir, state, step, total=total,
                  log_every=config.train.log_every_steps,
                  checkpoint_every=config.train.checkpoint_every_steps,
-                 items_per_step=2 * config.train.batch_size, steps_per_epoch=per_epoch,
+                 items_per_step=views_per_step(config), steps_per_epoch=per_epoch,
                  stop_after=stop_after, unit="views", advice=nan_advice(config))
   if res.finished is not None:
     return Stage1Result(res.state, model, res.step, res.finished.get("val_probe_auroc"),
@@ -400,6 +425,7 @@ def train_stacked(configs: list[ml_collections.ConfigDict], splits: list[protoco
     raise ValueError("one split and one workdir per config")
   config = configs[0]
   config_lib.validate(config, sharding.data_axis_size(mesh))
+  check_shape(config, splits[0].train_images.shape[1:])
   members = loop.Stacked(workdirs, mesh)
   data = device.put_stacked([s.train_images for s in splits],
                             [s.train_is_anomaly for s in splits], mesh)
@@ -412,7 +438,7 @@ def train_stacked(configs: list[ml_collections.ConfigDict], splits: list[protoco
                          lambda s: step_fn(s, data.images, data.is_anomaly), total=total,
                          log_every=config.train.log_every_steps,
                          checkpoint_every=config.train.checkpoint_every_steps,
-                         items_per_step=2 * config.train.batch_size * len(configs),
+                         items_per_step=views_per_step(config) * len(configs),
                          steps_per_epoch=per_epoch, stop_after=stop_after, unit="views",
                          advice=nan_advice(config))
   out = []

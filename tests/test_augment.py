@@ -136,3 +136,32 @@ def test_from_config_round_trip():
   p = aug.AugmentParams.from_config(config_lib.base_config().augment)
   assert p == aug.AugmentParams()
   hash(p)  # usable as a jit static argument
+
+
+def test_rotate_layout_and_labels():
+  out = np.asarray(aug.rotate(jnp.asarray(IMAGES), 4))
+  assert out.shape == (48, 16, 16, 3)
+  for k in range(4):
+    np.testing.assert_array_equal(out[12 * k:12 * (k + 1)], np.rot90(IMAGES, k, axes=(1, 2)))
+  np.testing.assert_array_equal(aug.rotation_labels(48, 4), np.repeat(np.arange(4), 12))
+
+
+@pytest.mark.parametrize("flip", [0.0, 1.0])
+def test_shifted_views_flip_before_the_rotation(flip):
+  """With every other op off, each view is exactly the (flipped) image rotated by its
+  row's rotation: the flip never comes after the rotation, where it would turn a
+  90-degree rotation into a 270-degree one of the mirror image."""
+  p = dataclasses.replace(OFF, flip_prob=flip)
+  v1, v2 = jax.jit(aug.shifted_views, static_argnums=(2, 3))(jax.random.key(0), IMAGES, 4, p)
+  source = IMAGES[:, :, ::-1] if flip else IMAGES
+  expect = np.rot90(source, 1, axes=(1, 2)).astype(np.float32) / 255
+  for v in (v1, v2):
+    assert v.shape == (48, 16, 16, 3)
+    np.testing.assert_allclose(v[12:24], expect, atol=1e-6)
+
+
+def test_shifted_views_flip_each_view_apart():
+  v1, v2 = jax.jit(aug.shifted_views, static_argnums=(2, 3))(
+      jax.random.key(0), IMAGES, 2, dataclasses.replace(OFF, flip_prob=0.5))
+  flipped = [not np.allclose(v1[i], v2[i]) for i in range(12)]
+  assert any(flipped) and not all(flipped)

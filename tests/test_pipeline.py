@@ -9,7 +9,7 @@ import pytest
 from conftest import smoke_config, write_folder_tree
 
 from mscm_jax import checkpoints, evaluate, metrics, pipeline
-from mscm_jax.data import protocols
+from mscm_jax.data import protocols, sources
 
 
 def test_results_json_has_every_field(finished_run):
@@ -165,3 +165,31 @@ def test_validation_is_scored_apart_from_the_test_split(finished_run):
     assert set(saved["class"][labels]) == {1}  # other classes' training images
     for name, m in val.items():
       assert metrics.evaluate(saved[name], labels) == pytest.approx(m), name
+
+
+def test_rotation_scores_on_both_splits(tmp_path):
+  """shift.rotations=4 with the rotation head: `knn_rot` and `rotation` are scored on
+  the test and validation splits, and the head's score separates oriented normals
+  (dark top, bright bottom) from orientation-free noise."""
+  rng = np.random.default_rng(0)
+  ramp = np.linspace(0, 200, 16)[None, :, None, None]
+
+  def images(n, normal):
+    base = ramp if normal else rng.uniform(0, 200, (n, 16, 16, 1))
+    return np.clip(base + rng.normal(0, 20, (n, 16, 16, 3)), 0, 255).astype(np.uint8)
+
+  train = sources.from_arrays(np.concatenate([images(72, True), images(24, False)]),
+                              [0] * 72 + [1] * 24, ("up", "noise"))
+  test = sources.from_arrays(np.concatenate([images(16, True), images(16, False)]),
+                             [0] * 16 + [1] * 16, ("up", "noise"))
+  c = smoke_config(tmp_path, **{"shift.rotations": 4, "loss.rotation_weight": 1.0,
+                                "train.epochs": 5, "optim.learning_rate": 0.2,
+                                "evaluate.report": False})
+  split = protocols.make_split(c, train, test)
+  assert split.n_train == 65 and split.val_is_anomaly.sum() == 24
+  out = pipeline.run(c, str(tmp_path / "w"), split=split)
+  for part in ("test_scores", "validation_scores"):
+    assert {"knn_rot", "rotation", "knn", "mscm"} <= set(out[part]), part
+  assert out["test_scores"]["rotation"]["auroc"] > 0.8, out["test_scores"]["rotation"]
+  with np.load(tmp_path / "w" / "scores.npz") as saved:
+    assert saved["rotation"].shape == (32,) and np.isfinite(saved["knn_rot"]).all()

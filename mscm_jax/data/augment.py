@@ -209,3 +209,34 @@ def two_views(key: jax.Array, images: jax.Array,
   """The two independently augmented views that NT-Xent contrasts."""
   both = augment_batch(key, jnp.concatenate([images, images]), p)
   return both[:images.shape[0]], both[images.shape[0]:]
+
+
+def rotate(images: jax.Array, rotations: int) -> jax.Array:
+  """[B, H, H, C] -> [R*B, H, H, C]: rows k*B..(k+1)*B-1 are the images rotated by k*90
+  degrees, for k < R = `rotations` (CSI's shifting transformation)."""
+  return jnp.concatenate([jnp.rot90(images, k, axes=(1, 2)) for k in range(rotations)])
+
+
+def rotation_labels(n: int, rotations: int) -> jax.Array:
+  """int32 [n]: the rotation index of each row of `rotate`'s output (n = R*B)."""
+  return jnp.repeat(jnp.arange(rotations, dtype=jnp.int32), n // rotations)
+
+
+def shifted_views(key: jax.Array, images: jax.Array, rotations: int,
+                  p: AugmentParams) -> tuple[jax.Array, jax.Array]:
+  """`two_views` of every image under each of `rotations` rotations: two [R*B] batches
+  laid out as `rotate`'s, each rotated image its own instance.
+
+  Each view is flipped before it is rotated, then augmented without a flip, as CSI does:
+  a flip after the rotation would make an image's 90-degree rotation its mirror image's
+  270-degree one, and the rotation could not be told apart.
+  """
+  chex.assert_rank(images, 4)
+  b = images.shape[0]
+  k_flip, k_aug = jax.random.split(key)
+  both = jnp.concatenate([images, images])
+  flip = jax.random.uniform(k_flip, (2 * b,)) < p.flip_prob
+  both = jnp.where(flip[:, None, None, None], both[:, :, ::-1], both)
+  rotated = jnp.concatenate([rotate(both[:b], rotations), rotate(both[b:], rotations)])
+  out = augment_batch(k_aug, rotated, dataclasses.replace(p, flip_prob=0.0))
+  return out[:rotations * b], out[rotations * b:]

@@ -76,9 +76,10 @@ class AnoMem(nn.Module):
     'attention': {scale: a_s} [B,h,w,N] or [B,N], float32,
     'embedding': [B,C] final pooled embedding (after the 'pooled' memory if any),
     'projection': [B,D] head(embedding), float32,
-    'scale_projection': {scale: [B,D']} only in branch mode with contrastive training.
+    'scale_projection': {scale: [B,D']} only in branch mode with contrastive training,
+    'rotation_logits': [B,R] float32, only with `rotation_classes` = R > 0.
   features/readout/embedding are in `dtype`. Parameter names: 'stem', 'res1'..'res4'
-  (as `ResNet`), 'memory_<scale>', 'head', 'scale_head_<scale>'.
+  (as `ResNet`), 'memory_<scale>', 'head', 'scale_head_<scale>', 'rotation_head'.
   """
 
   stage_sizes: tuple[int, ...] = (2, 2, 2, 2)
@@ -96,6 +97,7 @@ class AnoMem(nn.Module):
   top_k: int = 0
   head_dims: tuple[int, ...] = (512, 128)
   scale_head_dims: tuple[int, ...] = (512, 128)
+  rotation_classes: int = 0  # > 0: a linear head on the embedding predicts the rotation
 
   def __post_init__(self) -> None:
     if self.memory_mode not in MEMORY_MODES:
@@ -162,6 +164,9 @@ class AnoMem(nn.Module):
       emb = self._memory("pooled", emb, anomaly_mask, out)
     out["embedding"] = emb
     out["projection"] = ProjectionHead(self.head_dims, self.dtype, name="head")(emb, train)
+    if self.rotation_classes:
+      out["rotation_logits"] = nn.Dense(self.rotation_classes, name="rotation_head")(
+          emb.astype(jnp.float32))
     if self.memory_mode == "branch" and self.memory_train == "contrastive":
       out["scale_projection"] = {}
       for scale in self.memory_scales:
