@@ -28,7 +28,7 @@ with this grid's command) are skipped without starting anything.
 
 The table (ROOT/results.md, ROOT/results.csv) aggregates every finished cell under ROOT:
 per group (setting, variant) and class, each score's AUROC as mean and spread over seeds,
-SPEC section 5's reference numbers beside the one-class class-set mean, which is given
+method.md section 5's reference numbers beside the one-class class-set mean, which is given
 only when every class of the dataset is present.
 """
 
@@ -61,7 +61,7 @@ from mscm_jax.workdir import FINAL_MARKER, saved_steps, stage_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 META = ".sweep"
-# SPEC section 5: one-class mean AUROC (%) over the classes, from-scratch unless noted.
+# method.md section 5: one-class mean AUROC (%) over the classes, from-scratch unless noted.
 REFERENCE = {
     "cifar10": {"GEOM": 86.0, "GOAD": 88.2, "SimCLR": 87.9, "Rot+Trans": 90.1, "DROC": 92.5,
                 "CSI": 94.3, "AnoMem (paper target)": 96.3},
@@ -685,7 +685,7 @@ def _split_tables(groups, split: str, rows: list[dict[str, Any]]) -> list[str]:
                 f"cell ({', '.join(missing)})." if missing else "No class-set mean.")
     ref = REFERENCE.get(dataset)
     if ref and setting == "oneclass" and split == "test":
-      md += ["", "Reference (SPEC section 5; one-class mean AUROC over all classes, on the "
+      md += ["", "Reference (method.md section 5; one-class mean AUROC over all classes, on the "
              "test split): " + ", ".join(f"{k} {v / 100:.3f}" for k, v in ref.items()) + "."]
     md.append("")
   return md

@@ -3,7 +3,7 @@
 Config files in `configs/` call `base_config()`, set the few fields that define their
 experiment family, and apply a preset chosen by the config-string argument
 (`--config=configs/cifar10_oneclass.py:cpu`). Fields the paper leaves open are here
-with the default our ablations chose (see SPEC.md and `experiments/results/`).
+with the default our ablations chose (docs/method.md; measurements in `experiments/results/`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def _any(value: Any) -> ml_collections.FieldReference:
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """Paper-scale defaults (SPEC sections 2-4); presets shrink them."""
+  """Paper-scale defaults (method.md sections 2-4); presets shrink them."""
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.setting = "oneclass"
@@ -57,7 +57,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.validation.fraction = 0.1
   c.validation.anomalies = 2000
 
-  # SimCLR CIFAR augmentation set (SPEC section 2).
+  # SimCLR CIFAR augmentation set (method.md section 2).
   c.augment = ml_collections.ConfigDict()
   c.augment.crop_scale = (0.08, 1.0)
   c.augment.crop_ratio = (3.0 / 4.0, 4.0 / 3.0)
@@ -69,7 +69,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.augment.jitter_prob = 0.8
   c.augment.grayscale_prob = 0.2
 
-  # CSI's shifting transformations (SPEC section 8): each drawn image also enters the
+  # CSI's shifting transformations (method.md section 8): each drawn image also enters the
   # batch rotated by 90, 180, 270 degrees (rotations=4), every rotation another instance
   # (a negative of the others) in NT-Xent; loss.rotation_weight > 0 adds a linear head
   # that predicts the rotation. With rotations > 1 the evaluation adds `knn_rot` (the
@@ -118,7 +118,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every_steps = 1000
   c.train.num_devices = 0  # 0 = every device (of every process in a multi-process run)
 
-  # Stage 2 (SPEC section 3): one bias-free distance detector per scale on deviation maps.
+  # Stage 2 (method.md section 3): one bias-free distance detector per scale on deviation maps.
   c.stage2 = ml_collections.ConfigDict()
   c.stage2.scales = ()  # scales that feed the detector; () = every memory scale
   c.stage2.weights = ()  # w_s of the combined score, one per stage2 scale; () = all 1
@@ -193,60 +193,36 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str | None) -> ml_collect
     raise ConfigError(f"unknown preset {preset!r}; choose one of {PRESETS[1:]}")
   if preset in ("cpu", "cpu_long"):
     # `cpu`: about 10 minutes for one CIFAR class on 2 CPU cores, the whole command;
-    # `cpu_long`: the same model for about 60 minutes of stage 1, standing in for the full
-    # schedule on a machine without an accelerator (experiments/results/learning_curve.md).
+    # `cpu_long`: the same model for about 75 minutes of stage 1, standing in for the full
+    # schedule on a machine without an accelerator. The choices below were made before
+    # the validation split existed, partly on test-split readings: they are provisional
+    # until re-read on the validation split (docs/method.md section 9).
     c.model.stage_sizes = (1, 1, 1, 1)
     c.model.widths = (16, 32, 64, 128)
     c.model.head_dims = (128, 64)
-    # res2 (16x16) is left out to keep the step cheap: see
-    # experiments/results/bench_stage1.jsonl (scales res2-4 vs res3, res4, pooled).
+    # res2 (16x16) is left out to keep the step cheap (experiments/results/bench_stage1.jsonl).
     c.memory.scales = ("res3", "res4", "pooled")
-    # The issue-4 ablation (experiments/results/ablation.md): branch memories trained as a
-    # codebook -- the only setting whose deviation score was above 0.5 in every run.
-    # Replace mode scored a higher mscm (0.64 vs 0.58) but its deviation flipped sign.
+    # A memory that costs the encoder nothing (its encoder is plain SimCLR); compared with
+    # the memories trained with the encoder in experiments/results/memory_modes.md.
     c.memory.mode = "branch"
     c.memory.train = "codebook"
-    # The training-free score, chosen where stage 1 learned (learning_curve.md): pooled
-    # alone 0.899 (automobile) / 0.660 (cat) at 150 epochs, against res3 + pooled 0.749 /
-    # 0.656 and res4 + pooled 0.889 / 0.620; pooled also beat res3 + pooled in all seven
-    # 20- and 40-epoch runs there. (res3 + pooled had been chosen on a 10-epoch stage 1
-    # that had not learned, where pooled alone fell to 0.479 on ship: detector_sweep.md.)
     c.stage2.deviation_scales = ("pooled",)
-    # The detector sweep (experiments/results/detector_sweep.md, on a 10-epoch stage 1 that
-    # had not learned): a detector on the 1 - cos maps alone ranked airplane backwards
-    # (0.48), one on f - r alone failed cat (0.52); a cos-map detector plus an f - r
-    # detector per scale was above pixel_knn in all 8 runs (mean 0.62). Re-run on the
-    # 150-epoch automobile checkpoint (learning_curve.md section 4) it is again the best
-    # of five: 0.846, against similarity 0.830, cosine+difference 0.799, cosine 0.765,
-    # difference 0.661.
+    # A cos(f, r)-map detector and an f - r detector per scale: a bias-free detector on
+    # the 1 - cos map alone can rank classes backwards (models/detector.py).
     c.stage2.deviation = "similarity+difference"
     c.memory.num_prototypes = 64
     c.memory.proto_dim = 64
-    # tau 0.5 lowered the 20-epoch probe on cat and automobile (0.515 / 0.604 against
-    # 0.549 / 0.650; learning_curve.md section 1b).
     c.loss.temperature = 0.2
     c.optim.name = "sgd"
-    # 20 epochs on automobile, seed 0: k-NN probe 0.607 at lr 0.1, 0.620 at 0.3, 0.650 at
-    # 0.6 (untrained 0.594; experiments/results/learning_curve.md). Higher: not tried. With
-    # seed 1 at 0.6 the probe did not leave the untrained network's (automobile, cat).
     c.optim.learning_rate = 0.6
     c.optim.warmup_epochs = 1
     c.optim.weight_decay = 5e-4
-    # Batch 256 (512 views): on 2 cores the JAX step's views/s was the same at 128, where
-    # PyTorch's was 1.3-1.5x higher (experiments/PERFORMANCE.md). At about 1.0 s per step,
-    # 20 epochs (400 steps) fill the 10-minute budget; at 10 epochs the k-NN probe was
-    # still below the untrained network's (experiments/results/stage1_cpu.md). Batch 128
-    # (800 steps) and crop scale 0.2-1 each raised it by 0.008-0.038 on cat and
-    # automobile at seed 0, under the seed noise, and batch 128 left cat's seed-1 probe
-    # where the preset's is (-0.004): not adopted (learning_curve.md 1b).
+    # Batch 256 (512 views) at about 1 s a step: 20 epochs fill the 10-minute budget.
     c.train.batch_size = 256
     c.train.epochs = 20
     c.train.log_every_steps = 10
     c.train.checkpoint_every_steps = 50
     if preset == "cpu_long":
-      # 3,000 steps: 73 minutes of stage 1 on automobile, 125 on cat beside other work
-      # (1.45-2.5 s per step); knn 0.904 / 0.671 / 0.733 (automobile / cat / airplane),
-      # mscm 0.846 / 0.580 / 0.589 (learning_curve.md).
       c.train.epochs = 150
       c.optim.warmup_epochs = 5
       c.train.log_every_steps = 20

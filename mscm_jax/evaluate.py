@@ -1,7 +1,7 @@
 """Evaluation: every score side by side on the whole test split, exact metrics, results.json.
 
 Scores (higher = more anomalous):
-  mscm          the stage-2 detectors, sum_s w_s (d_s - mean_s) / std_s (SPEC section 3)
+  mscm          the stage-2 detectors, sum_s w_s (d_s - mean_s) / std_s (method.md section 3)
   mscm_<d>      one detector's distance ||phi - c||^2 (d: its scale, or scale_kind)
   deviation     training-free: the mean deviation maps of stage2.deviation_scales, combined
                 the same way (each scale's spread on held-out normal data, equal weights)

@@ -30,7 +30,7 @@ def knn_scores(train_features: np.ndarray, test_features: np.ndarray, k: int = 5
                chunk: int = 1024, center: bool = False) -> np.ndarray:
   """1 - mean cosine similarity to the k nearest training features (higher = anomalous).
 
-  `center` subtracts the training mean first (helps raw pixels, SPEC section 7).
+  `center` subtracts the training mean first (helps raw pixels, method.md section 7).
   """
   train = np.asarray(train_features, np.float32).reshape(len(train_features), -1)
   test = np.asarray(test_features, np.float32).reshape(len(test_features), -1)

@@ -113,7 +113,7 @@ def make_init_fn(model: AnoMem, tx, image_shape, mesh) -> Callable[[jax.Array], 
 
 def loss_terms(out: dict[str, Any], params: Any, is_anomaly: jax.Array,
                config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
-  """Every term of the stage-1 objective, unweighted (SPEC section 2)."""
+  """Every term of the stage-1 objective, unweighted (method.md section 2)."""
   b = is_anomaly.shape[0]
   anomaly = is_anomaly if config.setting == "unbalanced" else None
   normal_rows = None if anomaly is None else ~jnp.concatenate([is_anomaly, is_anomaly])

@@ -6,7 +6,7 @@ or several of these: `stage2.deviation="cosine+difference"` gives each scale one
 detector per kind); the map's spatial mean is the training-free `deviation` score. A
 small bias-free CNN per detector maps its input to phi, trained in the Deep SVDD form
 (one-class) or Deep SAD form (unbalanced) towards a centre c fixed from the initial mean
-(SPEC section 3). All detectors train in one separately jitted, sharded step; the state
+(method.md section 3). All detectors train in one separately jitted, sharded step; the state
 is checkpointed in `workdir/stage2/` by the loop stage 1 uses. A random
 `holdout_fraction` of the normal training images is kept out of the fit and sets each
 detector's score spread, so the scores can be summed.

@@ -3,7 +3,8 @@ and JAX augmentations."""
 
 from mscm_jax.data.augment import AugmentParams, augment_batch, two_views
 from mscm_jax.data.device import DeviceDataset, draw_batch, put_on_device, sample_indices
-from mscm_jax.data.protocols import ADSplit, make_split, one_class_split, unbalanced_split
+from mscm_jax.data.protocols import (ADSplit, make_split, one_class_split, unbalanced_split,
+                                     with_validation)
 from mscm_jax.data.sources import (LabelledImages, from_arrays, load_folder, load_splits,
                                    load_tfds)
 
@@ -11,4 +12,5 @@ __all__ = [
     "ADSplit", "AugmentParams", "DeviceDataset", "LabelledImages", "augment_batch", "draw_batch",
     "from_arrays", "load_folder", "load_splits", "load_tfds", "make_split",
     "one_class_split", "put_on_device", "sample_indices", "two_views", "unbalanced_split",
+    "with_validation",
 ]

@@ -1,4 +1,4 @@
-"""Stage 2: the anomaly distance detector, one small CNN per scale (SPEC section 3).
+"""Stage 2: the anomaly distance detector, one small CNN per scale (method.md section 3).
 
 It maps a scale's deviation input (the map 1 - cos(f, r), [B, h, w, 1], or the difference
 f - r, [B, h, w, C]) to a vector phi whose distance to a fixed centre c is the score.

@@ -1,4 +1,4 @@
-"""Modern Hopfield memory with learnable prototypes (SPEC section 2, "Memory module").
+"""Modern Hopfield memory with learnable prototypes (docs/method.md section 2).
 
 At every position the feature f (C channels) queries N stored prototypes P (N x d):
 q = LN(W_q f), K = LN(W_k P), a = softmax(beta q K^T), read-out r = W_o (a P) in C
