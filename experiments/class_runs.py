@@ -1,6 +1,7 @@
 r"""Per-run tables of a sweep root (experiments/sweep.py runs the cells).
 
-For every ROOT/<cell>/results.json: each score's AUROC with the stage-1 k-NN probe of the
+For every ROOT/<cell>/results.json, on the validation split (`--split=test` for the final
+numbers): each score's AUROC with the stage-1 k-NN probe of the
 trained and of the untrained network and the seconds per stage; every score (per scale
 and per detector too), one column per run; the AUROC of the training-free `deviation`
 over every subset of scales, and of `mscm` without each of its detectors in turn (from
@@ -34,12 +35,24 @@ def _results(root: str) -> dict[str, dict]:
   return out
 
 
-def table(root: str) -> str:
-  """One row per run: headline AUROCs, the probes, seconds per stage."""
+def _scores(results: dict, split: str) -> dict:
+  """One split's metrics of a results.json: `validation` (where choices are read) or
+  `test` (the final numbers)."""
+  return test_scores(results) if split == "test" else results.get("validation_scores") or {}
+
+
+NPZ = {"validation": "validation_scores.npz", "test": "scores.npz"}
+
+
+def table(root: str, split: str = "validation") -> str:
+  """One row per run: headline AUROCs on `split`, the probes (always on the validation
+  split), seconds per stage."""
   lines = ["| run | class | seed | " + " | ".join(HEADLINE) + " | probe | probe untrained | "
            "probe gain | seconds: data / stage 1 / stage 2 / evaluation |", "|" + "---|" * 11]
   for name, r in _results(root).items():
-    a = {k: v["auroc"] for k, v in test_scores(r).items()}
+    a = {k: v["auroc"] for k, v in _scores(r, split).items()}
+    if not a:
+      continue
     s1 = r.get("stage1", {})
     probe, untrained = (s1.get(k) for k in PROBE_KEYS)
     gain = f"{probe - untrained:+.3f}" if probe is not None and untrained is not None else "-"
@@ -53,30 +66,34 @@ def table(root: str) -> str:
   return "\n".join(lines)
 
 
-def all_scores(root: str) -> str:
-  """Every score's AUROC (per scale, per detector too), one column per run."""
-  runs = _results(root)
+def all_scores(root: str, split: str = "validation") -> str:
+  """Every score's AUROC on `split` (per scale, per detector too), one column per run."""
+  runs = {k: _scores(r, split) for k, r in _results(root).items() if _scores(r, split)}
   if not runs:
     return ""
-  names = sorted({n for r in runs.values() for n in test_scores(r)},
+  names = sorted({n for r in runs.values() for n in r},
                  key=lambda n: (n not in HEADLINE, HEADLINE.index(n) if n in HEADLINE else 0, n))
   lines = ["| score | " + " | ".join(runs) + " |", "|" + "---|" * (len(runs) + 1)]
   for n in names:
     lines.append(f"| {n} | " + " | ".join(
-        f"{test_scores(r)[n]['auroc']:.3f}" if n in test_scores(r) else "-"
-        for r in runs.values())
+        f"{r[n]['auroc']:.3f}" if n in r else "-" for r in runs.values())
         + " |")
   return "\n".join(lines)
 
 
-def subsets(root: str, score: str = "deviation", drop_one: bool = False) -> str:
-  """The AUROC of `score` (`deviation` over its scales, `mscm` over its detectors) when
-  only some of its members are summed, equal-weighted as the defaults are, from scores.npz
-  and the spreads in results.json: every subset, or with `drop_one` the whole set and
-  each set of all members but one (which member costs the combination)."""
+def subsets(root: str, score: str = "deviation", drop_one: bool = False,
+            split: str = "validation") -> str:
+  """The AUROC of `score` (`deviation` over its scales, `mscm` over its detectors) on
+  `split` when only some of its members are summed, equal-weighted as the defaults are,
+  from the split's saved scores and the spreads in results.json: every subset, or with
+  `drop_one` the whole set and each set of all members but one (which member costs the
+  combination)."""
   rows, label = {}, {}
   for name, r in _results(root).items():
-    with np.load(os.path.join(root, name, "scores.npz")) as z:
+    path = os.path.join(root, name, NPZ[split])
+    if not os.path.exists(path):  # evaluated before the validation split existed
+      continue
+    with np.load(path) as z:
       norm = r["stage2"]["norm"][score]
       members = sorted(norm)
       per = {m: z[f"{score}_{m}"] for m in members}
@@ -103,14 +120,16 @@ def subsets(root: str, score: str = "deviation", drop_one: bool = False) -> str:
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--root", required=True)
+  p.add_argument("--split", choices=("validation", "test"), default="validation",
+                 help="validation: where choices are read; test: the final numbers")
   args = p.parse_args()
-  print(table(args.root))
+  print(table(args.root, args.split))
   print()
-  print(all_scores(args.root))
+  print(all_scores(args.root, args.split))
   print()
-  print(subsets(args.root, "deviation"))
+  print(subsets(args.root, "deviation", split=args.split))
   print()
-  print(subsets(args.root, "mscm", drop_one=True))
+  print(subsets(args.root, "mscm", drop_one=True, split=args.split))
 
 
 if __name__ == "__main__":

@@ -116,6 +116,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.epochs = 500  # epochs of the normal training set
   c.train.log_every_steps = 50
   c.train.checkpoint_every_steps = 1000
+  # A learning curve: the k-NN AUROC of the embedding on the validation split every this
+  # many steps, in metrics.jsonl as `validation_knn_auroc` (0: only the final probe).
+  c.train.probe_every_steps = 0
   c.train.num_devices = 0  # 0 = every device (of every process in a multi-process run)
 
   # Stage 2 (method.md section 3): one bias-free distance detector per scale on deviation maps.
@@ -413,6 +416,7 @@ def validate(c: ml_collections.ConfigDict,
   _check_positive("train.epochs", t.epochs)
   _check_int("train.log_every_steps", t.log_every_steps, 1)
   _check_int("train.checkpoint_every_steps", t.checkpoint_every_steps, 1)
+  _check_int("train.probe_every_steps", t.probe_every_steps, 0)
   _check_int("train.num_devices", t.num_devices, 0)
 
   s2 = c.stage2

@@ -40,6 +40,7 @@ OPERATIONAL = frozenset({
     "dataset.data_dir", "dataset.download", "dataset.test_split",
     "dataset.normal_class",  # recorded resolved, as class names, in the data part
     "train.log_every_steps", "train.checkpoint_every_steps", "train.num_devices",
+    "train.probe_every_steps",
     "stage2.log_every_steps", "stage2.checkpoint_every_steps",
     "evaluate.batch_size", "evaluate.report",
 })

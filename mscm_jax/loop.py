@@ -126,7 +126,9 @@ def finished_apart(name: str, workdirs: list[str], load: Callable[[int], Any],
 def run(name: str, workdir: str, state: Any, step_fn: Callable[[Any], tuple[Any, dict]], *,
         total: int, log_every: int, checkpoint_every: int, items_per_step: int,
         steps_per_epoch: int, stop_after: int | None = None, unit: str = "views",
-        advice: Callable[[list[str]], str] | None = None) -> LoopResult:
+        advice: Callable[[list[str]], str] | None = None,
+        probe: Callable[[Any], list[dict[str, float]]] | None = None,
+        probe_every: int = 0) -> LoopResult:
   """Restores the newest intact checkpoint of `workdir/name`, trains to `total` (or
   `stop_after`).
 
@@ -135,11 +137,13 @@ def run(name: str, workdir: str, state: Any, step_fn: Callable[[Any], tuple[Any,
   terms and `advice(terms)`; nothing non-finite is ever saved), written to
   `workdir/metrics.jsonl` and TensorBoard, and the progress bar moves. The caller writes
   FINISHED.json (with its own summary) once the stage's final work is done.
+  `probe(state)` -> one dict of scalars per member is written every `probe_every` steps
+  (0: never) before the end: a learning curve.
   """
   res = run_members(name, Single(workdir), state, step_fn, total=total, log_every=log_every,
                     checkpoint_every=checkpoint_every, items_per_step=items_per_step,
                     steps_per_epoch=steps_per_epoch, stop_after=stop_after, unit=unit,
-                    advice=advice)
+                    advice=advice, probe=probe, probe_every=probe_every)
   return LoopResult(res.state, res.step, res.finished[0], res.rate, res.start)
 
 
@@ -156,7 +160,9 @@ def run_members(name: str, members: Members, state: Any,
                 step_fn: Callable[[Any], tuple[Any, dict]], *, total: int, log_every: int,
                 checkpoint_every: int, items_per_step: int, steps_per_epoch: int,
                 stop_after: int | None = None, unit: str = "views",
-                advice: Callable[[list[str]], str] | None = None) -> MembersResult:
+                advice: Callable[[list[str]], str] | None = None,
+                probe: Callable[[Any], list[dict[str, float]]] | None = None,
+                probe_every: int = 0) -> MembersResult:
   """`run` for a state that holds several members, each resumed from and saved to its
   own `workdir/name` and logged to its own metrics: the files read exactly as if each
   member had been trained alone.
@@ -202,7 +208,8 @@ def run_members(name: str, members: Members, state: Any,
   try:
     res = _train(name, members, mngrs, state, step_fn, start, total, log_every,
                  checkpoint_every, items_per_step, steps_per_epoch, stop_after, unit,
-                 advice or (lambda _: "lower the learning rate or check the data"))
+                 advice or (lambda _: "lower the learning rate or check the data"),
+                 probe if probe_every else None, probe_every)
   finally:
     for m in mngrs:
       m.close()
@@ -221,7 +228,8 @@ def _stop_now(flag: bool, step: int, log_every: int, end: int) -> bool:
 
 
 def _train(name, members, mngrs, state, step_fn, start, total, log_every, ckpt_every,
-           items_per_step, steps_per_epoch, stop_after, unit, advice) -> LoopResult:
+           items_per_step, steps_per_epoch, stop_after, unit, advice, probe,
+           probe_every) -> LoopResult:
   ckpt_dirs = [str(m.directory) for m in mngrs]
   writers = [monitoring.MetricWriter(w, name) for w in members.workdirs]
   for writer in writers:
@@ -279,6 +287,11 @@ def _train(name, members, mngrs, state, step_fn, start, total, log_every, ckpt_e
                             f"{', '.join(ckpt_dirs)}; run the same command to resume")
         if step % ckpt_every == 0 and step < end:
           save_checked(step)
+        if probe is not None and step % probe_every == 0 and step < total:
+          t_probe = time.time()
+          for writer, values in zip(writers, probe(state), strict=True):
+            writer.write(step, values)
+          t_log += time.time() - t_probe  # the probe's time is not the step's
       if step > start or any(m.latest_step() is None for m in mngrs):
         save_checked(step)
   finally:

@@ -266,6 +266,22 @@ def knn_probe(model: AnoMem, state: TrainState, split: protocols.ADSplit,
   return metrics.auroc(scores, split.val_is_anomaly.astype(int))
 
 
+def curve(config: ml_collections.ConfigDict, model: AnoMem,
+          splits: list[protocols.ADSplit], split_state: Callable[[Any], list[Any]]
+          ) -> dict[str, Any]:
+  """The loop's learning-curve arguments: every `train.probe_every_steps`, each member's
+  `knn_probe` (as `validation_knn_auroc`); none without a validation split."""
+  every = config.train.probe_every_steps
+  if not every or not all(s.has_validation for s in splits):
+    return {}
+
+  def probe(state) -> list[dict[str, float]]:
+    return [{"validation_knn_auroc": knn_probe(model, s, split)}
+            for s, split in zip(split_state(state), splits, strict=True)]
+
+  return {"probe": probe, "probe_every": every}
+
+
 # ------------------------------------------------------------------------------- loop
 
 class Components(NamedTuple):
@@ -339,7 +355,8 @@ def train(config: ml_collections.ConfigDict, split: protocols.ADSplit, workdir: 
                  log_every=config.train.log_every_steps,
                  checkpoint_every=config.train.checkpoint_every_steps,
                  items_per_step=views_per_step(config), steps_per_epoch=per_epoch,
-                 stop_after=stop_after, unit="views", advice=nan_advice(config))
+                 stop_after=stop_after, unit="views", advice=nan_advice(config),
+                 **curve(config, model, [split], lambda s: [s]))
   if res.finished is not None:
     return Stage1Result(res.state, model, res.step, res.finished.get("val_probe_auroc"),
                         res.rate, 0.0, res.finished.get("val_probe_untrained_auroc"), res.step)
@@ -440,7 +457,8 @@ def train_stacked(configs: list[ml_collections.ConfigDict], splits: list[protoco
                          checkpoint_every=config.train.checkpoint_every_steps,
                          items_per_step=views_per_step(config) * len(configs),
                          steps_per_epoch=per_epoch, stop_after=stop_after, unit="views",
-                         advice=nan_advice(config))
+                         advice=nan_advice(config),
+                         **curve(config, model, splits, members.split))
   out = []
   for c, split, workdir, state, finished in zip(configs, splits, workdirs,
                                                 members.split(res.state), res.finished,

@@ -133,6 +133,7 @@ CONFIG_ROWS = [
     cfg("train.epochs=-3"),
     cfg("train.log_every_steps=0"),
     cfg("train.checkpoint_every_steps=0"),
+    cfg("train.probe_every_steps=-1"),
     cfg("train.num_devices=-1"),
     cfg("stage2.scales=('pooled',)"),  # base memory.scales: res2, res3, res4
     cfg("stage2.scales=('res3','res3')"),

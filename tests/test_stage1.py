@@ -121,12 +121,18 @@ def test_update_fits_a_fixed_batch():
 def test_train_logs_and_probe_separates(tmp_path):
   split = _split(n_train=64, validation=0.25)  # 48 train, 16 + 32 validate
   c = _config(**{"train.epochs": 10, "train.batch_size": 32, "optim.learning_rate": 0.2,
-                 "train.checkpoint_every_steps": 10})
+                 "train.checkpoint_every_steps": 10, "train.probe_every_steps": 5})
   result = stage1.train(c, split, str(tmp_path), sharding.make_mesh(8))
   losses = [json.loads(l)["nt_xent"] for l in open(tmp_path / "metrics.jsonl")
             if "nt_xent" in l]
   assert len(losses) == 20 and np.isfinite(losses).all()
   assert result.probe_auroc is not None and result.probe_auroc > 0.8
+  # the learning curve on the validation split, before the final probe
+  records = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  curve = [(r["step"], r["validation_knn_auroc"]) for r in records
+           if "validation_knn_auroc" in r]
+  assert [s for s, _ in curve] == [5, 10, 15] and all(0 <= v <= 1 for _, v in curve)
+  assert [r["step"] for r in records if "validation_probe_knn_auroc" in r] == [20]
   assert os.listdir(tmp_path / "tensorboard" / "stage1")  # event files
   assert checkpoints.finished_info(str(tmp_path / "stage1"))["step"] == 20
 
@@ -204,3 +210,16 @@ def test_rotations_need_square_images(tmp_path):
   with pytest.raises(errors.UserError, match="square images"):
     stage1.train(c, protocols.one_class_split(train, train, (0,)), str(tmp_path),
                  sharding.make_mesh(8))
+
+
+def test_learning_curve_survives_a_resume(tmp_path):
+  """Curve points written before an interruption stay; none is written twice."""
+  split = _split(n_train=64, validation=0.25)
+  c = _config(**{"train.epochs": 5, "train.batch_size": 16, "train.probe_every_steps": 4,
+                 "train.checkpoint_every_steps": 2})  # 48 / 16 x 5 = 15 steps
+  mesh = sharding.make_mesh(8)
+  stage1.train(c, split, str(tmp_path), mesh, stop_after=8, probe=False)
+  stage1.train(c, split, str(tmp_path), mesh, probe=False)
+  steps = [json.loads(l)["step"] for l in open(tmp_path / "metrics.jsonl")
+           if "validation_knn_auroc" in l]
+  assert steps == [4, 8, 12]
