@@ -4,11 +4,12 @@ import json
 import os
 import time
 
+import jax
 import numpy as np
 import pytest
 from conftest import smoke_config, write_folder_tree
 
-from mscm_jax import checkpoints, evaluate, metrics, pipeline
+from mscm_jax import checkpoints, evaluate, frozen, metrics, pipeline, sharding, stage1
 from mscm_jax.data import protocols, sources
 
 
@@ -193,3 +194,12 @@ def test_rotation_scores_on_both_splits(tmp_path):
   assert out["test_scores"]["rotation"]["auroc"] > 0.8, out["test_scores"]["rotation"]
   with np.load(tmp_path / "w" / "scores.npz") as saved:
     assert saved["rotation"].shape == (32,) and np.isfinite(saved["knn_rot"]).all()
+    rotation = saved["rotation"]
+  # The score is the model's own rotation head, read on each rotation of the images.
+  s1, _ = stage1.load_finished(c, str(tmp_path / "w"), sharding.make_mesh(8))
+  nll = 0.0
+  for r in range(4):
+    logits = frozen.outputs(s1.model, s1.state, np.rot90(split.test_images, r, axes=(1, 2)),
+                            lambda out: out["rotation_logits"])
+    nll = nll - jax.nn.log_softmax(logits.astype(np.float64))[:, r] / 4
+  np.testing.assert_allclose(rotation, nll, rtol=1e-4, atol=1e-5)
