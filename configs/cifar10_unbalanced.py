@@ -11,10 +11,10 @@ anomalies from those classes only; the test still holds every class.
 Stage 2 trains Deep SAD (labelled anomalies pushed away from the centres); add
 `--config.stage2.classifier=True` for the extra BCE head.
 
-Expected result: 5,000 normal + 250 labelled anomalies for training and the full
-10,000-image test split. Scores not measured on CIFAR-10 yet (the CPU time went to the
-one-class ablation); on planted anomalies Deep SAD separates labelled-like anomalies 180x
-further than normals against 5x for Deep SVDD (tests/test_stage2.py).
+Expected result: 4,500 normal + 250 labelled anomalies for training (5 % of the class's
+5,000 images; 500 normal images validate, against 2,000 other-class training images never
+labelled) and the full 10,000-image test split. Measured at `:cpu_long` before the
+validation split and the rotations (test split): experiments/results/unbalanced.md.
 """
 
 from mscm_jax import config as config_lib

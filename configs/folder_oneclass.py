@@ -9,8 +9,9 @@ Run (CPU preset), e.g. on the CIFAR-10 JPEG tree extracted to /tmp/cifar10_jpeg:
       --workdir=workdirs/folder_cat
 
 Expected result: on the CIFAR-10 JPEG tree the data stage decodes 60,000 images in about
-20 s and gives the same split as the tfds copy (5,000 / 10,000); expect the scores of
-cifar10_oneclass.py (image order differs, so runs are not bit-identical).
+20 s and gives the same split as the tfds copy (4,500 train, 500 + 2,000 validation,
+10,000 test); expect the scores of cifar10_oneclass.py (image order differs, so runs are
+not bit-identical).
 """
 
 from mscm_jax import config as config_lib

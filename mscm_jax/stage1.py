@@ -58,8 +58,9 @@ def check_shape(config: ml_collections.ConfigDict, image_shape) -> None:
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, total: int,
                            per_epoch: int) -> optax.Schedule:
-  """Linear warm-up then cosine decay; the peak scales linearly with the batch (per 256)."""
-  peak = config.optim.learning_rate * config.train.batch_size / 256
+  """Linear warm-up then cosine decay; the peak scales linearly with the instances a step
+  contrasts (per 256: images x shift.rotations)."""
+  peak = config.optim.learning_rate * config.train.batch_size * config.shift.rotations / 256
   warmup = min(int(config.optim.warmup_epochs * per_epoch), total - 1)
   return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, total, end_value=0.0)
 

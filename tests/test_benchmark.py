@@ -42,6 +42,7 @@ def test_torch_mirror_has_the_same_parameters(preset):
   torch = pytest.importorskip("torch")
   torch_step = load_experiment("torch_step")
   c = config_lib.apply_preset(config_lib.base_config(), preset)
+  c.shift.rotations, c.loss.rotation_weight = 1, 0.0  # as benchmark.build_config
   params = build_model(c).init(jax.random.PRNGKey(0), np.zeros((2, 32, 32, 3), np.float32),
                                train=False)["params"]
   n_jax = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))

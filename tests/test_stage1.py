@@ -223,3 +223,14 @@ def test_learning_curve_survives_a_resume(tmp_path):
   steps = [json.loads(l)["step"] for l in open(tmp_path / "metrics.jsonl")
            if "validation_knn_auroc" in l]
   assert steps == [4, 8, 12]
+
+
+def test_peak_learning_rate_counts_rotated_instances():
+  """64 images under 4 rotations contrast 256 instances: the peak of 256 images."""
+  plain = _config(**{"train.batch_size": 256, "optim.learning_rate": 0.6,
+                     "optim.warmup_epochs": 1})
+  rotated = _config(**{"train.batch_size": 64, "shift.rotations": 4,
+                       "optim.learning_rate": 0.6, "optim.warmup_epochs": 1})
+  for c in (plain, rotated):
+    schedule = stage1.learning_rate_schedule(c, total=100, per_epoch=10)
+    assert float(schedule(10)) == pytest.approx(0.6)
