@@ -23,7 +23,7 @@ import os
 import numpy as np
 
 from mscm_jax import evaluate
-from mscm_jax.names import HEADLINE, PROBE_KEYS, test_scores
+from mscm_jax.names import HEADLINE, PROBE_KEYS, split_scores
 
 
 
@@ -35,12 +35,6 @@ def _results(root: str) -> dict[str, dict]:
   return out
 
 
-def _scores(results: dict, split: str) -> dict:
-  """One split's metrics of a results.json: `validation` (where choices are read) or
-  `test` (the final numbers)."""
-  return test_scores(results) if split == "test" else results.get("validation_scores") or {}
-
-
 NPZ = {"validation": "validation_scores.npz", "test": "scores.npz"}
 
 
@@ -50,7 +44,7 @@ def table(root: str, split: str = "validation") -> str:
   lines = ["| run | class | seed | " + " | ".join(HEADLINE) + " | probe | probe untrained | "
            "probe gain | seconds: data / stage 1 / stage 2 / evaluation |", "|" + "---|" * 11]
   for name, r in _results(root).items():
-    a = {k: v["auroc"] for k, v in _scores(r, split).items()}
+    a = {k: v["auroc"] for k, v in split_scores(r, split).items()}
     if not a:
       continue
     s1 = r.get("stage1", {})
@@ -68,7 +62,7 @@ def table(root: str, split: str = "validation") -> str:
 
 def all_scores(root: str, split: str = "validation") -> str:
   """Every score's AUROC on `split` (per scale, per detector too), one column per run."""
-  runs = {k: _scores(r, split) for k, r in _results(root).items() if _scores(r, split)}
+  runs = {k: split_scores(r, split) for k, r in _results(root).items() if split_scores(r, split)}
   if not runs:
     return ""
   names = sorted({n for r in runs.values() for n in r},

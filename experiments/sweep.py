@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from mscm_jax.names import HEADLINE, PROBE_KEYS, test_scores
+from mscm_jax.names import HEADLINE, PROBE_KEYS, split_scores, test_scores
 from mscm_jax.identity import TRAINED
 from mscm_jax.workdir import FINAL_MARKER, saved_steps, stage_dir
 
@@ -539,18 +539,12 @@ def _any_results(by_class: dict[str, dict[int, Any]]) -> dict[str, Any]:
 SPLITS = ("validation", "test")  # validation first: where choices are read
 
 
-def _split_scores(results: dict[str, Any], split: str) -> dict[str, Any]:
-  if split == "test":
-    return test_scores(results)
-  return results.get("validation_scores") or {}
-
-
 def _values(results: dict[str, Any], score: str, split: str = "test") -> float | None:
   if score == "probe_gain":  # the stage-1 probe is read on the validation split only
     s1 = results.get("stage1") or {}
     a, b = (s1.get(k) for k in PROBE_KEYS)
     return None if split != "validation" or a is None or b is None else a - b
-  m = _split_scores(results, split).get(score)
+  m = split_scores(results, split).get(score)
   return None if m is None else m["auroc"]
 
 
@@ -636,7 +630,7 @@ def _split_tables(groups, split: str, rows: list[dict[str, Any]]) -> list[str]:
   for (setting, variant), (all_names, by_class) in sorted(groups.items()):
     any_results = _any_results(by_class)
     dataset = any_results["dataset"]
-    names = _split_scores(any_results, split)
+    names = split_scores(any_results, split)
     if not names:  # a grid evaluated before the validation split existed
       continue
     scores = [s for s in HEADLINE if s in names]

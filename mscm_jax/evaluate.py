@@ -43,17 +43,21 @@ def compute_scores(config: ml_collections.ConfigDict, split: protocols.ADSplit,
   scores, test = scorer.scores_and_read(split.test_images)
   out = {"scores": _with_knn(config, split, scores, test, bank, split.test_images),
          "maps": test["maps"], "validation": None}
+  embeddings = [test["embedding"]]
   if split.has_validation:
     scores, val = scorer.scores_and_read(split.val_images)
     out["validation"] = _with_knn(config, split, scores, val, bank, split.val_images)
-  _add_rotation_scores(config, split, scorer, out)
+    embeddings.append(val["embedding"])
+  _add_rotation_scores(config, split, scorer, out, bank, embeddings)
   return out
 
 
 def _add_rotation_scores(config: ml_collections.ConfigDict, split: protocols.ADSplit,
-                         scorer: Scorer, out: dict[str, Any]) -> None:
+                         scorer: Scorer, out: dict[str, Any], bank: np.ndarray,
+                         embeddings: list[np.ndarray]) -> None:
   """`knn_rot` and `rotation` (module docstring) into `out`'s test and validation scores;
-  nothing without shift.rotations > 1."""
+  nothing without shift.rotations > 1. `bank` and `embeddings` (test, then validation) are
+  the unrotated embeddings the evaluation has read already: rotation 0 reuses them."""
   rotations = config.shift.rotations
   if rotations < 2:
     return
@@ -70,10 +74,10 @@ def _add_rotation_scores(config: ml_collections.ConfigDict, split: protocols.ADS
     if head is not None:
       scores["rotation"] = 0.0
   for r in range(rotations):
-    bank = scorer.embedding(np.rot90(normal, r, axes=(1, 2)))
-    for scores, images in parts:
-      q = scorer.embedding(np.rot90(images, r, axes=(1, 2)))
-      scores["knn_rot"] = scores["knn_rot"] + knn.knn_scores(bank, q, k=k) / rotations
+    bank_r = bank if r == 0 else scorer.embedding(np.rot90(normal, r, axes=(1, 2)))
+    for (scores, images), emb in zip(parts, embeddings, strict=True):
+      q = emb if r == 0 else scorer.embedding(np.rot90(images, r, axes=(1, 2)))
+      scores["knn_rot"] = scores["knn_rot"] + knn.knn_scores(bank_r, q, k=k) / rotations
       if head is not None:
         logits = q.astype(np.float64) @ head["kernel"] + head["bias"]
         logits -= logits.max(axis=1, keepdims=True)
@@ -95,13 +99,16 @@ def compute_scores_members(configs: Sequence[ml_collections.ConfigDict],
   outs = [{"scores": _with_knn(c, split, scores, test, bank, split.test_images),
            "maps": test["maps"], "validation": None}
           for c, split, (scores, test), bank in zip(configs, splits, tests, banks, strict=True)]
+  embeddings = [[test["embedding"]] for _, test in tests]
   if all(s.has_validation for s in splits):  # each member's own held-out images
     vals = scorers.scores_and_read([s.val_images for s in splits])
-    for out, c, split, (scores, val), bank in zip(outs, configs, splits, vals, banks,
-                                                  strict=True):
+    for out, c, split, (scores, val), bank, emb in zip(outs, configs, splits, vals, banks,
+                                                       embeddings, strict=True):
       out["validation"] = _with_knn(c, split, scores, val, bank, split.val_images)
-  for out, c, split, scorer in zip(outs, configs, splits, scorers.scorers, strict=True):
-    _add_rotation_scores(c, split, scorer, out)  # member by member: 4 reads of each split
+      emb.append(val["embedding"])
+  for out, c, split, scorer, bank, emb in zip(outs, configs, splits, scorers.scorers, banks,
+                                              embeddings, strict=True):
+    _add_rotation_scores(c, split, scorer, out, bank, emb)  # member by member: 3 more reads
   return outs
 
 

@@ -20,3 +20,11 @@ def test_scores(results: dict) -> dict:
   """The test split's metrics of a results.json (named `scores` before the validation
   split existed; `validation_scores` holds the validation split's)."""
   return results["test_scores"] if "test_scores" in results else results["scores"]
+
+
+def split_scores(results: dict, split: str) -> dict:
+  """One split's metrics of a results.json: `validation` (where choices are read; {} for a
+  run without a validation split) or `test` (the final numbers)."""
+  if split == "test":
+    return test_scores(results)
+  return results.get("validation_scores") or {}

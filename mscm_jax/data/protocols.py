@@ -130,11 +130,15 @@ def unbalanced_split(train: LabelledImages, test: LabelledImages,
   """
   base = one_class_split(train, test, normal_classes)
   chosen = labelled_rows(train, normal_classes, anomaly_ratio, seed, anomaly_classes)
-  n_anom = len(chosen)
+  return _with_labelled(base, train, chosen)
+
+
+def _with_labelled(base: ADSplit, train: LabelledImages, chosen: np.ndarray) -> ADSplit:
+  """`base` with the training images `chosen` (indices into `train`) as labelled anomalies."""
   return dataclasses.replace(
       base,
       train_images=np.concatenate([base.train_images, train.images[chosen]]),
-      train_is_anomaly=np.concatenate([base.train_is_anomaly, np.ones(n_anom, bool)]),
+      train_is_anomaly=np.concatenate([base.train_is_anomaly, np.ones(len(chosen), bool)]),
       train_classes=np.concatenate([base.train_classes, train.labels[chosen]]),
   )
 
@@ -252,8 +256,7 @@ def make_split(config, train: LabelledImages, test: LabelledImages) -> ADSplit:
   if config.setting == "oneclass":
     return with_validation(one_class_split(train, test, normal), train, v.fraction,
                            v.anomalies, config.seed)
-  split = unbalanced_split(train, test, normal, config.anomaly_ratio, config.seed,
-                           anomaly_classes)
-  return with_validation(split, train, v.fraction, v.anomalies, config.seed,
-                         exclude=labelled_rows(train, normal, config.anomaly_ratio,
-                                               config.seed, anomaly_classes))
+  base = one_class_split(train, test, normal)
+  chosen = labelled_rows(train, normal, config.anomaly_ratio, config.seed, anomaly_classes)
+  return with_validation(_with_labelled(base, train, chosen), train, v.fraction,
+                         v.anomalies, config.seed, exclude=chosen)
