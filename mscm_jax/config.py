@@ -137,6 +137,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.stage2.classifier = False  # unbalanced: an extra BCE head on the detector features
   c.stage2.bce_weight = 1.0
   c.stage2.eta = 1.0  # Deep SAD weight of the labelled anomalies
+  # CSI's shifted distribution as labelled anomalies (needs shift.rotations > 1): every
+  # fit-set normal also enters the fit rotated by a seeded k*90 degrees, 0 < k < rotations,
+  # and the detector trains in the Deep SAD form against them, also in the one-class setting.
+  c.stage2.rotated_anomalies = False
   c.stage2.learning_rate = 1e-3  # AdamW, cosine decay
   c.stage2.weight_decay = 1e-5
   c.stage2.batch_size = 256
@@ -448,6 +452,9 @@ def validate(c: ml_collections.ConfigDict,
   _check_int("stage2.out_dim", s2.out_dim, 1)
   _check_positive("stage2.learning_rate", s2.learning_rate)
   _check_positive("stage2.eta", s2.eta)
+  if s2.rotated_anomalies and c.shift.rotations < 2:
+    raise ConfigError("stage2.rotated_anomalies needs shift.rotations >= 2 (the rotations "
+                      "its anomalies are drawn from)")
   for name in ("weight_decay", "bce_weight"):
     if s2[name] < 0:
       raise ConfigError(f"stage2.{name}={s2[name]!r} must be >= 0")

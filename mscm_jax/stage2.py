@@ -190,7 +190,8 @@ def make_step_body(config: ml_collections.ConfigDict, detector: DistanceDetector
   """The step over every detector (their parameters are disjoint), unjitted:
   `make_train_step` jits it for one model, `make_stacked_train_step` maps it over K."""
   s2 = config.stage2
-  batch_size, unbalanced = s2.batch_size, config.setting == "unbalanced"
+  batch_size = s2.batch_size
+  unbalanced = config.setting == "unbalanced" or s2.rotated_anomalies
   data_spec = sharding.data_sharding(mesh)
 
   def step_fn(state: DetectorState, maps: dict[str, jax.Array], is_anomaly: jax.Array):
@@ -320,6 +321,30 @@ def _fit_rows(config: ml_collections.ConfigDict, is_anomaly: np.ndarray
   return hold, ~hold, ~hold & ~is_anomaly
 
 
+def rotated_fit_images(config: ml_collections.ConfigDict, images: np.ndarray,
+                       is_anomaly: np.ndarray) -> np.ndarray:
+  """[M, H, W, C]: the normal fit images (never the holdout, whose distances set the
+  spread) each rotated by a seeded k * 90 degrees, 0 < k < `shift.rotations`: the shifted
+  distribution that `stage2.rotated_anomalies` labels anomalous (method.md section 8)."""
+  _, _, fit_normal = _fit_rows(config, np.asarray(is_anomaly, bool))
+  rows = np.flatnonzero(fit_normal)
+  turns = np.random.default_rng([config.seed, 3]).integers(1, config.shift.rotations,
+                                                           len(rows))
+  out = np.empty((len(rows),) + images.shape[1:], images.dtype)
+  for k in range(1, config.shift.rotations):
+    out[turns == k] = np.rot90(images[rows[turns == k]], k, axes=(1, 2))
+  return out
+
+
+def with_anomalies(inputs: dict[str, np.ndarray], is_anomaly: np.ndarray,
+                   extra: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+  """`inputs` and their flags with the rows of `extra` appended as anomalies. Appended
+  anomalies leave `holdout_rows` unchanged: it draws from the normal rows only."""
+  n = len(next(iter(extra.values())))
+  return ({s: np.concatenate([m, extra[s]]) for s, m in inputs.items()},
+          np.concatenate([np.asarray(is_anomaly, bool), np.ones(n, bool)]))
+
+
 def fit(config: ml_collections.ConfigDict, inputs: dict[str, np.ndarray],
         is_anomaly: np.ndarray, workdir: str, mesh, *,
         stop_after: int | None = None) -> FitResult:
@@ -429,11 +454,17 @@ def train(config: ml_collections.ConfigDict, split: protocols.ADSplit, workdir: 
       logging.warning("%s", e)
   logging.info("Stage 2: detector inputs %s for %d training images",
                ", ".join(f"{s} {k}" for s, k in inputs.values()), split.n_train)
-  read = frozen.read(frozen.frozen_model(config), s1.state, split.train_images,
-                     tuple(config.memory.scales), kind=s2.deviation, inputs=inputs,
-                     batch_size=config.evaluate.batch_size)
-  res = fit(config, read["inputs"], split.train_is_anomaly, workdir, mesh,
-            stop_after=stop_after)
+  model, scales = frozen.frozen_model(config), tuple(config.memory.scales)
+  read = frozen.read(model, s1.state, split.train_images, scales, kind=s2.deviation,
+                     inputs=inputs, batch_size=config.evaluate.batch_size)
+  fit_inputs, flags = read["inputs"], split.train_is_anomaly
+  if s2.rotated_anomalies:
+    rotated = rotated_fit_images(config, split.train_images, flags)
+    logging.info("Stage 2: %d rotated normal images as labelled anomalies", len(rotated))
+    extra = frozen.read(model, s1.state, rotated, scales, kind=s2.deviation, inputs=inputs,
+                        batch_size=config.evaluate.batch_size)["inputs"]
+    fit_inputs, flags = with_anomalies(fit_inputs, flags, extra)
+  res = fit(config, fit_inputs, flags, workdir, mesh, stop_after=stop_after)
   return _finish(config, split, workdir, read, res, t_start)
 
 
@@ -459,13 +490,22 @@ def train_members(configs: Sequence[ml_collections.ConfigDict],
   inputs = detectors(config)
   logging.info("Stage 2 of %d members: detector inputs %s", k,
                ", ".join(f"{s} {kind}" for s, kind in inputs.values()))
-  reads = frozen.read_members(
-      frozen.frozen_model(config), frozen.stack_variables([s.state for s in s1s], mesh),
-      [s.train_images for s in splits], tuple(config.memory.scales), mesh, k,
-      kind=config.stage2.deviation, inputs=inputs, batch_size=config.evaluate.batch_size)
-  fits = fit_members(configs, [r["inputs"] for r in reads],
-                     [s.train_is_anomaly for s in splits], workdirs, mesh,
-                     stop_after=stop_after)
+  model, scales = frozen.frozen_model(config), tuple(config.memory.scales)
+  variables = frozen.stack_variables([s.state for s in s1s], mesh)
+  reads = frozen.read_members(model, variables, [s.train_images for s in splits], scales,
+                              mesh, k, kind=config.stage2.deviation, inputs=inputs,
+                              batch_size=config.evaluate.batch_size)
+  fit_sets = [(r["inputs"], s.train_is_anomaly) for r, s in zip(reads, splits, strict=True)]
+  if config.stage2.rotated_anomalies:
+    rotated = [rotated_fit_images(c, s.train_images, s.train_is_anomaly)
+               for c, s in zip(configs, splits, strict=True)]
+    extra = frozen.read_members(model, variables, rotated, scales, mesh, k,
+                                kind=config.stage2.deviation, inputs=inputs,
+                                batch_size=config.evaluate.batch_size)
+    fit_sets = [with_anomalies(x, f, e["inputs"])
+                for (x, f), e in zip(fit_sets, extra, strict=True)]
+  fits = fit_members(configs, [x for x, _ in fit_sets], [f for _, f in fit_sets], workdirs,
+                     mesh, stop_after=stop_after)
   return [_finish(c, split, w, read, res, t_start)
           for c, split, w, read, res in zip(configs, splits, workdirs, reads, fits,
                                             strict=True)]
@@ -475,12 +515,16 @@ def _finish(config: ml_collections.ConfigDict, split: protocols.ADSplit, workdir
             read: dict[str, Any], res: FitResult, t_start: float) -> Stage2Result:
   """The spreads of both scores; FINISHED.json once the schedule is complete."""
   norm = {"mscm": res.norm,
-          "deviation": spread({s: v[res.reference] for s, v in read["deviation"].items()})}
+          # appended anomalies (`with_anomalies`) are never reference rows
+          "deviation": spread({s: v[res.reference[:split.n_train]]
+                               for s, v in read["deviation"].items()})}
   total, _ = num_steps(config, res.n_fit)
   if res.steps >= total:
     checkpoints.mark_finished(os.path.join(workdir, STAGE),
                               {"step": res.steps, "norm": norm, "n_fit": res.n_fit,
-                               "n_holdout": int(split.n_train - res.n_fit),
+                               "n_holdout": int(holdout_rows(
+                                   split.train_is_anomaly, config.stage2.holdout_fraction,
+                                   config.seed).sum()),
                                "maps_per_second": res.rate})
   return Stage2Result(res.state, res.detector, res.steps, norm, time.time() - t_start,
                       res.start)

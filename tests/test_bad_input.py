@@ -148,6 +148,7 @@ CONFIG_ROWS = [
     cfg("stage2.out_dim=0"),
     cfg("stage2.bce_weight=-1.0"),
     cfg("stage2.eta=0"),
+    cfg("stage2.rotated_anomalies=True", "shift.rotations"),
     cfg("stage2.learning_rate=0"),
     cfg("stage2.weight_decay=-1.0"),
     cfg("stage2.batch_size=0"),

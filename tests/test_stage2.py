@@ -280,3 +280,73 @@ def test_joined_kinds_train_one_detector_per_scale_and_kind(tmp_path):
   loaded = stage2.load_finished(c, str(tmp_path), split.train_images.shape[1:], mesh)
   again = Scorer(c, s1, loaded).scores(split.test_images)
   np.testing.assert_array_equal(again["mscm"], scores["mscm"])
+
+
+# ------------------------------------------------- the shifted distribution as anomalies
+
+
+def test_rotated_fit_images_are_the_fit_normals_turned_and_seeded():
+  c = _config(**{"shift.rotations": 4, "stage2.rotated_anomalies": True,
+                 "stage2.holdout_fraction": 0.25})
+  rng = np.random.default_rng(5)
+  images = rng.integers(0, 256, (12, 8, 8, 3), dtype=np.uint8)
+  flags = np.r_[np.zeros(8, bool), np.ones(4, bool)]
+  hold, _, fit_normal = stage2._fit_rows(c, flags)
+  rotated = stage2.rotated_fit_images(c, images, flags)
+  assert rotated.shape == (fit_normal.sum(), 8, 8, 3) and rotated.dtype == np.uint8
+  turns = []
+  for row, out in zip(np.flatnonzero(fit_normal), rotated, strict=True):
+    k = [k for k in range(4) if np.array_equal(np.rot90(images[row], k), out)]
+    assert k and k[0] > 0, "every anomaly is its fit image turned by 90, 180 or 270"
+    turns.append(k[0])
+  assert len(set(turns)) > 1
+  np.testing.assert_array_equal(stage2.rotated_fit_images(c, images, flags), rotated)
+  inputs, fit_flags = stage2.with_anomalies({"a": images}, flags, {"a": rotated})
+  assert fit_flags.sum() == 4 + len(rotated) and len(inputs["a"]) == 12 + len(rotated)
+  # appending anomalies leaves the holdout, and so the spread's reference, unchanged
+  np.testing.assert_array_equal(stage2._fit_rows(c, fit_flags)[0][:12], hold)
+
+
+def _oriented_split(n=48, size=16, seed=0):
+  """Normals are top-lit ramps: their rotations are clearly another distribution."""
+  rng = np.random.default_rng(seed)
+  ramp = np.linspace(40, 215, size)[:, None, None] * np.ones((size, size, 3))
+
+  def draw(m):
+    return np.clip(ramp + rng.normal(0, 12, (m, size, size, 3)), 0, 255).astype(np.uint8)
+
+  normal, test = draw(n), draw(16)
+  test = np.concatenate([test[:8], np.rot90(test[8:], 1, axes=(1, 2))])
+  return protocols.ADSplit(
+      train_images=normal, train_is_anomaly=np.zeros(n, bool),
+      train_classes=np.zeros(n, np.int64), test_images=test,
+      test_is_anomaly=np.r_[np.zeros(8, bool), np.ones(8, bool)],
+      test_classes=np.r_[np.zeros(8), np.ones(8)].astype(np.int64),
+      class_names=("a", "b"), normal_classes=(0,))
+
+
+def test_rotated_anomalies_train_deep_sad_in_the_oneclass_setting(tmp_path):
+  split = _oriented_split()
+  mesh = sharding.make_mesh(1)
+  gap = {}
+  for rotated in (False, True):
+    c = _config(**{"shift.rotations": 4, "stage2.rotated_anomalies": rotated,
+                   "stage2.epochs": 6, "stage2.batch_size": 16,
+                   "stage2.learning_rate": 3e-3, "stage2.log_every_steps": 1})
+    parts = stage1.components(c, split.n_train, split.train_images.shape[1:], mesh)
+    s1 = stage1.Stage1Result(parts.init_fn(jax.random.PRNGKey(0)), parts.model, 0, None,
+                             None, 0.0)
+    workdir = tmp_path / str(rotated)
+    s2 = stage2.train(c, split, str(workdir), mesh, s1)
+    info = checkpoints.finished_info(str(workdir / "stage2"))
+    # 48 normals, 5 held out: 43 fitted, each also turned into one labelled anomaly
+    assert (info["n_fit"], info["n_holdout"]) == ((86 if rotated else 43), 5)
+    terms = {k for line in open(workdir / "metrics.jsonl") for k in json.loads(line)}
+    assert any(t.startswith("sad_") for t in terms) == rotated
+    assert any(t.startswith("svdd_") for t in terms) != rotated
+    d = Scorer(c, s1, s2).scores(split.test_images)["mscm"]
+    gap[rotated] = np.median(d[8:]) - np.median(d[:8])
+    if rotated:
+      assert metrics.auroc(d, split.test_is_anomaly) > 0.9
+  # Measured: 85 (one-class) and 140 (rotated anomalies) holdout spreads apart.
+  assert gap[True] > 1.3 * gap[False], gap
