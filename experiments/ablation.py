@@ -1,4 +1,4 @@
-r"""Issue-4 ablation: which knobs make deviation maps carry the anomaly signal.
+r"""Evaluation-time ablation: stage-2 and read-out variants on finished stage-1 runs.
 
 Training-time knobs (memory.mode / memory.train, the alignment term) need their own
 stage-1 runs: experiments/sweep.py trains them into ROOT/<class>.oneclass.s<seed>.<variant>
@@ -8,9 +8,11 @@ evaluation-time variant (retrieval sharpness: top-k; unit-sphere vs Euclidean ma
 whole command runs in ROOT/<run>/eval/<variant>/ on the run's stage 1 (`pipeline.run`
 with `stage1_from`, which checks that the stage 1 is the one the variant describes),
 all scores are computed, and one JSON line per (run, variant) goes to
-ROOT/ablation.jsonl (resumable: done pairs are skipped). Scale subsets feeding the
-detector are compared from the same
-per-scale detectors (each scale's detector is trained independently).
+ROOT/ablation.jsonl (resumable: done pairs are skipped). Every AUROC it records is the
+validation split's (held-out normal training images against other classes' training
+images): the split choices are read on (docs/method.md section 4). Scale subsets feeding
+the detector are compared from the same per-scale detectors (each scale's detector is
+trained independently).
 
   TFDS_DATA_DIR=../shared/tfds python experiments/ablation.py --root=/work/ablation \
       --variants=default,top1,beta1,shrink,euclidean
@@ -31,7 +33,7 @@ import numpy as np
 
 from mscm_jax import config as config_lib
 from mscm_jax import evaluate, pipeline, stage2
-from mscm_jax.names import PROBE_KEYS, test_scores
+from mscm_jax.names import PROBE_KEYS, split_scores
 
 # Evaluation-time variants: overrides of the saved stage-1 config.
 VARIANTS = {
@@ -44,6 +46,9 @@ VARIANTS = {
     "euclidean": {"stage2.deviation": "euclidean"},  # maps off the unit sphere
     "difference": {"stage2.deviation": "difference"},  # the detector sees f - r itself
     "joined": {"stage2.deviation": "cosine+difference"},  # one detector for each (detector_sweep)
+    # CSI's turned normals as the detector's labelled anomalies (needs shift.rotations > 1)
+    "rotated": {"stage2.rotated_anomalies": True},
+    "rotated_difference": {"stage2.rotated_anomalies": True, "stage2.deviation": "difference"},
 }
 # A sweep cell (experiments/sweep.py), or the older <variant>_c<class index>_s<seed>.
 RUN = re.compile(r"^(?:(?P<name>[^.]+)\.oneclass\.s(?P<sseed>\d+)\.(?P<strain>[a-z0-9]+)"
@@ -85,9 +90,9 @@ def evaluate_run(workdir: str, variants: list[str], out_path: str, done: set) ->
     t = time.time()
     eval_dir = os.path.join(workdir, "eval", name)
     results = pipeline.run(c, eval_dir, stage1_from=workdir)
-    saved = np.load(os.path.join(eval_dir, "scores.npz"))
+    saved = np.load(os.path.join(eval_dir, "validation_scores.npz"))
     labels = saved["is_anomaly"].astype(int)
-    aurocs = {k: m["auroc"] for k, m in test_scores(results).items()}
+    aurocs = {k: m["auroc"] for k, m in split_scores(results, "validation").items()}
     norm = results["stage2"]["norm"]
     groups = {"mscm": list(stage2.detectors(c)),  # detector names: the scales, one kind
               "deviation": list(stage2.detector_scales(c))}
@@ -96,7 +101,7 @@ def evaluate_run(workdir: str, variants: list[str], out_path: str, done: set) ->
       subsets = evaluate.subset_aurocs(per, norm[score], labels, names, range(1, len(names)))
       aurocs.update({f"{score}[{tag}]": v for tag, v in subsets.items()})
     record = {"run": key[0], "train": m["train"], "class": m["class"],
-              "seed": m["seed"], "variant": name,
+              "seed": m["seed"], "variant": name, "split": "validation",
               "probe": results["stage1"][PROBE_KEYS[0]],
               "seconds": round(time.time() - t, 1), "auroc": aurocs}
     with open(out_path, "a") as f:
@@ -107,14 +112,19 @@ def evaluate_run(workdir: str, variants: list[str], out_path: str, done: set) ->
 
 
 def table(records: list[dict]) -> str:
-  """Mean (and per class/seed) AUROC per (training variant, evaluation variant)."""
+  """Mean (and per class/seed) AUROC per (training variant, evaluation variant), on the
+  split the records read (records without one predate the validation split: test)."""
+  splits = sorted({r.get("split", "test") for r in records})
+  if len(splits) > 1:
+    raise SystemExit(f"ablation.jsonl mixes splits {splits}: tabulate one root per split")
   groups = collections.defaultdict(list)
   for r in records:
     groups[(r["train"], r["variant"])].append(r)
   cols = ["mscm", "deviation", "knn", "pixel_knn"]
   extra = sorted({k for r in records for k in r["auroc"] if "[" in k or "_" in k}
                  - {"pixel_knn"})
-  lines = ["| stage 1 | evaluation | n | " + " | ".join(cols) + " | runs (class/seed: mscm, "
+  lines = [f"AUROC on the {splits[0] if splits else 'validation'} split.", "",
+           "| stage 1 | evaluation | n | " + " | ".join(cols) + " | runs (class/seed: mscm, "
            "deviation) |", "|" + "---|" * (len(cols) + 4)]
   for (train, variant), rs in sorted(groups.items()):
     means = [np.mean([r["auroc"][c] for r in rs]) for c in cols]
@@ -130,14 +140,15 @@ def table(records: list[dict]) -> str:
     vals = [np.mean([r["auroc"][k] for r in rs if k in r["auroc"]])
             if any(k in r["auroc"] for r in rs) else float("nan") for k in extra]
     lines.append(f"| {train} | {variant} | " + " | ".join(f"{v:.3f}" for v in vals) + " |")
-  per_run = ["mscm", "deviation", "knn", "pixel_knn", "deviation_res3", "deviation_res4",
-             "deviation_pooled", "mscm_res3", "mscm_res4", "mscm_pooled"]
+  per_run = ["mscm", "deviation", "knn", "pixel_knn", "knn_rot", "rotation",
+             "deviation_res3", "deviation_res4", "deviation_pooled", "mscm_res3",
+             "mscm_res4", "mscm_pooled"]
   lines += ["", "Every run, evaluation variant `default`:", "",
             "| run | stage-1 probe | " + " | ".join(per_run) + " |",
             "|" + "---|" * (len(per_run) + 2)]
   for r in sorted((r for r in records if r["variant"] == "default"), key=lambda r: r["run"]):
     lines.append(f"| {r['run']} | {r['probe']:.3f} | "
-                 + " | ".join(f"{r['auroc'][k]:.3f}" for k in per_run) + " |")
+                 + " | ".join(f"{r['auroc'].get(k, np.nan):.3f}" for k in per_run) + " |")
   return "\n".join(lines)
 
 

@@ -5,9 +5,10 @@ variant; that is faithful but pays for the frozen pass every time. Once the stag
 knobs were settled, the open question was the detector alone (on airplane, the 1 - cos
 maps' detector ranked the classes backwards), so this script reads each finished stage-1
 run once -- features f and read-outs r at every memory scale, for the normal training
-images and all test images, cached as .npz -- and then trains detector variants on the
-cache with the library's own stage-2 functions (holdout, centre, jitted step, spread,
-combine). One JSON line per (run, variant) goes to CACHE/detector_sweep.jsonl.
+images and the validation split's images, cached as .npz -- and then trains detector
+variants on the cache with the library's own stage-2 functions (holdout, centre, jitted
+step, spread, combine). Every AUROC is the validation split's (docs/method.md section 4).
+One JSON line per (run, variant) goes to CACHE/detector_sweep.jsonl.
 
   # 1. cache every finished run (NAME=WORKDIR; about 30 s each)
   TFDS_DATA_DIR=../shared/tfds python experiments/detector_sweep.py cache \
@@ -83,15 +84,17 @@ def cache_run(name: str, workdir: str, cache: str) -> None:
       d[f"r_{s}"] = out["readout"][s].astype(jnp.float16)
     return d
 
+  if not split.has_validation:
+    raise SystemExit(f"{workdir}: its data has no validation split")
   normal = ~split.train_is_anomaly
   arrays = {}
-  for part, images in (("train", split.train_images[normal]), ("test", split.test_images)):
+  for part, images in (("train", split.train_images[normal]), ("val", split.val_images)):
     out = frozen.outputs(model, s1.state, images, select, c.evaluate.batch_size)
     arrays.update({f"{part}_{k}": np.asarray(v) for k, v in out.items()})
-  labels = split.test_is_anomaly.astype(np.int8)
-  pixel = knn.knn_scores(split.train_images[normal], split.test_images,
+  labels = split.val_is_anomaly.astype(np.int8)
+  pixel = knn.knn_scores(split.train_images[normal], split.val_images,
                          k=c.evaluate.knn_k, center=True)
-  embed = knn.knn_scores(arrays["train_embedding"], arrays["test_embedding"],
+  embed = knn.knn_scores(arrays["train_embedding"], arrays["val_embedding"],
                          k=c.evaluate.knn_k)
   np.savez(path, labels=labels, workdir=workdir, **arrays,
            auroc_pixel_knn=metrics.auroc(pixel, labels), auroc_knn=metrics.auroc(embed, labels))
@@ -110,6 +113,9 @@ def _input(z, part: str, scale: str, kind: str) -> np.ndarray:
 def train_variant(name: str, cache: str, variant: str) -> dict:
   inputs, overrides, seed_offset = VARIANTS[variant]
   z = np.load(os.path.join(cache, f"{name}.npz"))
+  if "val_embedding" not in z:
+    raise SystemExit(f"{name}.npz caches the test split (made before the validation split): "
+                     "delete it and cache again")
   c = config_lib.load_json(os.path.join(str(z["workdir"]), "config.json"))
   for k, v in overrides.items():
     c.stage2[k] = v
@@ -117,7 +123,7 @@ def train_variant(name: str, cache: str, variant: str) -> dict:
   mesh = sharding.make_mesh(1)
   labels = z["labels"].astype(int)
   train = {name: _input(z, "train", s, k) for name, (s, k) in inputs.items()}
-  test = {name: _input(z, "test", s, k) for name, (s, k) in inputs.items()}
+  test = {name: _input(z, "val", s, k) for name, (s, k) in inputs.items()}
   n = len(next(iter(train.values())))
   t = time.time()
   with tempfile.TemporaryDirectory() as workdir:  # a fresh fit every time: nothing reused

@@ -1,14 +1,14 @@
-r"""Re-probe a finished stage-1 workdir of the :cpu preset.
+r"""Re-probe a stage-1 workdir (its newest checkpoint) on the validation split.
 
   TFDS_DATA_DIR=../shared/tfds python experiments/probe_checkpoint.py WORKDIR
 
 k-NN AUROC of the embedding with eval-mode and with batch-statistics BatchNorm, of the
 same network at initialisation, and raw-pixel k-NN on the same split: is the trained
-embedding better than what it started from? (A diagnostic; it rebuilds the :cpu preset
-with the memory.train, optim.learning_rate and normal class saved in WORKDIR.)
+embedding better than what it started from? A diagnostic with the config saved in
+WORKDIR; like every choice, it reads the validation split, never the test split.
 """
 
-import json
+import os
 import sys
 
 import jax
@@ -20,17 +20,15 @@ from mscm_jax.data import augment, device
 
 
 def main(workdir: str) -> None:
-  saved = json.load(open(f"{workdir}/config.json"))
-  c = config_lib.apply_preset(config_lib.base_config(), "cpu")
-  c.memory.train = saved["memory"]["train"]
-  c.optim.learning_rate = saved["optim"]["learning_rate"]
-  c.dataset.normal_class = saved["dataset"]["normal_class"]
+  c = config_lib.load_json(os.path.join(workdir, "config.json"))
   split = pipeline.load_split(c)
+  if not split.has_validation:
+    raise SystemExit(f"{workdir}: its data has no validation split to probe on")
   parts = stage1.components(c, split.n_train, split.train_images.shape[1:],
                             sharding.make_mesh(1))
   init = parts.init_fn(jax.random.PRNGKey(c.seed))
   state, step = checkpoints.restore_latest(f"{workdir}/stage1", init)
-  y = split.test_is_anomaly.astype(int)
+  y = split.val_is_anomaly.astype(int)
 
   @jax.jit
   def batch_stats_embedding(b):
@@ -38,12 +36,13 @@ def main(workdir: str) -> None:
                                augment.to_float(b), train=True, mutable=["batch_stats"])
     return out["embedding"]
 
-  bank = device.map_batches(batch_stats_embedding, split.train_images, 500)
-  test = device.map_batches(batch_stats_embedding, split.test_images, 500)
-  pixels = [x.astype(np.float32) for x in (split.train_images, split.test_images)]
+  normal = split.train_images[~split.train_is_anomaly]
+  bank = device.map_batches(batch_stats_embedding, normal, 500)
+  val = device.map_batches(batch_stats_embedding, split.val_images, 500)
+  pixels = [x.astype(np.float32) for x in (normal, split.val_images)]
   rows = {
       f"embedding, eval-mode BN (step {step})": stage1.knn_probe(parts.model, state, split),
-      "embedding, batch-statistics BN": metrics.auroc(knn.knn_scores(bank, test, 5), y),
+      "embedding, batch-statistics BN": metrics.auroc(knn.knn_scores(bank, val, 5), y),
       "the same network at initialisation": stage1.knn_probe(parts.model, init, split),
       "raw pixels, cosine": metrics.auroc(knn.knn_scores(*pixels, 5), y),
       "raw pixels, mean-centred cosine": metrics.auroc(knn.knn_scores(*pixels, 5, center=True),
