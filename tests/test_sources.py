@@ -123,3 +123,43 @@ def test_from_arrays_converts_float_and_gray():
     sources.from_arrays(np.full((2, 4, 4, 3), np.nan), np.zeros(2))
   with pytest.raises(UserError, match="labels must lie"):
     sources.from_arrays(np.zeros((2, 4, 4, 3), np.uint8), [0, 5], ("a", "b"))
+
+
+class _FakeTensorFlow:
+  """tf.config's device calls, on a host with `devices` ({kind: [names]})."""
+
+  def __init__(self, devices, frozen=False):
+    self.devices, self.frozen, self.hidden = devices, frozen, []
+    self.config = self
+
+  def list_physical_devices(self, kind):
+    return self.devices.get(kind, [])
+
+  def set_visible_devices(self, visible, kind):
+    if self.frozen:
+      raise RuntimeError("Visible devices cannot be modified after being initialized")
+    assert visible == []
+    self.hidden.append(kind)
+
+
+def test_tensorflow_never_sees_an_accelerator(caplog):
+  gpu_host = _FakeTensorFlow({"GPU": ["/physical_device:GPU:0", "/physical_device:GPU:1"],
+                              "CPU": ["/physical_device:CPU:0"]})
+  assert sources.hide_accelerators(gpu_host) == ["GPU"] and gpu_host.hidden == ["GPU"]
+  tpu_host = _FakeTensorFlow({"TPU": ["/physical_device:TPU:0"]})
+  assert sources.hide_accelerators(tpu_host) == ["TPU"]
+  cpu_host = _FakeTensorFlow({"CPU": ["/physical_device:CPU:0"]})
+  assert sources.hide_accelerators(cpu_host) == [] and cpu_host.hidden == []
+  late = _FakeTensorFlow({"GPU": ["/physical_device:GPU:0"]}, frozen=True)
+  assert sources.hide_accelerators(late) == []  # warned, not raised: the data still loads
+  assert "could not hide GPU" in caplog.text
+
+
+def test_reading_tfds_hides_accelerators_first(monkeypatch):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  calls = []
+  monkeypatch.setattr(sources, "hide_accelerators", lambda module: calls.append(module))
+  with tfds.testing.mock_data(num_examples=4):
+    sources.load_tfds("cifar10", "train", data_dir="/nonexistent-mock", download=True)
+  assert calls == [tf]

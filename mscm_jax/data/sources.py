@@ -112,6 +112,22 @@ def find_prepared(name: str, data_dir: str) -> str | None:
   return os.path.dirname(hits[-1]) if hits else None
 
 
+def hide_accelerators(tf: Any) -> list[str]:
+  """Hides every GPU and TPU from TensorFlow (`tf`: the module), which only decodes data
+  here: a GPU build of TensorFlow would reserve accelerator memory that JAX then lacks
+  (flax examples/imagenet does the same before reading data). Returns the hidden kinds."""
+  hidden = []
+  for kind in ("GPU", "TPU"):
+    try:
+      if tf.config.list_physical_devices(kind):
+        tf.config.set_visible_devices([], kind)
+        hidden.append(kind)
+    except RuntimeError as e:  # TensorFlow already initialised its devices
+      logging.warning("could not hide %s devices from TensorFlow (%s): it may hold "
+                      "accelerator memory that JAX needs", kind, e)
+  return hidden
+
+
 def _tfds_builder(name: str, splits: Sequence[str], *, data_dir: str = "",
                   label_key: str = "label", download: bool = False):
   """A tfds builder whose data, label feature and splits are checked: no decoding yet."""
@@ -126,8 +142,10 @@ def _tfds_builder(name: str, splits: Sequence[str], *, data_dir: str = "",
     raise UserError(
         f"reading the tfds dataset '{name}' needs TensorFlow: pip install -e '.[tf]' "
         f"(or use dataset.name='folder' for a class-folder tree, which does not)")
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
+  hide_accelerators(tf)
   builder = tfds.builder(name, data_dir=resolved)
   if download:
     builder.download_and_prepare()
