@@ -163,3 +163,86 @@ def test_reading_tfds_hides_accelerators_first(monkeypatch):
   with tfds.testing.mock_data(num_examples=4):
     sources.load_tfds("cifar10", "train", data_dir="/nonexistent-mock", download=True)
   assert calls == [tf]
+
+
+def _mode_images() -> dict[str, tuple[str, "Image.Image", int]]:
+  """{mode: (file format that keeps it, image, the 8-bit grey it shows)}: every mode an
+  image file can open in, each a uniform grey (white for 1-bit)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  grey = Image.new("RGB", (8, 8), (128, 128, 128))
+  wide = np.full((8, 8), 128 * 257, np.uint16)  # 16-bit grey of the same brightness
+  return {
+      "1": ("png", Image.new("1", (8, 8), 1), 255),
+      "L": ("png", grey.convert("L"), 128),
+      "P": ("png", grey.convert("P", palette=Image.Palette.ADAPTIVE), 128),
+      "RGB": ("png", grey, 128),
+      "RGBA": ("png", grey.convert("RGBA"), 128),
+      "LA": ("png", grey.convert("LA"), 128),
+      "PA": ("tiff", grey.convert("P", palette=Image.Palette.ADAPTIVE).convert("PA"), 128),
+      "CMYK": ("tiff", grey.convert("CMYK"), 128),
+      "YCbCr": ("tiff", grey.convert("YCbCr"), 128),
+      "LAB": ("tiff", grey.convert("LAB"), 128),
+      "I;16": ("png", Image.fromarray(wide), 128),
+      "I;16B": ("tiff", Image.frombytes("I;16B", (8, 8), wide.astype(">u2").tobytes()), 128),
+      "I": ("tiff", Image.fromarray(wide.astype(np.int32)), 128),
+  }
+
+
+@pytest.mark.parametrize("mode", list(_mode_images()))
+def test_every_image_mode_decodes_to_its_brightness(tmp_path, mode):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  fmt, im, grey = _mode_images()[mode]
+  path = str(tmp_path / f"image.{fmt}")
+  im.save(path)
+  with Image.open(path) as opened:
+    assert opened.mode == mode  # the file really holds this mode
+  out = sources._decode(path, 8)
+  assert out.shape == (8, 8, 3) and out.dtype == np.uint8
+  np.testing.assert_allclose(out, grey, atol=1)
+
+
+def test_sixteen_bits_keep_their_contrast(tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  ramp = np.linspace(0, 65535, 64).astype(np.uint16).reshape(8, 8)
+  Image.fromarray(ramp).save(tmp_path / "ramp.png")
+  out = sources._decode(str(tmp_path / "ramp.png"), 8)[..., 0]
+  assert out.min() == 0 and out.max() == 255
+  np.testing.assert_allclose(out, ramp / 257, atol=0.5)
+
+
+def test_pixels_without_a_fixed_range_are_refused(tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  Image.fromarray(np.full((8, 8), 0.5, np.float32)).save(tmp_path / "float.tiff")
+  Image.fromarray(np.full((8, 8), 70000, np.int32)).save(tmp_path / "int.tiff")
+  for name, match in (("float.tiff", "float pixels"), ("int.tiff", "outside 16 bits")):
+    with pytest.raises(UserError, match=match) as err:
+      sources._decode(str(tmp_path / name), 8)
+    assert "\n" not in str(err.value) and name in str(err.value)
+
+
+def test_oversized_images_are_refused_in_one_line(tmp_path, monkeypatch):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  Image.new("RGB", (12, 12)).save(tmp_path / "warned.png")  # 144 px: Pillow only warns
+  Image.new("RGB", (16, 16)).save(tmp_path / "bomb.png")  # 256 px: Pillow refuses to open
+  monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+  for name, size in (("warned.png", "12x12"), ("bomb.png", "256")):
+    with pytest.raises(UserError, match="decompression-bomb limit of 100 pixels") as err:
+      sources._decode(str(tmp_path / name), 8)
+    assert "\n" not in str(err.value) and name in str(err.value) and size in str(err.value)
+
+
+def test_hidden_files_are_skipped_like_hidden_folders(tmp_path):
+  write_folder_tree(tmp_path, {"train": {"a": 3, "b": 2}, "test": {"a": 2, "b": 2}})
+  fork = tmp_path / "train" / "a" / "._0.png"  # a macOS resource fork: not an image
+  fork.write_bytes(b"\x00\x05\x16\x07" + bytes(60))
+  (tmp_path / "train" / "a" / ".thumb.png").write_bytes(b"junk")
+  data = sources.load_folder(str(tmp_path), "train", image_size=16)
+  assert len(data.images) == 5
+  config = smoke_config(tmp_path)
+  np.testing.assert_array_equal(
+      sources.train_class_counts(config.dataset, data.class_names), [3, 2])

@@ -13,6 +13,7 @@ import glob
 import importlib.util
 import logging
 import os
+import warnings
 from typing import Any
 from collections.abc import Sequence
 
@@ -210,17 +211,54 @@ def folder_class_names(root: str, splits: Sequence[str] = ("train", "test")) -> 
   return tuple(names)
 
 
+def _eight_bit(im: Any, path: str) -> Any:
+  """`im` as an 8-bit-per-channel PIL image, scaled faithfully from high bit depths
+  (Pillow's own conversion clips 16-bit values, turning most of an image white)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  if im.mode.startswith("I;16") or im.mode == "I":
+    a = np.asarray(im)
+    if a.size and (a.min() < 0 or a.max() > 65535):
+      raise UserError(f"cannot decode image {path}: 32-bit integer values outside 16 bits "
+                      f"({a.min()}..{a.max()}); save it with 8 or 16 bits per channel")
+    # 0..65535 onto 0..255 (x / 257, rounded): a 16-bit image keeps its brightness
+    return Image.fromarray(((a.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8))
+  if im.mode == "F":
+    raise UserError(f"cannot decode image {path}: 32-bit float pixels have no fixed range; "
+                    "save it with 8 or 16 bits per channel")
+  return im
+
+
+def _too_large(path: str, size: str) -> UserError:
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  return UserError(f"image {path} is {size}, over Pillow's decompression-bomb limit of "
+                   f"{Image.MAX_IMAGE_PIXELS} pixels: downscale it first (or raise "
+                   "PIL.Image.MAX_IMAGE_PIXELS for files you trust)")
+
+
 def _decode(path: str, size: int) -> np.ndarray:
   from PIL import Image  # pylint: disable=g-import-not-at-top
 
   try:
     with Image.open(path) as im:
-      im = im.convert("RGB")
+      if im.width * im.height > Image.MAX_IMAGE_PIXELS:  # Pillow only warns up to twice it
+        raise _too_large(path, f"{im.width}x{im.height} pixels")
+      im = _eight_bit(im, path).convert("RGB")
       if im.size != (size, size):
         im = im.resize((size, size), Image.Resampling.BICUBIC)
       return np.asarray(im, np.uint8)
+  except Image.DecompressionBombError as e:  # raised by Image.open itself
+    raise _too_large(path, str(e).partition(" exceeds")[0].lower()) from None
   except (OSError, ValueError) as e:
     raise UserError(f"cannot decode image {path}: {e}") from None
+
+
+def _image_files(directory: str) -> list[str]:
+  """The image files of a class folder, sorted; hidden files (macOS `._*` resource forks
+  among them) are skipped like hidden folders."""
+  return sorted(f for f in os.listdir(directory)
+                if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS))
 
 
 def load_folder(root: str, split: str, *, image_size: int = 32,
@@ -235,13 +273,16 @@ def load_folder(root: str, split: str, *, image_size: int = 32,
   for name in _subdirs(split_dir):
     if name not in class_names:
       raise UserError(f"class folder {split_dir}/{name} is not among {class_names}")
-    files = sorted(f for f in os.listdir(os.path.join(split_dir, name))
-                   if f.lower().endswith(IMAGE_EXTENSIONS))
+    files = _image_files(os.path.join(split_dir, name))
     paths += [os.path.join(split_dir, name, f) for f in files]
     labels += [class_names.index(name)] * len(files)
   if not paths:
     raise DatasetNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {split_dir}")
   logging.info("Decoding %d images from %s", len(paths), split_dir)
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  # `_decode` refuses such images in one line; Pillow's warning would only come first
+  warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
   # Pillow releases the GIL while decoding, so threads give a real speed-up.
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
     images = np.stack(list(pool.map(lambda p: _decode(p, image_size), paths, chunksize=256)))
@@ -261,7 +302,7 @@ def train_class_counts(dataset, names: Sequence[str]) -> np.ndarray | None:
   for i, name in enumerate(names):
     d = os.path.join(split_dir, name)
     if os.path.isdir(d):
-      counts[i] = sum(f.lower().endswith(IMAGE_EXTENSIONS) for f in os.listdir(d))
+      counts[i] = len(_image_files(d))
   return counts
 
 
