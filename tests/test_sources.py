@@ -2,6 +2,7 @@
 
 import os
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -165,7 +166,7 @@ def test_reading_tfds_hides_accelerators_first(monkeypatch):
   assert calls == [tf]
 
 
-def _mode_images() -> dict[str, tuple[str, "Image.Image", int]]:
+def _mode_images() -> dict[str, tuple[str, Any, int]]:
   """{mode: (file format that keeps it, image, the 8-bit grey it shows)}: every mode an
   image file can open in, each a uniform grey (white for 1-bit)."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
