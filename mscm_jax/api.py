@@ -63,8 +63,10 @@ class AnoMemDetector:
   def _load(self) -> None:
     workdir_lib.check_loadable(self.workdir, identity.plan(self.config))
     mesh = sharding.make_mesh(self.config.train.num_devices)
-    s1, self.image_shape = stage1.load_finished(self.config, self.workdir, mesh)
-    s2 = stage2.load_finished(self.config, self.workdir, self.image_shape, mesh)
+    # read-only: damage is reported, and repaired only by the training command
+    s1, self.image_shape = stage1.load_finished(self.config, self.workdir, mesh, repair=False)
+    s2 = stage2.load_finished(self.config, self.workdir, self.image_shape, mesh,
+                              repair=False)
     self._scorer = Scorer(self.config, s1, s2)
 
   def fit(self, images: Any, is_anomaly: Any = None, *,

@@ -23,7 +23,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from mscm_jax import distributed
-from mscm_jax.errors import CheckpointError
+from mscm_jax.errors import CheckpointError, WorkdirError
 from mscm_jax.workdir import DISCARD_HINT, FINAL_MARKER, read_json, write_json
 
 CHECKSUMS = "checksums.json"
@@ -50,11 +50,20 @@ def state_checksum(state: Any) -> str:
   return h.hexdigest()
 
 
-def _checksums(directory: str) -> dict[str, str]:
+def _checksums(directory: str) -> dict[str, str] | None:
+  """{step: checksum}; {} when the file is missing (every step then fails verification);
+  None when the file itself is damaged: the checkpoints cannot be verified, but are not
+  condemned for it."""
   try:
-    return read_json(os.path.join(directory, CHECKSUMS)) or {}
-  except Exception:  # pylint: disable=broad-except
-    return {}  # every step then fails verification, and is reported as such
+    sums = read_json(os.path.join(directory, CHECKSUMS))
+  except WorkdirError as e:
+    logging.warning("%s; restoring its checkpoints unverified", e)
+    return None
+  if sums is not None and not isinstance(sums, dict):
+    logging.warning("%s/%s is damaged (not a mapping); restoring its checkpoints "
+                    "unverified", directory, CHECKSUMS)
+    return None
+  return sums or {}
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any) -> None:
@@ -65,7 +74,7 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any) -> None:
   Collective over the processes of a run: each calls it; process 0 writes the checksums.
   """
   directory = str(mngr.directory)
-  sums = _checksums(directory)
+  sums = _checksums(directory) or {}
   kept = {str(s) for s in mngr.all_steps()}
   sums = {k: v for k, v in sums.items() if k in kept}
   sums[str(int(step))] = state_checksum(state)
@@ -75,13 +84,14 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any) -> None:
   mngr.wait_until_finished()
 
 
-def restore_latest(directory: str, template: Any,
-                   max_step: int | None = None) -> tuple[Any, int | None]:
+def restore_latest(directory: str, template: Any, max_step: int | None = None, *,
+                   repair: bool = True) -> tuple[Any, int | None]:
   """(state, step) of the newest checkpoint (at most `max_step`) that reads back intact;
   (template, None) if none.
 
   A damaged checkpoint (unreadable files, a checksum mismatch) is reported in one line
-  and moved to `<workdir>/damaged/`, so that the stage can save that step again. When
+  and, when `repair` (a training run), moved to `<workdir>/damaged/`, so that the stage
+  can save that step again; a read-only caller (`repair=False`) changes nothing. When
   checkpoints exist and none is intact, a CheckpointError says what to do. Collective:
   every process of a run restores, and all reach the same verdict (the same files).
   """
@@ -97,7 +107,7 @@ def restore_latest(directory: str, template: Any,
     for step in steps:
       try:
         state = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
-        if sums.get(str(step)) != state_checksum(state):
+        if sums is not None and sums.get(str(step)) != state_checksum(state):
           raise ValueError("checksum mismatch" if str(step) in sums else "no checksum")
       except Exception as e:  # pylint: disable=broad-except
         reason = " ".join(str(e).split())[:160] or type(e).__name__
@@ -110,14 +120,16 @@ def restore_latest(directory: str, template: Any,
       state, step = template, None
   finally:
     mngr.close()
-  if distributed.is_writer():
+  if repair and distributed.is_writer():
     for bad in damaged:
       _move_aside(directory, bad)
   distributed.sync("checkpoints checked")
   if damaged and step is None:
+    where = (f"were moved to {_damaged_dir(directory)}" if repair else
+             "were left as they are")
     raise CheckpointError(
         f"{directory}: no intact checkpoint (steps {', '.join(map(str, damaged))} are "
-        f"damaged and were moved to {_damaged_dir(directory)}): {DISCARD_HINT}")
+        f"damaged and {where}): {DISCARD_HINT}")
   if damaged:
     logging.warning("%s: resuming from step %d, the newest intact checkpoint", directory,
                     step)
@@ -136,10 +148,12 @@ def drop_after(directory: str, step: int) -> None:
     mngr.close()
 
 
-def restore_final(directory: str, template: Any, final_step: int) -> Any:
+def restore_final(directory: str, template: Any, final_step: int, *,
+                  repair: bool = True) -> Any:
   """The state of a finished stage's final checkpoint (FINISHED.json's step). Loading a
-  finished stage must not fall back to an older checkpoint: a CheckpointError instead."""
-  state, step = restore_latest(directory, template)
+  finished stage must not fall back to an older checkpoint: a CheckpointError instead.
+  `repair=False` (loading for use, not training) moves nothing (`restore_latest`)."""
+  state, step = restore_latest(directory, template, repair=repair)
   if step != final_step:
     raise CheckpointError(f"{directory}: the final checkpoint (step {final_step}) is damaged "
                           f"or missing: rerun the training in {os.path.dirname(directory)} "

@@ -474,9 +474,10 @@ def train_stacked(configs: list[ml_collections.ConfigDict], splits: list[protoco
   return out
 
 
-def load_finished(config: ml_collections.ConfigDict, workdir: str,
-                  mesh: jax.sharding.Mesh) -> tuple[Stage1Result, tuple[int, ...]]:
-  """The finished stage-1 state of `workdir` without any data; also the image shape."""
+def load_finished(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh,
+                  *, repair: bool = True) -> tuple[Stage1Result, tuple[int, ...]]:
+  """The finished stage-1 state of `workdir` without any data; also the image shape.
+  `repair=False` (the Python API's load) never moves a damaged checkpoint aside."""
   info = checkpoints.finished_info(os.path.join(workdir, STAGE))
   if info is None:
     raise UserError(f"{workdir}/{STAGE} holds no finished stage 1: run the training first")
@@ -485,7 +486,8 @@ def load_finished(config: ml_collections.ConfigDict, workdir: str,
   model = build_model(config)
   tx = build_optimizer(config, learning_rate_schedule(config, 2, 1))  # shapes only
   template = make_init_fn(model, tx, image_shape, mesh)(jax.random.PRNGKey(config.seed))
-  state = checkpoints.restore_final(os.path.join(workdir, STAGE), template, info["step"])
+  state = checkpoints.restore_final(os.path.join(workdir, STAGE), template, info["step"],
+                                    repair=repair)
   return (Stage1Result(state, model, int(state.step), info.get("val_probe_auroc"),
                        info.get("views_per_second"), 0.0, info.get("val_probe_untrained_auroc"),
                        int(state.step)), image_shape)

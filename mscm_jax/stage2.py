@@ -531,8 +531,9 @@ def _finish(config: ml_collections.ConfigDict, split: protocols.ADSplit, workdir
 
 
 def load_finished(config: ml_collections.ConfigDict, workdir: str, image_shape: Sequence[int],
-                  mesh) -> Stage2Result:
-  """The finished stage-2 state of `workdir` without any data (the Python API's path)."""
+                  mesh, *, repair: bool = True) -> Stage2Result:
+  """The finished stage-2 state of `workdir` without any data (the Python API's path,
+  with `repair=False`: a damaged checkpoint is reported, never moved aside)."""
   info = checkpoints.finished_info(os.path.join(workdir, STAGE))
   if info is None:
     raise UserError(f"{workdir}/{STAGE} holds no finished stage 2: run the training first")
@@ -549,5 +550,6 @@ def load_finished(config: ml_collections.ConfigDict, workdir: str, image_shape: 
   total = info["step"]
   tx, _ = build_optimizer(config, total)
   template = init_state(config, detector, tx, dummy, mesh)
-  state = checkpoints.restore_final(os.path.join(workdir, STAGE), template, info["step"])
+  state = checkpoints.restore_final(os.path.join(workdir, STAGE), template, info["step"],
+                                    repair=repair)
   return Stage2Result(state, detector, int(state.step), info["norm"], 0.0, int(state.step))

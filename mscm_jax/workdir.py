@@ -119,7 +119,10 @@ def saved_steps(directory: str) -> list[int]:
 
 
 def has_content(directory: str) -> bool:
-  return os.path.isdir(directory) and any(not n.startswith(".") for n in os.listdir(directory))
+  """Anything but hidden entries and the `*.tmp` files an interrupted `write_json` leaves
+  (an interrupted write is not a stage that needs an identity)."""
+  return os.path.isdir(directory) and any(not n.startswith(".") and not n.endswith(".tmp")
+                                          for n in os.listdir(directory))
 
 
 def recorded_identity(workdir: str, stage: str) -> Identity | None:

@@ -33,7 +33,7 @@ import pytest
 from conftest import write_folder_tree
 
 from mscm_jax import config as config_lib
-from mscm_jax import pipeline
+from mscm_jax import checkpoints, pipeline
 from mscm_jax.api import AnoMemDetector, InputError, NotFittedError
 from mscm_jax.errors import CheckpointError, ConfigError, StaleStageError, UserError
 from mscm_jax.errors import WorkdirError
@@ -478,9 +478,9 @@ def _garble_checkpoints(stage: str, newest_only: bool = False) -> Callable[[path
 
 
 def _load_twice_after_damage(c: Ctx) -> Any:
-  """A first load reports the damaged checkpoints (and moves them aside); the second
-  must not then trust the stage that has no checkpoint left."""
-  w = c.workdir(_garble_checkpoints("stage1"), watch=False)
+  """A load reports the damaged checkpoints and moves nothing (read-only): a second load
+  finds and reports the same damage."""
+  w = c.workdir(_garble_checkpoints("stage1"))
   try:
     AnoMemDetector.load(w)
   except UserError:
@@ -547,15 +547,15 @@ STALE_ROWS = [
     InRow("load:config.json not JSON", _load_tampered(_write("config.json", "{not json")),
           ("config.json",)),
     InRow("load:stage1 checkpoints garbled",
-          _load_tampered(_garble_checkpoints("stage1"), watch=False), ("stage1",),
+          _load_tampered(_garble_checkpoints("stage1")), ("stage1", "left as they are"),
           CheckpointError),
     # FINISHED.json names the final step; an older checkpoint is another model, and the
     # stage 2 beside it was trained on the final one.
     InRow("load:newest stage1 checkpoint garbled",
-          _load_tampered(_garble_checkpoints("stage1", newest_only=True), watch=False),
-          ("stage1",), CheckpointError),
-    InRow("load:again after the garbled checkpoints were moved aside",
-          _load_twice_after_damage, ("stage1",), UserError),
+          _load_tampered(_garble_checkpoints("stage1", newest_only=True)),
+          ("stage1", "rerun the training"), CheckpointError),
+    InRow("load:twice on garbled checkpoints", _load_twice_after_damage, ("stage1",),
+          CheckpointError),
     InRow("fit:other images into a finished workdir", _fit_into_finished,
           ("discard_stale",), StaleStageError),
 ]
@@ -655,3 +655,32 @@ def test_row_count():
   n = len(CLI_ROWS) + 1 + len(IN_ROWS)  # + the stale-workdir CLI row
   print(f"{n} bad-input rows: {len(CLI_ROWS) + 1} command line, {len(IN_ROWS)} in-process")
   assert n >= 30
+
+
+def test_load_trusts_intact_checkpoints_beside_a_garbled_checksum_file(finished_run,
+                                                                       loaded_detector,
+                                                                       tmp_path):
+  _, src, _ = finished_run
+  w = tmp_path / "w"
+  shutil.copytree(src, w)
+  (w / "stage1" / "checksums.json").write_text("{not json")
+  before = _digest(w)
+  images = np.random.default_rng(3).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+  det = AnoMemDetector.load(str(w))  # restored unverified, with a warning; nothing moved
+  assert _digest(w) == before
+  np.testing.assert_array_equal(det.score(images), loaded_detector.score(images))
+
+
+def test_an_interrupted_identity_write_is_not_a_stale_stage(finished_run, tmp_path):
+  """A kill (or a full disk) inside the first IDENTITY.json write of stage 2 leaves only
+  IDENTITY.json.tmp: the rerun trains stage 2, and does not refuse it as unverifiable."""
+  config, src, results = finished_run
+  w = tmp_path / "w"
+  shutil.copytree(src, w)
+  shutil.rmtree(w / "stage2")
+  (w / "results.json").unlink()  # the run never got that far
+  (w / "stage2").mkdir()
+  (w / "stage2" / "IDENTITY.json.tmp").write_text('{"stage": "sta')
+  again = pipeline.run(config, str(w))
+  assert checkpoints.finished_info(str(w / "stage2")) is not None
+  assert again["stage2"]["steps"] == results["stage2"]["steps"]
