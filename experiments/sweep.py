@@ -192,7 +192,7 @@ def build_grid(config_arg: str, classes: Sequence[str], settings: Sequence[Setti
   base = parse_config(config_arg, common)
   try:
     names = tuple(sources.class_names(base.dataset))
-    counts = sources.train_class_counts(base.dataset, names)
+    counts = sources.split_counts(base.dataset, names)
   except UserError as e:
     raise SweepError(str(e)) from None
   resolved = []
@@ -213,7 +213,7 @@ def build_grid(config_arg: str, classes: Sequence[str], settings: Sequence[Setti
                        *extra]
           config = parse_config(config_arg, overrides)  # every cell, before any runs
           try:  # the classes it names, as the run checks them before decoding
-            protocols.config_classes(config, names, counts)
+            protocols.config_classes(config, names, *counts)
           except UserError as e:
             raise SweepError(f"{cls}, {setting.tag}: {e}") from None
           argv = (f"--config={config_arg}", *(f"--config.{o}" for o in overrides))

@@ -34,7 +34,7 @@ def load_split(config: ml_collections.ConfigDict) -> protocols.ADSplit:
   """Checks the classes the config names (no decoding yet), then decodes the dataset
   once and applies the config's protocol."""
   names = sources.class_names(config.dataset)
-  protocols.config_classes(config, names, sources.train_class_counts(config.dataset, names))
+  protocols.config_classes(config, names, *sources.split_counts(config.dataset, names))
   train, test = sources.load_splits(config.dataset)
   return protocols.make_split(config, train, test)
 
@@ -170,9 +170,9 @@ def _run_classes(config, names, chosen, configs, workdirs, discard_stale
     workdir_lib.check(w, identity.plan(c), discard_stale=discard_stale, config_only=True)
   mesh = sharding.make_mesh(config.train.num_devices)
   config_lib.validate(config, mesh.devices.size)
-  counts = sources.train_class_counts(config.dataset, names)
+  counts = sources.split_counts(config.dataset, names)
   for c in configs:
-    protocols.config_classes(c, names, counts)
+    protocols.config_classes(c, names, *counts)
   t = time.time()
   train, test = sources.load_splits(config.dataset)  # decoded once for every class
   runs = [_check(c, w, protocols.make_split(c, train, test), config.dataset.name,

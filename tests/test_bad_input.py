@@ -231,6 +231,11 @@ DATA_ROWS = [
     CliRow("before-decode:normal class without training images",
            ("--config.dataset.data_dir={garbage}", "--config.dataset.normal_class=durian2"),
            ("durian2",)),
+    CliRow("before-decode:normal class without test images",
+           ("--config.dataset.data_dir={garbage}", "--config.dataset.normal_class=elder"),
+           ("elder", "test split")),
+    CliRow("before-decode:test split of normals only",
+           ("--config.dataset.data_dir={normalsonly}",), ("only the normal", "apple")),
     CliRow("before-decode:anomaly_classes includes the normal class",
            ("--config.dataset.data_dir={garbage}", "--config.setting=unbalanced",
             "--config.anomaly_classes=('apple',)"), ("anomaly_classes",)),
@@ -325,12 +330,16 @@ def trees(tmp_path_factory) -> dict[str, str]:
             "test": {"apple": 3, "berry": 3, "cherry": 2}}
   write_folder_tree(tmp / "tree", counts)
   write_folder_tree(tmp / "notest", {"train": counts["train"]})
-  write_folder_tree(tmp / "garbage", {**counts, "test": {**counts["test"], "durian2": 2}})
-  (tmp / "garbage" / "train" / "apple" / "zzz_bad.png").write_bytes(b"\x89PNG garbage" * 9)
+  write_folder_tree(tmp / "garbage", {"train": {**counts["train"], "elder": 2},
+                                      "test": {**counts["test"], "durian2": 2}})
+  write_folder_tree(tmp / "normalsonly", {**counts, "test": {"apple": 3}})
+  for tree in ("garbage", "normalsonly"):
+    (tmp / tree / "train" / "apple" / "zzz_bad.png").write_bytes(b"\x89PNG garbage" * 9)
   (tmp / "empty").mkdir()
   (tmp / "afile").write_text("not a directory\n")
   return {"tmp": str(tmp), "tree": str(tmp / "tree"), "notest": str(tmp / "notest"),
-          "garbage": str(tmp / "garbage"), "empty": str(tmp / "empty"),
+          "garbage": str(tmp / "garbage"), "normalsonly": str(tmp / "normalsonly"),
+          "empty": str(tmp / "empty"),
           "file": str(tmp / "afile")}
 
 

@@ -98,6 +98,24 @@ def test_make_split_follows_the_config():
   assert set(split.train_classes[split.train_is_anomaly]) == {0}
 
 
+def test_a_test_split_that_cannot_give_an_auroc_is_refused_before_training():
+  c = config_lib.base_config()
+  c.dataset.normal_class = "c1"
+  keep = TEST.labels != 1
+  no_normals = sources.LabelledImages(TEST.images[keep], TEST.labels[keep], NAMES)
+  with pytest.raises(ConfigError, match=r"no image of the normal class\(es\) \['c1'\]"):
+    protocols.make_split(c, TRAIN, no_normals)
+  only = ~keep
+  normals_only = sources.LabelledImages(TEST.images[only], TEST.labels[only], NAMES)
+  with pytest.raises(ConfigError, match="only the normal class"):
+    protocols.make_split(c, TRAIN, normals_only)
+  c.dataset.normal_class = ("c1", "c2")  # two normal classes and no other: the same
+  both = np.isin(TEST.labels, (1, 2))
+  with pytest.raises(ConfigError, match="only the normal class"):
+    protocols.make_split(c, TRAIN, sources.LabelledImages(TEST.images[both],
+                                                          TEST.labels[both], NAMES))
+
+
 def test_validation_holds_normals_out_of_training():
   base = protocols.one_class_split(TRAIN, TEST, (2,))
   split = protocols.with_validation(base, TRAIN, 0.25, 30, seed=0)

@@ -245,5 +245,6 @@ def test_hidden_files_are_skipped_like_hidden_folders(tmp_path):
   data = sources.load_folder(str(tmp_path), "train", image_size=16)
   assert len(data.images) == 5
   config = smoke_config(tmp_path)
-  np.testing.assert_array_equal(
-      sources.train_class_counts(config.dataset, data.class_names), [3, 2])
+  train, test = sources.split_counts(config.dataset, data.class_names)
+  np.testing.assert_array_equal(train, [3, 2])
+  np.testing.assert_array_equal(test, [2, 2])

@@ -205,6 +205,21 @@ def check_normal(class_names: Sequence[str], normal: Sequence[int],
                       "split cannot be normal)")
 
 
+def check_test(class_names: Sequence[str], normal: Sequence[int],
+               test_counts: np.ndarray) -> None:
+  """The test split must hold normals and anomalies: AUROC needs both, and finding out
+  after both stages have trained would throw the run away."""
+  names = [class_names[i] for i in normal]
+  n_normal = sum(int(test_counts[i]) for i in normal)
+  if not n_normal:
+    raise ConfigError(f"the test split holds no image of the normal class(es) {names}, so "
+                      "no AUROC can be computed: add test images of it, or choose another "
+                      "dataset.normal_class")
+  if n_normal == int(np.sum(test_counts)):
+    raise ConfigError(f"the test split holds only the normal class(es) {names}, so no "
+                      "AUROC can be computed: add test images of other classes")
+
+
 def check_unbalanced(class_names: Sequence[str], normal: Sequence[int],
                      anomaly_classes: Sequence[int], anomaly_ratio: float,
                      train_counts: np.ndarray | None) -> int | None:
@@ -231,16 +246,20 @@ def check_unbalanced(class_names: Sequence[str], normal: Sequence[int],
 
 
 def config_classes(config, class_names: Sequence[str],
-                   train_counts: np.ndarray | None = None) -> tuple[tuple[int, ...],
-                                                                    tuple[int, ...]]:
+                   train_counts: np.ndarray | None = None,
+                   test_counts: np.ndarray | None = None) -> tuple[tuple[int, ...],
+                                                                   tuple[int, ...]]:
   """(normal, labelled-anomaly) class indices the config names, checked: a ConfigError for
-  a name or index the dataset does not have, and, given the training images per class
-  (a folder listing, before decoding), for a normal class without training images or a
-  labelled-anomaly pool smaller than `anomaly_ratio` asks for."""
+  a name or index the dataset does not have, and, given the images per class of each split
+  (a folder listing, before decoding; `make_split` passes the decoded counts), for a
+  normal class without training images, a test split without normals or without
+  anomalies, or a labelled-anomaly pool smaller than `anomaly_ratio` asks for."""
   normal = resolve_classes(config.dataset.normal_class, class_names, "dataset.normal_class")
   anomaly: tuple[int, ...] = ()
   if train_counts is not None:
     check_normal(class_names, normal, train_counts)
+  if test_counts is not None:
+    check_test(class_names, normal, test_counts)
   if config.setting == "unbalanced":
     anomaly = resolve_classes(config.anomaly_classes, class_names, "anomaly_classes")
     check_unbalanced(class_names, normal, anomaly, config.anomaly_ratio, train_counts)
@@ -251,7 +270,8 @@ def make_split(config, train: LabelledImages, test: LabelledImages) -> ADSplit:
   """The split that `config.setting` asks for, with its validation split."""
   if train.class_names != test.class_names:
     raise ConfigError("train and test splits disagree on the class names")
-  normal, anomaly_classes = config_classes(config, train.class_names)
+  normal, anomaly_classes = config_classes(config, train.class_names, _counts(train),
+                                           _counts(test))
   v = config.validation
   if config.setting == "oneclass":
     return with_validation(one_class_split(train, test, normal), train, v.fraction,

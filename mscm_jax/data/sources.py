@@ -292,18 +292,23 @@ def load_folder(root: str, split: str, *, image_size: int = 32,
 # --------------------------------------------------------------------------- dispatch
 
 
-def train_class_counts(dataset, names: Sequence[str]) -> np.ndarray | None:
-  """Training images per class from a folder tree's file listing (no decoding); None for
-  tfds, whose metadata has no per-class counts."""
+def split_counts(dataset, names: Sequence[str]
+                 ) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
+  """(train, test) images per class from a folder tree's file listing, no decoding, so
+  that a protocol that cannot work is refused before anything trains; (None, None) for
+  tfds, whose metadata has no per-class counts (checked once decoded instead)."""
   if dataset.name != "folder":
-    return None
-  split_dir = os.path.join(os.path.expanduser(dataset.data_dir), dataset.train_split)
-  counts = np.zeros(len(names), np.int64)
-  for i, name in enumerate(names):
-    d = os.path.join(split_dir, name)
-    if os.path.isdir(d):
-      counts[i] = len(_image_files(d))
-  return counts
+    return None, None
+  out = []
+  for split in (dataset.train_split, dataset.test_split):
+    split_dir = os.path.join(os.path.expanduser(dataset.data_dir), split)
+    counts = np.zeros(len(names), np.int64)
+    for i, name in enumerate(names):
+      d = os.path.join(split_dir, name)
+      if os.path.isdir(d):
+        counts[i] = len(_image_files(d))
+    out.append(counts)
+  return out[0], out[1]
 
 
 def class_names(dataset) -> tuple[str, ...]:
