@@ -197,13 +197,12 @@ def build_grid(config_arg: str, classes: Sequence[str], settings: Sequence[Setti
     raise SweepError(str(e)) from None
   resolved = []
   for c in classes:
-    c = c.strip()
-    if c.isdigit() and int(c) < len(names):
-      c = names[int(c)]
-    if c not in names:
-      raise SweepError(f"--classes: no class {c!r} in {base.dataset.name} (classes: "
-                       f"{', '.join(names)})")
-    resolved.append(c)
+    try:  # the run's own rule: a name first, then a bare index; `#k` is index k
+      k, = protocols.resolve_classes(c.strip(), names, "--classes")
+    except (UserError, ValueError):
+      raise SweepError(f"--classes: no class {c.strip()!r} in {base.dataset.name} "
+                       f"(classes: {', '.join(names)}; `#k` is the k-th)") from None
+    resolved.append(names[k])
   cells = []
   for setting in settings:
     for cls in resolved:

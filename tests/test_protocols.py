@@ -86,6 +86,20 @@ def test_resolve_classes_errors(spec):
     protocols.resolve_classes(spec, NAMES, "f")
 
 
+def test_class_names_come_before_indices():
+  numeric = ("1", "10", "2")  # folders named by numbers, listed in name order
+  assert protocols.resolve_classes("1", numeric, "f") == (0,)  # the folder `1`
+  assert protocols.resolve_classes("10", numeric, "f") == (1,)  # not out of range
+  assert protocols.resolve_classes(1, numeric, "f") == (0,)  # an int is a name too
+  assert protocols.resolve_classes("0", numeric, "f") == (0,)  # no folder `0`: index 0
+  assert protocols.resolve_classes("#1", numeric, "f") == (1,)  # forced index
+  assert protocols.resolve_classes("#1,2", numeric, "f") == (1, 2)
+  with pytest.raises(ConfigError, match="no class is named '5'"):
+    protocols.resolve_classes("5", numeric, "f")
+  with pytest.raises(ConfigError, match="out of range"):
+    protocols.resolve_classes("#3", numeric, "f")
+
+
 def test_make_split_follows_the_config():
   c = config_lib.base_config()
   c.dataset.normal_class = "c4"

@@ -55,6 +55,19 @@ def test_grid_validates_every_cell_before_running(folder_tree, tmp_path):
                      [sweep.Setting.parse("unbalanced:0.2:apple")], [0], {}, common)
 
 
+def test_numeric_class_folders_are_named_not_indexed(tmp_path):
+  write_folder_tree(tmp_path, {"train": {"1": 4, "10": 4, "2": 4},
+                               "test": {"1": 2, "10": 2, "2": 2}})
+  common = [f"dataset.data_dir={tmp_path}", "dataset.image_size=16"]
+  cells, names = sweep.build_grid("configs/folder_oneclass.py:smoke", ["1", "10", "#1", "0"],
+                                  [sweep.Setting.parse("oneclass")], [0], {}, common)
+  assert names == ("1", "10", "2")
+  assert [c.cls for c in cells] == ["1", "10", "10", "1"]  # names first; `#1`, `0`: indices
+  with pytest.raises(sweep.SweepError, match="no class '3'"):
+    sweep.build_grid("configs/folder_oneclass.py:smoke", ["3"],
+                     [sweep.Setting.parse("oneclass")], [0], {}, common)
+
+
 def test_stacked_groups_are_the_cells_that_differ_only_in_their_class(folder_tree):
   from mscm_jax import config as config_lib  # pylint: disable=g-import-not-at-top
 

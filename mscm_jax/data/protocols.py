@@ -80,25 +80,32 @@ class ADSplit:
 
 
 def resolve_classes(spec: Any, class_names: Sequence[str], field: str) -> tuple[int, ...]:
-  """Class indices from an index, a name, a comma list or a tuple of either."""
+  """Class indices from a name, an index, a comma list or a tuple of either. Names come
+  first: a bare integer is an index only when no class has that name (folders named `1`,
+  `10`, `2`), and `#k` is always index k."""
   if isinstance(spec, str):
     spec = [s.strip() for s in spec.split(",") if s.strip()]
   elif not isinstance(spec, (list, tuple)):
     spec = [spec]
   out = []
   for item in spec:
-    if isinstance(item, str) and item.lstrip("-").isdigit():
-      item = int(item)
-    if isinstance(item, (int, np.integer)) and not isinstance(item, bool):
-      if not 0 <= item < len(class_names):
-        raise ConfigError(f"{field}={item} is out of range: {len(class_names)} classes "
-                          f"(0..{len(class_names) - 1})")
-      out.append(int(item))
-    elif isinstance(item, str) and item in class_names:
-      out.append(class_names.index(item))
+    if isinstance(item, bool):
+      item = str(item)
+    text = str(item) if isinstance(item, (int, np.integer)) else item
+    if isinstance(text, str) and text in class_names:
+      out.append(class_names.index(text))
+      continue
+    if isinstance(text, str) and text.startswith("#") and text[1:].lstrip("-").isdigit():
+      text = text[1:]
+    if isinstance(text, str) and text.lstrip("-").isdigit():
+      index = int(text)
+      if not 0 <= index < len(class_names):
+        raise ConfigError(f"{field}={item!r} is out of range: {len(class_names)} classes "
+                          f"(0..{len(class_names) - 1}), and no class is named {text!r}")
+      out.append(index)
     else:
-      raise ConfigError(f"{field}={item!r} is neither a class index nor one of the class "
-                        f"names {tuple(class_names)}")
+      raise ConfigError(f"{field}={item!r} is neither one of the class names "
+                        f"{tuple(class_names)} nor a class index")
   return tuple(sorted(set(out)))
 
 
