@@ -129,8 +129,6 @@ class AnoMemDetector:
       x = sources.as_uint8_images(images)
     except UserError as e:
       raise InputError(str(e)) from None
-    if np.ndim(images) == 3 and tuple(np.shape(images)) == tuple(self.image_shape):
-      raise InputError(f"got one image of shape {np.shape(images)}: pass images[None]")
     if len(x) == 0:
       raise InputError("no images to score (empty array)")
     if tuple(x.shape[1:]) != tuple(self.image_shape):

@@ -606,6 +606,8 @@ def _api_rows() -> list[InRow]:
       InRow("fit:only anomalies", _fit(_U8, np.ones(4, bool), setting="unbalanced"),
             ("normal",), InputError),
       InRow("fit:one image", _fit(_U8[:1]), ("at least 2",), InputError),
+      InRow("fit:one image without batch axis", _fit(np.zeros((16, 16, 3), np.uint8)),
+            ("images[None]",), InputError),
       InRow("fit:NaN images", _fit(np.full((4, 16, 16, 3), np.nan, np.float32)), ("NaN",),
             InputError),
       InRow("fit:ragged list of arrays", _fit(ragged), ("shape",), InputError),

@@ -58,6 +58,10 @@ def as_uint8_images(images: Any, name: str = "images") -> np.ndarray:
   except ValueError:
     raise UserError(f"{name} must be one array [N, H, W, 3]: got a ragged sequence (images "
                     "of different shapes); resize them to one size first") from None
+  if images.ndim == 3 and images.shape[-1] in (3, 4):
+    # [N, H, W] grey images 3 or 4 pixels wide are far less likely than one image
+    raise UserError(f"{name} of shape {images.shape} read as one RGB(A) image: pass "
+                    "images[None] (grey images 3 pixels wide: shape [N, H, W, 1])")
   if images.ndim == 3:
     images = images[..., None]
   if images.ndim != 4 or images.shape[-1] not in (1, 3):
