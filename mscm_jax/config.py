@@ -339,6 +339,21 @@ def _check_scales(name: str, scales: Any, allowed: tuple[str, ...]) -> None:
     raise ConfigError(f"{name}={tuple(scales)} names a scale twice")
 
 
+def ignored_fields(c: ml_collections.ConfigDict) -> list[str]:
+  """One line for each field set away from its default that this config's setting
+  ignores: said at the start of a run, rather than silently dropped."""
+  base, out = base_config(), []
+  if c.setting == "oneclass":
+    for name in ("anomaly_ratio", "anomaly_classes"):
+      if c[name] != base[name] and c[name] not in ((), ""):
+        out.append(f"{name}={c[name]!r} has no effect with setting='oneclass' (labelled "
+                   "anomalies need setting='unbalanced')")
+    if c.stage2.classifier:
+      out.append("stage2.classifier=True has no effect with setting='oneclass': its BCE "
+                 "head needs labelled anomalies (setting='unbalanced')")
+  return out
+
+
 def validate(c: ml_collections.ConfigDict,
              n_devices: int | None = None) -> ml_collections.ConfigDict:
   """Every field with a meaningful range, checked before any work: one line per error.

@@ -110,6 +110,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
 
 
 def _run(config, workdir, split, discard_stale, stage1_from) -> dict[str, Any]:
+  for line in config_lib.ignored_fields(config):
+    logging.warning("%s", line)
   # A config that differs from a recorded stage is refused before any data is decoded.
   workdir_lib.check(workdir, identity.plan(config), discard_stale=discard_stale,
                     config_only=True)
@@ -118,6 +120,10 @@ def _run(config, workdir, split, discard_stale, stage1_from) -> dict[str, Any]:
   t = time.time()
   dataset = config.dataset.name if split is None else "arrays"
   split = load_split(config) if split is None else split
+  n_normal = int((~split.train_is_anomaly).sum())
+  if config.evaluate.knn_k > n_normal:
+    logging.warning("evaluate.knn_k=%d is more than the %d normal training images: the "
+                    "k-NN scores use k=%d", config.evaluate.knn_k, n_normal, n_normal)
   r = _check(config, workdir, split, dataset, discard_stale, stage1_from)
   # ---- every check has passed: from here on the workdir changes (process 0 changes it;
   # the barriers keep the others from reading it half-changed).
@@ -349,8 +355,10 @@ def _stage2_done(r: _Run, s2: stage2.Stage2Result, seconds: float) -> dict[str, 
                          "weights": stage2.detector_weights(config),
                          "deviation_scales": list(stage2.deviation_weights(config)),
                          "norm": s2.norm}
-  if config.stop_after == "stage2" or r.split.n_test == 0:
+  if config.stop_after == "stage2":
     return _finish(r.workdir, r.summary, r.seconds, "stage2")
+  if r.split.n_test == 0:  # the API's fit: the caller scores images of its own
+    return _finish(r.workdir, r.summary, r.seconds, "stage2", why="no test images given")
   return None
 
 
@@ -395,7 +403,7 @@ def _record(workdir: str, ident: identity.Identity) -> None:
 
 
 def _finish(workdir: str, summary: dict[str, Any], seconds: dict[str, float],
-            last: str) -> dict[str, Any]:
+            last: str, why: str = "") -> dict[str, Any]:
   stages = ["data", "stage1", "stage2", "evaluation"]
   summary["stages_run"] = stages[:stages.index(last) + 1]
   summary["not_run"] = stages[stages.index(last) + 1:]
@@ -404,6 +412,9 @@ def _finish(workdir: str, summary: dict[str, Any], seconds: dict[str, float],
     with open(os.path.join(workdir, "run_summary.json"), "w") as f:
       json.dump(summary, f, indent=2)
   distributed.sync("summary written")
-  logging.warning("Stopped after %s (stop_after=%r). Summary: %s", last, last,
-                  os.path.join(workdir, "run_summary.json"))
+  path = os.path.join(workdir, "run_summary.json")
+  if why:
+    logging.info("Trained up to %s (%s). Summary: %s", last, why, path)
+  else:
+    logging.warning("Stopped after %s (stop_after=%r). Summary: %s", last, last, path)
   return summary

@@ -89,3 +89,17 @@ def test_codebook_training_needs_branch_mode():
   c.memory.train, c.memory.mode = "codebook", "replace"
   with pytest.raises(ConfigError, match="codebook"):
     config_lib.validate(c)
+
+
+def test_fields_the_setting_ignores_are_named():
+  c = config_lib.base_config()
+  assert config_lib.ignored_fields(c) == []
+  c.anomaly_ratio = 0.2
+  c.anomaly_classes = ("cat",)
+  c.stage2.classifier = True
+  lines = config_lib.ignored_fields(c)
+  assert [line.split("=")[0] for line in lines] == ["anomaly_ratio", "anomaly_classes",
+                                                    "stage2.classifier"]
+  assert all("setting='unbalanced'" in line and "\n" not in line for line in lines)
+  c.setting = "unbalanced"
+  assert config_lib.ignored_fields(c) == []
