@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import ctypes
 import dataclasses
 import glob
 import io
@@ -57,7 +58,7 @@ import numpy as np
 
 from mscm_jax.names import HEADLINE, PROBE_KEYS, split_scores, test_scores
 from mscm_jax.identity import TRAINED
-from mscm_jax.workdir import FINAL_MARKER, saved_steps, stage_dir
+from mscm_jax.workdir import FINAL_MARKER, lock_holder, saved_steps, stage_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 META = ".sweep"
@@ -390,8 +391,39 @@ def _log(root: str, cell: str, n: int) -> str:
   return os.path.join(_meta(root, cell), f"attempt{n}.log")
 
 
+def _die_with_worker() -> None:
+  """In the child, before `main` starts: SIGTERM when the worker that started it dies
+  (Linux `prctl(PR_SET_PDEATHSIG)`), so that a killed worker leaves no run going on
+  unsupervised; on SIGTERM the run saves and exits 75, and the cell's next worker resumes
+  it. Elsewhere the next worker waits for such an orphan instead (`_wait_for_orphans`)."""
+  try:
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+  except (OSError, AttributeError):
+    return
+  if os.getppid() == 1:  # the worker died before the prctl: nobody supervises this run
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _wait_for_orphans(root: str, cells: Sequence[Cell], echo) -> None:
+  """Waits while a run of a dead worker still holds a cell's workdir: its claim lapsed,
+  but starting now would fail on the workdir's lock. The rerun then resumes (or finds
+  finished) what the orphan left, and the cell is recorded once, by this worker."""
+  said = False
+  while True:
+    held = [(c, h) for c in cells
+            if (h := lock_holder(os.path.join(root, c.name))) is not None]
+    if not held:
+      return
+    if not said:
+      cell, holder = held[0]
+      echo(f"{cell.name}: waiting for the run of a dead worker that still holds its "
+           f"workdir ({holder}) to stop")
+      said = True
+    time.sleep(2.0)
+
+
 def run_cells(root: str, claimed: Sequence[tuple[Cell, int]], stale_after: float,
-              child: dict[str, Any]) -> int:
+              child: dict[str, Any], echo=print) -> int:
   """One attempt of each claimed cell: one main command (stacked for several cells), its
   output in the first cell's attempt<n>.log, which the others' logs name."""
   (first, n), rest = claimed[0], claimed[1:]
@@ -407,8 +439,10 @@ def run_cells(root: str, claimed: Sequence[tuple[Cell, int]], stale_after: float
         f.write(f"run as one program ({names}): output in {_log(root, first.name, n)}\n")
   claims = [os.path.join(_meta(root, c.name), f"claim.{k}") for c, k in claimed]
   with open(_log(root, first.name, n), "a") as out, _heartbeat(claims, stale_after / 4):
+    _wait_for_orphans(root, [c for c, _ in claimed], echo)
     proc = subprocess.Popen([sys.executable, "-m", "mscm_jax.main", *cmd], cwd=REPO,
-                            stdout=out, stderr=subprocess.STDOUT)
+                            stdout=out, stderr=subprocess.STDOUT,
+                            preexec_fn=_die_with_worker)
     child["proc"] = proc
     rc = proc.wait()
     child["proc"] = None
@@ -476,7 +510,7 @@ def work(root: str, cells: Sequence[Cell], worker: str, stale_after: float = 600
           together = f", one program with {len(part) - 1} more" if len(part) > 1 else ""
           echo(f"{label(cell)}: attempt {n} by {worker}{together} (log: {log})")
         start = time.time()
-        rc = run_cells(root, part, stale_after, child)
+        rc = run_cells(root, part, stale_after, child, echo)
         seconds = round(time.time() - start, 1)
         for cell, n in part:
           if rc == 0:

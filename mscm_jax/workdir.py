@@ -86,6 +86,24 @@ def locked(workdir: str) -> Iterator[None]:
     os.close(fd)  # releases the lock
 
 
+def lock_holder(workdir: str) -> str | None:
+  """Who holds the workdir's lock (`locked`) now, or None when nobody does. Probes with a
+  lock taken and dropped at once: nothing of the holder's is touched."""
+  path = os.path.join(workdir, LOCK_FILE)
+  try:
+    fd = os.open(path, os.O_RDONLY)
+  except FileNotFoundError:
+    return None
+  try:
+    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+  except OSError:
+    with open(path) as f:
+      return f.read().strip() or "another process"
+  finally:
+    os.close(fd)
+  return None
+
+
 def write_json(path: str, record: Any) -> None:
   """Atomic: a reader sees the old file or the new one, never half of it."""
   with open(path + ".tmp", "w") as f:

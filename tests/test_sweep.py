@@ -325,3 +325,54 @@ def test_bad_grid_is_one_line(tmp_path, folder_tree):
   assert r.returncode == 2
   lines = [l for l in r.stderr.splitlines() if l.strip()]
   assert len(lines) == 1 and lines[0].startswith("error: --classes: no class 'durian'")
+
+
+def test_a_killed_workers_run_stops_and_the_next_worker_records_the_cell_once(tmp_path):
+  """SIGKILL to a worker: its run gets SIGTERM (it saves, exits 75), and a new worker
+  waits for whatever still holds the workdir, then resumes the cell and records it."""
+  from mscm_jax.workdir import LOCK_FILE, lock_holder  # pylint: disable=g-import-not-at-top
+
+  write_folder_tree(tmp_path / "tree", {"train": {"c0": 12, "c1": 12},
+                                        "test": {"c0": 6, "c1": 6}})
+  root = tmp_path / "sweep"
+  cmd = [a for a in _sweep_cmd(root, tmp_path / "tree", "w0")
+         if a not in ("--classes=c0,c1", "--seeds=0,1", "train.epochs=1")]
+  cmd += ["train.epochs=40", "--classes=c0", "--seeds=0"]  # killed after 2 of 40 steps
+  cell = root / "c0.oneclass.s0"
+  first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while not list((cell / "stage1").glob("[0-9]*")):  # training, with a checkpoint saved
+    assert time.time() < deadline and first.poll() is None, "the run never got going"
+    time.sleep(0.5)
+  first.kill()
+  first.wait()
+  deadline = time.time() + 120
+  while lock_holder(str(cell)) is not None:  # the orphan got SIGTERM from its parent's death
+    assert time.time() < deadline, "the killed worker's run went on unsupervised"
+    time.sleep(0.5)
+  assert not (cell / "stage1" / "FINISHED.json").exists()  # stopped, not run to its end
+  # Something holding the workdir when the next worker comes (an orphan where no parent-
+  # death signal exists): it waits instead of failing on the lock.
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import fcntl, os, sys; "
+       f"fd = os.open({str(cell / LOCK_FILE)!r}, os.O_RDWR); fcntl.flock(fd, fcntl.LOCK_EX); "
+       "print('held', flush=True); sys.stdin.readline()"],
+      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+  assert holder.stdout.readline().strip() == "held"
+  second = subprocess.Popen([a.replace("--worker=w0", "--worker=w1") for a in cmd], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  seen = []
+  for line in second.stdout:  # the worker waits for the holder instead of failing on it
+    seen.append(line)
+    if "waiting for the run of a dead worker" in line:
+      break
+  holder.communicate("\n", timeout=60)  # the holder lets go
+  out = "".join(seen) + second.communicate(timeout=600)[0]
+  assert second.returncode == 0 and "waiting for the run of a dead worker" in out, out
+  meta = root / ".sweep" / "c0.oneclass.s0"
+  ends = [json.loads(p.read_text()) for p in sorted(meta.glob("claim.*.end"))]
+  assert [(e["worker"], e["rc"]) for e in ends] == [("w1", 0)], ends  # recorded once
+  assert json.loads((meta / "done.json").read_text())["worker"] == "w1"
+  results = json.loads((cell / "results.json").read_text())
+  assert results["resumed_from"]["stage1"] > 0  # the killed worker's steps were kept
