@@ -51,7 +51,7 @@ VARIANTS = {
     "rotated_difference": {"stage2.rotated_anomalies": True, "stage2.deviation": "difference"},
 }
 # A sweep cell (experiments/sweep.py), or the older <variant>_c<class index>_s<seed>.
-RUN = re.compile(r"^(?:(?P<name>[^.]+)\.oneclass\.s(?P<sseed>\d+)\.(?P<strain>[a-z0-9]+)"
+RUN = re.compile(r"^(?:(?P<name>[^.]+)\.oneclass\.s(?P<sseed>\d+)\.(?P<strain>[A-Za-z0-9_-]+)"
                  r"|(?P<train>[a-z0-9]+)_c(?P<cls>\d+)_s(?P<seed>\d+))$")
 CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
            "truck")
