@@ -23,7 +23,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from mscm_jax import distributed
-from mscm_jax.errors import CheckpointError, WorkdirError
+from mscm_jax.errors import CheckpointError, WorkdirError, disk_full, is_disk_full
 from mscm_jax.workdir import DISCARD_HINT, FINAL_MARKER, read_json, write_json
 
 CHECKSUMS = "checksums.json"
@@ -78,10 +78,22 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any) -> None:
   kept = {str(s) for s in mngr.all_steps()}
   sums = {k: v for k, v in sums.items() if k in kept}
   sums[str(int(step))] = state_checksum(state)
-  if distributed.is_writer():
-    write_json(os.path.join(directory, CHECKSUMS), sums)
-  mngr.save(int(step), args=ocp.args.StandardSave(state), force=True)
-  mngr.wait_until_finished()
+  # Checked before writing: a save that runs out of space midway fails in orbax's own
+  # threads, with pages of tracebacks. Every process takes process 0's verdict.
+  needed = int(sum(x.nbytes for x in jax.tree.leaves(state)) * 1.1) + 2**20
+  short = distributed.any_process(distributed.is_writer()
+                                  and shutil.disk_usage(directory).free < needed)
+  if short:
+    raise disk_full(directory, needed)
+  try:
+    if distributed.is_writer():
+      write_json(os.path.join(directory, CHECKSUMS), sums)
+    mngr.save(int(step), args=ocp.args.StandardSave(state), force=True)
+    mngr.wait_until_finished()
+  except Exception as e:  # pylint: disable=broad-except
+    if not is_disk_full(e):
+      raise
+    raise disk_full(directory, needed) from None
 
 
 def restore_latest(directory: str, template: Any, max_step: int | None = None, *,

@@ -4,6 +4,7 @@ Each kind has its own exit status, so that a scheduler or a sweep can tell "fix 
 input" from "rerun the same command":
   2   UserError (config, data, workdir, a stale or damaged stage): change something first
   3   NonFiniteError: the loss became NaN/Inf; nothing bad was saved
+  74  DiskFullError: out of disk space; what was saved is intact: free space, rerun
   75  Interrupted (SIGTERM, pre-emption): state saved, rerun the same command (EX_TEMPFAIL)
 """
 
@@ -44,3 +45,37 @@ class Interrupted(UserError):
   """SIGTERM arrived: the state was saved and the run can be resumed with the same command."""
 
   exit_code = 75
+
+
+class DiskFullError(UserError):
+  """Out of disk space: nothing saved before is damaged; free space and rerun the same
+  command, which resumes (EX_IOERR)."""
+
+  exit_code = 74
+
+
+def disk_full(path: str, needed: int | None = None) -> DiskFullError:
+  """The one-line error for a full disk at `path` (`needed`: bytes, when known)."""
+  import shutil  # pylint: disable=g-import-not-at-top
+
+  try:
+    free = f"{shutil.disk_usage(path).free / 2**20:.1f} MiB free"
+  except OSError:
+    free = "free space unknown"
+  need = f"about {needed / 2**20:.1f} MiB needed, " if needed else ""
+  return DiskFullError(f"out of disk space writing {path} ({need}{free}): free space and "
+                       "rerun the same command; what was saved before is intact, and the "
+                       "run resumes from it")
+
+
+def is_disk_full(e: BaseException | None) -> bool:
+  """ENOSPC, also wrapped (orbax and TensorStore report it as RESOURCE_EXHAUSTED)."""
+  import errno  # pylint: disable=g-import-not-at-top
+
+  while e is not None:
+    if isinstance(e, DiskFullError) or isinstance(e, OSError) and e.errno == errno.ENOSPC:
+      return True
+    if "No space left on device" in str(e) or "RESOURCE_EXHAUSTED" in str(e):
+      return True
+    e = e.__cause__ or e.__context__
+  return False

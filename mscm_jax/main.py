@@ -15,7 +15,7 @@ import traceback
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mscm_jax.errors import UserError
+from mscm_jax.errors import UserError, disk_full, is_disk_full
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, optionally with a preset: configs/cifar10_oneclass.py:cpu",
@@ -130,6 +130,11 @@ def main(argv: list[str]) -> None:
   except UserError as e:
     # Something the user can fix: one line, no traceback.
     _fail(str(e), e.exit_code)
+  except Exception as e:  # pylint: disable=broad-except
+    if not is_disk_full(e):  # a bug: the traceback is what helps
+      raise
+    full = disk_full(getattr(e, "filename", None) or _WORKDIR.value)  # a JSON, a picture
+    _fail(str(full), full.exit_code)
 
 
 def entry_point() -> None:

@@ -35,7 +35,8 @@ from conftest import write_folder_tree
 from mscm_jax import config as config_lib
 from mscm_jax import checkpoints, pipeline
 from mscm_jax.api import AnoMemDetector, InputError, NotFittedError
-from mscm_jax.errors import CheckpointError, ConfigError, StaleStageError, UserError
+from mscm_jax.errors import (CheckpointError, ConfigError, DiskFullError, StaleStageError,
+                             UserError, is_disk_full)
 from mscm_jax.errors import WorkdirError
 from mscm_jax.workdir import LOCK_FILE, saved_steps
 
@@ -695,3 +696,43 @@ def test_an_interrupted_identity_write_is_not_a_stale_stage(finished_run, tmp_pa
   again = pipeline.run(config, str(w))
   assert checkpoints.finished_info(str(w / "stage2")) is not None
   assert again["stage2"]["steps"] == results["stage2"]["steps"]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A tmpfs the test can shrink and grow (`resize(bytes)`); skipped where it cannot mount
+  one (not root, or no mount permission): test_checkpoints injects ENOSPC instead."""
+  mnt = tmp_path / "disk"
+  mnt.mkdir()
+  if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs",
+                                          str(mnt)], capture_output=True).returncode != 0:
+    pytest.skip("needs root and a tmpfs mount")
+
+  def resize(size: int) -> None:
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(mnt)], check=True)
+
+  yield mnt, resize
+  subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_full_disk_stops_in_one_line_and_the_rerun_resumes(finished_run, small_disk):
+  """Stage 1 finished, no room for stage 2's checkpoint: one error, nothing of stage 1
+  lost, and once space is freed the same command finishes without training stage 1."""
+  config, src, _ = finished_run
+  mnt, resize = small_disk
+  w = mnt / "w"
+  shutil.copytree(src, w, ignore=shutil.ignore_patterns("stage2", "results.json", "*.npz",
+                                                        "report"))
+  used = sum(p.stat().st_size for p in w.rglob("*") if p.is_file())
+  resize(max(used + 256 * 2**10, 1 * 2**20) // 4096 * 4096)  # less than a stage-2 save
+  stage1_before = _digest(w / "stage1")
+  with pytest.raises(Exception) as err:  # DiskFullError from a save, or ENOSPC elsewhere
+    pipeline.run(config, str(w))
+  assert is_disk_full(err.value), repr(err.value)
+  if isinstance(err.value, DiskFullError):
+    assert "\n" not in str(err.value) and "out of disk space" in str(err.value)
+  assert _digest(w / "stage1") == stage1_before  # what was saved is intact
+  resize(64 * 2**20)
+  again = pipeline.run(config, str(w))
+  assert again["resumed_from"]["stage1"] == again["stage1"]["steps"]  # loaded, not retrained
+  assert checkpoints.finished_info(str(w / "stage2")) is not None

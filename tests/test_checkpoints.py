@@ -10,7 +10,7 @@ import pytest
 from test_stage1 import _config, _split
 
 from mscm_jax import checkpoints, sharding, stage1, workdir
-from mscm_jax.errors import CheckpointError, NonFiniteError
+from mscm_jax.errors import CheckpointError, DiskFullError, NonFiniteError, is_disk_full
 
 
 @pytest.fixture(scope="module")
@@ -153,3 +153,40 @@ def test_nan_advice_follows_the_term():
   assert "loss.temperature" in advice(["nt_xent"])
   assert "loss.*_weight" in advice(["variance_res3"])
   assert "optim.learning_rate" in advice(["grad_norm"])
+
+
+def test_a_save_without_room_is_one_line_and_keeps_what_was_saved(straight, tmp_path,
+                                                                  monkeypatch):
+  c, _, _, state = straight
+  d = _partial(straight, tmp_path)
+  free = {"bytes": 10 * 2**20}
+  monkeypatch.setattr(checkpoints.shutil, "disk_usage",
+                      lambda path: type("Usage", (), {"free": free["bytes"]})())
+  mngr = checkpoints.manager(str(d))
+  try:
+    free["bytes"] = 1000  # an injected full disk (the suite's tmpfs test is the real one)
+    with pytest.raises(DiskFullError) as err:
+      checkpoints.save(mngr, 5, state)
+    assert mngr.all_steps() == [3, 4]  # nothing half-written, nothing lost
+  finally:
+    mngr.close()
+  message = str(err.value)
+  assert "\n" not in message and str(d) in message and "MiB needed" in message
+  assert err.value.exit_code == 74
+  _, step = checkpoints.restore_latest(str(d), jax.device_put(state))
+  assert step == 4
+
+
+def test_disk_full_is_recognised_when_wrapped():
+  import errno  # pylint: disable=g-import-not-at-top
+
+  inner = OSError(errno.ENOSPC, "No space left on device", "/w/stage1/5/x")
+  try:
+    try:
+      raise inner
+    except OSError as e:
+      raise RuntimeError("RESOURCE_EXHAUSTED: write failed") from e
+  except RuntimeError as wrapped:
+    assert is_disk_full(wrapped) and is_disk_full(inner)
+  assert not is_disk_full(ValueError("bad value"))
+  assert not is_disk_full(OSError(errno.EACCES, "Permission denied"))
