@@ -49,6 +49,8 @@ VARIANTS = {
     # CSI's turned normals as the detector's labelled anomalies (needs shift.rotations > 1)
     "rotated": {"stage2.rotated_anomalies": True},
     "rotated_difference": {"stage2.rotated_anomalies": True, "stage2.deviation": "difference"},
+    # the same detector on f alone: what the memory's read-out r adds to it
+    "rotated_feature": {"stage2.rotated_anomalies": True, "stage2.deviation": "feature"},
 }
 # A sweep cell (experiments/sweep.py), or the older <variant>_c<class index>_s<seed>.
 RUN = re.compile(r"^(?:(?P<name>[^.]+)\.oneclass\.s(?P<sseed>\d+)\.(?P<strain>[A-Za-z0-9_-]+)"

@@ -128,7 +128,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.stage2.weights = ()  # w_s of the combined score, one per stage2 scale; () = all 1
   c.stage2.deviation_scales = ()  # scales summed in the training-free `deviation`; () = scales
   # Detector input: "cosine" 1 - cos(f, r) map | "similarity" cos(f, r) map | "euclidean"
-  # ||f - r||^2 / C map | "difference" the tensor f - r; "+"-joined kinds (e.g.
+  # ||f - r||^2 / C map | "difference" the tensor f - r | "feature" f alone (no memory: the
+  # control of what the read-out adds); "+"-joined kinds (e.g.
   # "similarity+difference") give every scale one detector per kind, summed into `mscm`.
   c.stage2.deviation = "cosine"
   c.stage2.top_k = -1  # retrieval when reading the maps: -1 = as trained, 0 = soft over all

@@ -8,7 +8,7 @@ STAGE_NAMES: tuple[str, str, str, str] = ("res1", "res2", "res3", "res4")
 SCALES: tuple[str, ...] = STAGE_NAMES + ("pooled",)
 MEMORY_MODES: tuple[str, ...] = ("replace", "residual", "branch")
 MEMORY_TRAIN: tuple[str, ...] = ("contrastive", "codebook")
-DEVIATIONS: tuple[str, ...] = ("cosine", "similarity", "euclidean", "difference")
+DEVIATIONS: tuple[str, ...] = ("cosine", "similarity", "euclidean", "difference", "feature")
 # The scores a reader looks at first (evaluate's docstring): tables and plots lead with them.
 HEADLINE: tuple[str, ...] = ("mscm", "deviation", "knn", "pixel_knn")
 # The stage-1 probe's keys in metrics.jsonl and results.json: read on the validation split.

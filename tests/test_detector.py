@@ -25,6 +25,10 @@ def test_deviation_input_shapes_and_values():
   np.testing.assert_allclose(deviation_input(f, f + 1.0, "euclidean"), 1.0, rtol=1e-6)
   np.testing.assert_allclose(deviation_input(f, 3 * f, "euclidean")[..., 0],
                              np.mean(np.square(2 * f), axis=-1), rtol=1e-5)
+  # `feature` ignores the read-out entirely: the no-memory control
+  np.testing.assert_array_equal(deviation_input(f, r, "feature"), f)
+  np.testing.assert_array_equal(deviation_input(f, -r, "feature"), f)
+  assert deviation_input(f[:, 0, 0], r[:, 0, 0], "feature").shape == (3, 1, 1, 8)
   with pytest.raises(ValueError, match="'ratio' is not"):
     deviation_input(f, f, "ratio")
 

@@ -25,7 +25,8 @@ def deviation_input(f: jax.Array, r: jax.Array, kind: str = "cosine") -> jax.Arr
 
   'cosine' compares on the unit sphere (1 - cos); 'similarity' is cos itself, the same
   map upside down; 'euclidean' is the mean squared difference over channels;
-  'difference' is the tensor f - r itself.
+  'difference' is the tensor f - r itself; 'feature' is f alone, without the memory (the
+  ablation that says what the read-out adds).
 
   Why 'similarity': the detector is bias-free and positively homogeneous, so phi(0) = 0.
   fed 1 - cos, the most typical (lowest-deviation) inputs sit near 0, far from the
@@ -45,8 +46,10 @@ def deviation_input(f: jax.Array, r: jax.Array, kind: str = "cosine") -> jax.Arr
     return jnp.mean(jnp.square(d), axis=-1, keepdims=True)
   if kind == "difference":
     return (f - r).astype(jnp.float32)
-  raise ValueError(f"deviation kind {kind!r} is not 'cosine', 'similarity', 'euclidean' or "
-                   "'difference'")
+  if kind == "feature":  # no read-out at all: the control that measures what r adds
+    return f.astype(jnp.float32)
+  raise ValueError(f"deviation kind {kind!r} is not 'cosine', 'similarity', 'euclidean', "
+                   "'difference' or 'feature'")
 
 
 class DistanceDetector(nn.Module):
