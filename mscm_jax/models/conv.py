@@ -153,8 +153,10 @@ _CPU_GRADS: list[bool | None] = [None]  # the default of `conv2d(cpu_grads=None)
 @contextlib.contextmanager
 def cpu_grads(enabled: bool | None):
   """Within: `conv2d`'s default formulation (True: this module's gradients, False: XLA's
-  own, None: by backend). Read at trace time, so it applies to functions traced inside;
-  benchmarks use it to count FLOPs of the plain network and to time XLA's gradients."""
+  own, None: by backend). Read at trace time, so it applies to functions traced inside,
+  and JAX reuses an earlier trace of an equal function: `jax.clear_caches()` first when
+  one may exist. Benchmarks use it to count FLOPs of the plain network and to time XLA's
+  gradients."""
   _CPU_GRADS.append(enabled)
   try:
     yield
