@@ -5,7 +5,7 @@ input" from "rerun the same command":
   2   UserError (config, data, workdir, a stale or damaged stage): change something first
   3   NonFiniteError: the loss became NaN/Inf; nothing bad was saved
   74  DiskFullError: out of disk space; what was saved is intact: free space, rerun
-  75  Interrupted (SIGTERM, pre-emption): state saved, rerun the same command (EX_TEMPFAIL)
+  75  Interrupted (SIGTERM, pre-emption, Ctrl-C): saved, rerun the same command (EX_TEMPFAIL)
 """
 
 
@@ -42,7 +42,8 @@ class NonFiniteError(UserError):
 
 
 class Interrupted(UserError):
-  """SIGTERM arrived: the state was saved and the run can be resumed with the same command."""
+  """SIGTERM or SIGINT arrived: inside a training loop the state was saved first; anywhere
+  else, what finished is kept. The same command resumes."""
 
   exit_code = 75
 

@@ -24,22 +24,25 @@ from mscm_jax import checkpoints, distributed, monitoring, sharding
 from mscm_jax.errors import CheckpointError, Interrupted, NonFiniteError
 
 __all__ = ["Interrupted", "LoopResult", "Members", "MembersResult", "NonFiniteError", "Single",
-           "Stacked", "run", "run_members", "sigterm_flag"]
+           "Stacked", "run", "run_members", "stop_flag"]
 
 
 @contextlib.contextmanager
-def sigterm_flag():
-  """Turns SIGTERM into a flag the loop checks, so it can save before exiting."""
-  flag = {"set": False}
-  try:
-    previous = signal.signal(signal.SIGTERM, lambda *_: flag.update(set=True))
-  except ValueError:  # not the main thread: no handler, the default applies
-    previous = None
+def stop_flag():
+  """Turns SIGTERM and SIGINT (Ctrl-C) into a flag the loop checks after every step, so it
+  can save before exiting; `flag['set']` is the signal's name once one arrived."""
+  flag: dict[str, Any] = {"set": None}
+  previous = {}
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    try:
+      previous[sig] = signal.signal(sig, lambda n, _: flag.update(set=signal.Signals(n).name))
+    except ValueError:  # not the main thread: no handler, the default applies
+      pass
   try:
     yield flag
   finally:
-    if previous is not None:
-      signal.signal(signal.SIGTERM, previous)
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
 
 
 @dataclasses.dataclass
@@ -255,7 +258,7 @@ def _train(name, members, mngrs, state, step_fn, start, total, log_every, ckpt_e
 
   step = start
   try:
-    with sigterm_flag() as sigterm:
+    with stop_flag() as stop:
       while step < end:
         state, logged = step_fn(state)
         step += 1
@@ -281,9 +284,9 @@ def _train(name, members, mngrs, state, step_fn, start, total, log_every, ckpt_e
           loss = np.mean([v["loss"] for v in per_member])
           progress.update(step, f"loss {loss:.4f}" + (" (mean)" if several else "")
                           + (f" | {rate:.0f} {unit}/s" if rate else ""))
-        if _stop_now(sigterm["set"], step, log_every, end):
+        if _stop_now(stop["set"] is not None, step, log_every, end):
           save_checked(step)
-          raise Interrupted(f"SIGTERM at step {step}: checkpoint saved in "
+          raise Interrupted(f"{stop['set'] or 'SIGTERM'} at step {step}: checkpoint saved in "
                             f"{', '.join(ckpt_dirs)}; run the same command to resume")
         if step % ckpt_every == 0 and step < end:
           save_checked(step)

@@ -9,13 +9,14 @@ Anything the user can fix is one `error:` line on stderr and a non-zero exit sta
 from __future__ import annotations
 
 import logging as py_logging
+import signal
 import sys
 import traceback
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mscm_jax.errors import UserError, disk_full, is_disk_full
+from mscm_jax.errors import Interrupted, UserError, disk_full, is_disk_full
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, optionally with a preset: configs/cifar10_oneclass.py:cpu",
@@ -103,6 +104,13 @@ def _last_line(e: BaseException) -> str:
   return lines[-1] if lines else type(e).__name__
 
 
+def _interrupted(signum: int, _) -> None:
+  raise Interrupted(f"{signal.Signals(signum).name} outside a training loop (reading data or "
+                    "features, evaluating, writing results): finished stages are kept and a "
+                    "stage in progress resumes from its last checkpoint; run the same command "
+                    "to continue")
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     _fail(f"unexpected arguments: {argv[1:]} (flags take the form --name=value)")
@@ -113,6 +121,10 @@ def main(argv: list[str]) -> None:
       lambda r: r.levelno >= py_logging.WARNING or "/orbax/" not in r.pathname)
   from mscm_jax import config as config_lib  # pylint: disable=g-import-not-at-top
 
+  # Outside the training loops (which save first: loop.stop_flag), a signal ends the run
+  # at once, in one line: what finished is kept (every file is written atomically).
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, _interrupted)
   try:
     config = config_lib.validate(_CONFIG.value)  # before JAX starts: errors within a second
     from mscm_jax import distributed, pipeline  # pylint: disable=g-import-not-at-top

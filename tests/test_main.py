@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
@@ -63,7 +65,8 @@ def test_bad_class_name_is_one_line(folder_tree, tmp_path):
   assert "durian" in r.stderr.strip().splitlines()[-1]
 
 
-def test_sigterm_saves_and_the_same_command_resumes(folder_tree, tmp_path):
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+def test_a_signal_in_training_saves_and_the_same_command_resumes(folder_tree, tmp_path, name):
   import signal
   workdir = tmp_path / "k"
   args = ["--config=configs/folder_oneclass.py:smoke", f"--config.dataset.data_dir={folder_tree}",
@@ -79,11 +82,11 @@ def test_sigterm_saves_and_the_same_command_resumes(folder_tree, tmp_path):
     if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
       break
     time.sleep(0.2)
-  proc.send_signal(signal.SIGTERM)
+  proc.send_signal(getattr(signal, name))  # a pre-emption, or Ctrl-C
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 75, err  # pre-empted: its own status, not a config error
-  assert "SIGTERM at step" in err and "Traceback" not in err
-  saved = int(err.split("SIGTERM at step ")[1].split(":")[0])
+  assert f"{name} at step" in err and "Traceback" not in err
+  saved = int(err.split(f"{name} at step ")[1].split(":")[0])
   assert 3 <= saved < 400 and (workdir / "stage1" / str(saved)).is_dir()
 
   r = _main(*args)
@@ -93,3 +96,35 @@ def test_sigterm_saves_and_the_same_command_resumes(folder_tree, tmp_path):
            if "probe_knn_auroc" not in l]
   assert steps == list(range(1, 401))  # one uninterrupted-looking record
   assert json.loads((workdir / "stage1" / "FINISHED.json").read_text())["step"] == 400
+
+
+def test_a_signal_outside_the_loops_is_one_line_and_keeps_the_stages(folder_tree, tmp_path):
+  """Ctrl-C during the evaluation: one line, status 75, both trained stages kept; the same
+  command then evaluates without training anything."""
+  import signal
+  workdir = tmp_path / "e"
+  args = ["--config=configs/folder_oneclass.py:smoke", f"--config.dataset.data_dir={folder_tree}",
+          "--config.dataset.normal_class=apple", "--config.dataset.image_size=16",
+          "--config.evaluate.report=False", f"--workdir={workdir}"]
+  # Without the suite's compilation cache the evaluation compiles for seconds: the signal
+  # lands inside it rather than after a cached, instant evaluation.
+  env = {**os.environ, "JAX_ENABLE_COMPILATION_CACHE": "false"}
+  proc = subprocess.Popen([sys.executable, "-m", "mscm_jax.main", *args], cwd=ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  seen = []
+  for line in proc.stderr:
+    seen.append(line)
+    if "Evaluation:" in line:  # both stages finished; the scorers are compiling
+      proc.send_signal(signal.SIGINT)
+      break
+  _, rest = proc.communicate(timeout=120)
+  err = "".join(seen) + rest
+  assert proc.returncode == 75, err
+  assert err.strip().splitlines()[-1].startswith("error: SIGINT outside a training loop")
+  assert "Traceback" not in err and "KeyboardInterrupt" not in err
+  assert not (workdir / "results.json").exists()
+  r = _main(*args)
+  assert r.returncode == 0, r.stderr
+  summary = json.loads((workdir / "results.json").read_text())
+  assert summary["resumed_from"] == {"stage1": summary["stage1"]["steps"],
+                                     "stage2": summary["stage2"]["steps"]}  # none retrained
