@@ -197,16 +197,21 @@ def test_sharded_step_equals_single_device():
 # ------------------------------------------------------------- train() on a frozen state
 
 
-def _split(n=48, size=16, seed=0):
-  rng = np.random.default_rng(seed)
-  normal = rng.integers(80, 140, (n, size, size, 3), dtype=np.uint8)
-  test = rng.integers(0, 256, (8, size, size, 3), dtype=np.uint8)
+def _one_class(normal: np.ndarray, test: np.ndarray) -> protocols.ADSplit:
+  """Normal training images; a test split whose first half is normal."""
+  n, half = len(normal), len(test) // 2
   return protocols.ADSplit(
       train_images=normal, train_is_anomaly=np.zeros(n, bool),
       train_classes=np.zeros(n, np.int64), test_images=test,
-      test_is_anomaly=np.r_[np.zeros(4, bool), np.ones(4, bool)],
-      test_classes=np.r_[np.zeros(4), np.ones(4)].astype(np.int64),
+      test_is_anomaly=np.r_[np.zeros(half, bool), np.ones(half, bool)],
+      test_classes=np.r_[np.zeros(half), np.ones(half)].astype(np.int64),
       class_names=("a", "b"), normal_classes=(0,))
+
+
+def _split(n=48, size=16, seed=0):
+  rng = np.random.default_rng(seed)
+  normal = rng.integers(80, 140, (n, size, size, 3), dtype=np.uint8)
+  return _one_class(normal, rng.integers(0, 256, (8, size, size, 3), dtype=np.uint8))
 
 
 def test_train_resume_equals_uninterrupted_and_reloads(tmp_path):
@@ -316,13 +321,7 @@ def _oriented_split(n=48, size=16, seed=0):
     return np.clip(ramp + rng.normal(0, 12, (m, size, size, 3)), 0, 255).astype(np.uint8)
 
   normal, test = draw(n), draw(16)
-  test = np.concatenate([test[:8], np.rot90(test[8:], 1, axes=(1, 2))])
-  return protocols.ADSplit(
-      train_images=normal, train_is_anomaly=np.zeros(n, bool),
-      train_classes=np.zeros(n, np.int64), test_images=test,
-      test_is_anomaly=np.r_[np.zeros(8, bool), np.ones(8, bool)],
-      test_classes=np.r_[np.zeros(8), np.ones(8)].astype(np.int64),
-      class_names=("a", "b"), normal_classes=(0,))
+  return _one_class(normal, np.concatenate([test[:8], np.rot90(test[8:], 1, axes=(1, 2))]))
 
 
 def test_rotated_anomalies_train_deep_sad_in_the_oneclass_setting(tmp_path):
