@@ -104,11 +104,14 @@ def _last_line(e: BaseException) -> str:
   return lines[-1] if lines else type(e).__name__
 
 
+class _Signalled(BaseException):
+  """Raised by the signal handler outside the training loops. A BaseException, as
+  KeyboardInterrupt is, so that no `except Exception` on its way (logging's own, around
+  every log line) can swallow it."""
+
+
 def _interrupted(signum: int, _) -> None:
-  raise Interrupted(f"{signal.Signals(signum).name} outside a training loop (reading data or "
-                    "features, evaluating, writing results): finished stages are kept and a "
-                    "stage in progress resumes from its last checkpoint; run the same command "
-                    "to continue")
+  raise _Signalled(signal.Signals(signum).name)
 
 
 def main(argv: list[str]) -> None:
@@ -142,6 +145,11 @@ def main(argv: list[str]) -> None:
   except UserError as e:
     # Something the user can fix: one line, no traceback.
     _fail(str(e), e.exit_code)
+  except _Signalled as e:
+    stop = Interrupted(f"{e} outside a training loop (reading data or features, evaluating, "
+                       "writing results): finished stages are kept and a stage in progress "
+                       "resumes from its last checkpoint; run the same command to continue")
+    _fail(str(stop), stop.exit_code)
   except Exception as e:  # pylint: disable=broad-except
     if not is_disk_full(e):  # a bug: the traceback is what helps
       raise

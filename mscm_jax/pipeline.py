@@ -25,7 +25,7 @@ from mscm_jax import distributed, evaluate, identity, sharding, stage1, stage2
 from mscm_jax import config as config_lib
 from mscm_jax import workdir as workdir_lib
 from mscm_jax.data import augment, device, protocols, sources
-from mscm_jax.errors import ConfigError
+from mscm_jax.errors import ConfigError, WorkdirError
 from mscm_jax.names import PROBE_KEYS
 from mscm_jax.scoring import MemberScorers, Scorer
 
@@ -104,12 +104,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   if config.stack.classes:
     raise ConfigError("stack.classes trains several classes: call pipeline.run_classes "
                       "(main does)")
-  workdir = workdir_lib.prepare(workdir)
+  workdir = workdir_lib.prepare(workdir, read_only_ok=True)
+  if not workdir_lib.writable(workdir):  # a finished run on a read-only mount: show it
+    return _run(config, workdir, split, discard_stale, stage1_from, read_only=True)
   with _locked([workdir]):
     return _run(config, workdir, split, discard_stale, stage1_from)
 
 
-def _run(config, workdir, split, discard_stale, stage1_from) -> dict[str, Any]:
+def _run(config, workdir, split, discard_stale, stage1_from,
+         read_only: bool = False) -> dict[str, Any]:
   for line in config_lib.ignored_fields(config):
     logging.warning("%s", line)
   # A config that differs from a recorded stage is refused before any data is decoded.
@@ -125,6 +128,10 @@ def _run(config, workdir, split, discard_stale, stage1_from) -> dict[str, Any]:
     logging.warning("evaluate.knn_k=%d is more than the %d normal training images: the "
                     "k-NN scores use k=%d", config.evaluate.knn_k, n_normal, n_normal)
   r = _check(config, workdir, split, dataset, discard_stale, stage1_from)
+  if read_only and (r.stale or r.source or config.stop_after or workdir_lib.finished_results(
+      workdir, r.plan["evaluation"]) is None):
+    raise WorkdirError(f"workdir {workdir} cannot be written (read-only) and holds no "
+                       "finished results of this config to show: copy it somewhere writable")
   # ---- every check has passed: from here on the workdir changes (process 0 changes it;
   # the barriers keep the others from reading it half-changed).
   distributed.sync("workdir checked")

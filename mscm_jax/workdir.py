@@ -41,8 +41,10 @@ DISCARD_HINT = ("use a new --workdir, or rerun with --discard_stale to delete it
                 "stages after it and train them again")
 
 
-def prepare(workdir: str | os.PathLike) -> str:
-  """The workdir as an absolute path, created if missing; a WorkdirError if unusable."""
+def prepare(workdir: str | os.PathLike, *, read_only_ok: bool = False) -> str:
+  """The workdir as an absolute path, created if missing; a WorkdirError if unusable.
+  `read_only_ok`: a workdir that cannot be written but holds results.json is returned
+  too (a finished run on a read-only mount can still show its results; `writable`)."""
   path = os.fspath(workdir) if workdir is not None else ""
   if not path.strip():
     raise WorkdirError("--workdir is empty: give a directory for checkpoints and results")
@@ -54,9 +56,20 @@ def prepare(workdir: str | os.PathLike) -> str:
     with tempfile.NamedTemporaryFile(dir=path, prefix=".write_test_"):
       pass
   except OSError as e:
+    if read_only_ok and os.path.isfile(os.path.join(path, "results.json")):
+      return path
     raise WorkdirError(f"workdir {path} cannot be written ({e.strerror or e}): choose a "
                        "directory you can write") from None
   return path
+
+
+def writable(workdir: str) -> bool:
+  """Whether files can be created in the (existing) workdir."""
+  try:
+    with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_test_"):
+      return True
+  except OSError:
+    return False
 
 
 LOCK_FILE = ".lock"

@@ -736,3 +736,20 @@ def test_a_full_disk_stops_in_one_line_and_the_rerun_resumes(finished_run, small
   again = pipeline.run(config, str(w))
   assert again["resumed_from"]["stage1"] == again["stage1"]["steps"]  # loaded, not retrained
   assert checkpoints.finished_info(str(w / "stage2")) is not None
+
+
+def test_a_finished_run_on_a_read_only_mount_shows_its_results(finished_run, small_disk,
+                                                               tmp_path):
+  config, src, results = finished_run
+  mnt, _ = small_disk
+  shutil.copytree(src, mnt / "w")
+  shutil.copytree(src, mnt / "partial", ignore=shutil.ignore_patterns("results.json"))
+  subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+  before = _digest(mnt / "w")
+  shown = pipeline.run(config, str(mnt / "w"))
+  assert shown["test_scores"] == results["test_scores"] and _digest(mnt / "w") == before
+  with pytest.raises(WorkdirError, match="cannot be written"):  # nothing finished to show
+    pipeline.run(config, str(mnt / "partial"))
+  with pytest.raises(WorkdirError, match="read-only"):  # finished, but not this evaluation
+    pipeline.run(config.copy_and_resolve_references(), str(mnt / "w"), split=None,
+                 discard_stale=False, stage1_from=str(mnt / "partial"))
