@@ -13,6 +13,10 @@ import shutil
 import sys
 import tempfile
 
+# The suite's sharding tests need the eight emulated CPU devices, so on a GPU or TPU host
+# it runs on the CPU too (the subprocesses it starts inherit this), unless the caller
+# names a platform (JAX_PLATFORMS=cuda: then the tests that assume eight devices fail).
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
   _flags += " --xla_force_host_platform_device_count=8"
