@@ -1,7 +1,8 @@
 r"""One-class detection on any class-folder tree: ROOT/{train,test}/<class>/<image>.
 
 Images are decoded with Pillow (no TensorFlow) and resized to `dataset.image_size`.
-`normal_class` takes a folder name or its index in the sorted folder names.
+`normal_class` takes a folder name, or its index in the sorted folder names when no folder
+has that name (`#k` is always the k-th).
 
 Run (CPU preset), e.g. on the CIFAR-10 JPEG tree extracted to /tmp/cifar10_jpeg:
   python -m mscm_jax.main --config=configs/folder_oneclass.py:cpu \
