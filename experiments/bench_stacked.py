@@ -43,20 +43,6 @@ _OUT = flags.DEFINE_string("out", os.path.join(os.path.dirname(__file__), "resul
 N_TRAIN = 5000  # one CIFAR-10 class
 
 
-def _time(step, state, data, steps):
-  import jax  # pylint: disable=g-import-not-at-top
-
-  t0 = time.time()
-  state, logged = step(state, *data)
-  jax.block_until_ready(logged)
-  compile_s = time.time() - t0
-  t0 = time.time()
-  for _ in range(steps):
-    state, logged = step(state, *data)
-  jax.block_until_ready(logged)
-  return compile_s, (time.time() - t0) / steps
-
-
 def _stage1(c, k, mesh, model_mesh, images):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -67,8 +53,8 @@ def _stage1(c, k, mesh, model_mesh, images):
   flags_ = [np.zeros(N_TRAIN, bool)] * k
   parts = stage1.components(c, N_TRAIN, (32, 32, 3), mesh)
   data = device.put_on_device(images[0], flags_[0], mesh)
-  one = _time(parts.step_fn, parts.init_fn(jax.random.PRNGKey(0)),
-              (data.images, data.is_anomaly), _STEPS.value)
+  one = rows.timed_step(parts.step_fn, parts.init_fn(jax.random.PRNGKey(0)),
+                        (data.images, data.is_anomaly), _STEPS.value)
   del data
   members = loop.Stacked([f"m{i}" for i in range(k)], model_mesh)
   stacked = device.put_stacked(images, flags_, model_mesh)
@@ -76,7 +62,7 @@ def _stage1(c, k, mesh, model_mesh, images):
   state = members.join([sparts.init_fn(jax.random.PRNGKey(i)) for i in range(k)])
   step = stage1.make_stacked_train_step(c, sparts.model, sparts.tx, sparts.schedule, N_TRAIN,
                                         model_mesh)
-  return one, _time(step, state, (stacked.images, stacked.is_anomaly), _STEPS.value)
+  return one, rows.timed_step(step, state, (stacked.images, stacked.is_anomaly), _STEPS.value)
 
 
 def _detector_inputs(c, n, seed):
@@ -116,15 +102,15 @@ def _stage2(c, k, mesh, model_mesh):
   maps = {s: jax.device_put(sharding.pad_to_multiple(m, mesh.devices.size), spec)
           for s, m in inputs[0].items()}
   flags_one = jax.device_put(sharding.pad_to_multiple(flags_, mesh.devices.size), spec)
-  one = _time(stage2.make_train_step(c, detector, tx, schedule, N_TRAIN, mesh),
-              stage2.init_state(c, detector, tx, inputs[0], mesh), (maps, flags_one),
-              _STEPS.value)
+  one = rows.timed_step(stage2.make_train_step(c, detector, tx, schedule, N_TRAIN, mesh),
+                        stage2.init_state(c, detector, tx, inputs[0], mesh), (maps, flags_one),
+                        _STEPS.value)
   del maps
   stacked = {s: device.stack_rows([x[s] for x in inputs], model_mesh) for s in inputs[0]}
   state = stage2.init_members([c] * k, detector, tx, inputs, model_mesh)
   step = stage2.make_stacked_train_step(c, detector, tx, schedule, N_TRAIN, model_mesh)
-  return one, _time(step, state, (stacked, device.stack_rows([flags_] * k, model_mesh)),
-                    _STEPS.value)
+  return one, rows.timed_step(
+      step, state, (stacked, device.stack_rows([flags_] * k, model_mesh)), _STEPS.value)
 
 
 def _evaluation(c, k, mesh, model_mesh, test):

@@ -28,7 +28,8 @@ import traceback
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import step_cost  # noqa: E402  (experiments/step_cost.py, beside this script)
+import rows  # noqa: E402  (experiments/rows.py and step_cost.py, beside this script)
+import step_cost  # noqa: E402
 
 _OUT = flags.DEFINE_string("out_dir", None, "directory for the JSON results", required=True)
 _TINY = flags.DEFINE_bool("tiny", False, "smoke sizes everywhere: the CPU mode")
@@ -51,21 +52,6 @@ def peak_flops(device_kind: str, dtype: str) -> float | None:
     if kind in device_kind:
       return peaks[dtype]
   return None
-
-
-def _timed(step, state, data, steps: int) -> tuple[float, float]:
-  """(seconds of the first, compiling call, seconds per call after it)."""
-  import jax  # pylint: disable=g-import-not-at-top
-
-  t = time.time()
-  state, logged = step(state, *data)
-  jax.block_until_ready(logged)
-  first = time.time() - t
-  t = time.time()
-  for _ in range(steps):
-    state, logged = step(state, *data)
-  jax.block_until_ready(logged)
-  return first, (time.time() - t) / steps
 
 
 def smoke(out: str, dtype: str) -> dict:
@@ -108,8 +94,8 @@ def stage1_step(config, classes: int, steps: int) -> dict:
   mesh = sharding.make_mesh(1)
   parts = stage1.components(config, n, (size, size, 3), mesh)
   data = device.put_on_device(images, flags_, mesh)
-  first, per = _timed(parts.step_fn, parts.init_fn(jax.random.PRNGKey(0)),
-                      (data.images, data.is_anomaly), steps)
+  first, per = rows.timed_step(parts.step_fn, parts.init_fn(jax.random.PRNGKey(0)),
+                               (data.images, data.is_anomaly), steps)
   del data
   model_mesh = sharding.make_model_mesh(1, 1)
   sparts = stage1.components(config, n, (size, size, 3), model_mesh)
@@ -118,7 +104,7 @@ def stage1_step(config, classes: int, steps: int) -> dict:
   stacked = device.put_stacked([images] * classes, [flags_] * classes, model_mesh)
   step = stage1.make_stacked_train_step(config, sparts.model, sparts.tx, sparts.schedule, n,
                                         model_mesh)
-  s_first, s_per = _timed(step, state, (stacked.images, stacked.is_anomaly), steps)
+  s_first, s_per = rows.timed_step(step, state, (stacked.images, stacked.is_anomaly), steps)
   views = stage1.views_per_step(config)
   flops = step_cost.step_cost(config, 1, n)["flops_per_step"]
   kind = jax.devices()[0].device_kind
@@ -153,9 +139,9 @@ def stage2_step(config, steps: int) -> dict:
   spec = sharding.data_sharding(mesh)
   maps = {s: jax.device_put(m, spec) for s, m in inputs.items()}
   flags_ = jax.device_put(np.zeros(n, bool), spec)
-  first, per = _timed(stage2.make_train_step(config, detector, tx, schedule, n, mesh),
-                      stage2.init_state(config, detector, tx, inputs, mesh), (maps, flags_),
-                      steps)
+  first, per = rows.timed_step(stage2.make_train_step(config, detector, tx, schedule, n, mesh),
+                               stage2.init_state(config, detector, tx, inputs, mesh),
+                               (maps, flags_), steps)
   return {"detectors": len(inputs), "batch": config.stage2.batch_size,
           "compile_s": round(first, 1), "ms_per_step": round(1e3 * per, 2),
           "maps_per_s": round(config.stage2.batch_size / per, 1)}
