@@ -53,23 +53,30 @@ def prepare(workdir: str | os.PathLike, *, read_only_ok: bool = False) -> str:
     raise WorkdirError(f"workdir {path} is a file, not a directory: choose another --workdir")
   try:
     os.makedirs(path, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path, prefix=".write_test_"):
-      pass
   except OSError as e:
+    error = e
+  else:
+    error = _write_error(path)
+  if error is not None:
     if read_only_ok and os.path.isfile(os.path.join(path, "results.json")):
       return path
-    raise WorkdirError(f"workdir {path} cannot be written ({e.strerror or e}): choose a "
-                       "directory you can write") from None
+    raise WorkdirError(f"workdir {path} cannot be written ({error.strerror or error}): "
+                       "choose a directory you can write")
   return path
+
+
+def _write_error(directory: str) -> OSError | None:
+  """Why no file can be created in the (existing) directory, or None when one can."""
+  try:
+    with tempfile.NamedTemporaryFile(dir=directory, prefix=".write_test_"):
+      return None
+  except OSError as e:
+    return e
 
 
 def writable(workdir: str) -> bool:
   """Whether files can be created in the (existing) workdir."""
-  try:
-    with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_test_"):
-      return True
-  except OSError:
-    return False
+  return _write_error(workdir) is None
 
 
 LOCK_FILE = ".lock"
@@ -87,10 +94,8 @@ def locked(workdir: str) -> Iterator[None]:
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-      with open(path) as f:
-        holder = f.read().strip() or "another process"
-      raise WorkdirError(f"workdir {workdir} is in use by another run ({holder}): wait for "
-                         "it to finish, stop it, or choose another --workdir") from None
+      raise WorkdirError(f"workdir {workdir} is in use by another run ({_holder(path)}): "
+                         "wait for it to finish, stop it, or choose another --workdir") from None
     os.ftruncate(fd, 0)
     since = datetime.datetime.now().isoformat(timespec="seconds")
     os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {since}\n".encode())
@@ -110,11 +115,16 @@ def lock_holder(workdir: str) -> str | None:
   try:
     fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
   except OSError:
-    with open(path) as f:
-      return f.read().strip() or "another process"
+    return _holder(path)
   finally:
     os.close(fd)
   return None
+
+
+def _holder(lock_path: str) -> str:
+  """What the holder of a lock file wrote into it (`locked`)."""
+  with open(lock_path) as f:
+    return f.read().strip() or "another process"
 
 
 def write_json(path: str, record: Any) -> None:
