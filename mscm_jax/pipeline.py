@@ -113,8 +113,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
 
 def _run(config, workdir, split, discard_stale, stage1_from,
          read_only: bool = False) -> dict[str, Any]:
-  for line in config_lib.ignored_fields(config):
-    logging.warning("%s", line)
+  _warn_ignored(config)
   # A config that differs from a recorded stage is refused before any data is decoded.
   workdir_lib.check(workdir, identity.plan(config), discard_stale=discard_stale,
                     config_only=True)
@@ -123,10 +122,7 @@ def _run(config, workdir, split, discard_stale, stage1_from,
   t = time.time()
   dataset = config.dataset.name if split is None else "arrays"
   split = load_split(config) if split is None else split
-  n_normal = int((~split.train_is_anomaly).sum())
-  if config.evaluate.knn_k > n_normal:
-    logging.warning("evaluate.knn_k=%d is more than the %d normal training images: the "
-                    "k-NN scores use k=%d", config.evaluate.knn_k, n_normal, n_normal)
+  _warn_clamped(config, split)
   r = _check(config, workdir, split, dataset, discard_stale, stage1_from)
   if read_only and (r.stale or r.source or config.stop_after or workdir_lib.finished_results(
       workdir, r.plan["evaluation"]) is None):
@@ -177,8 +173,23 @@ def _locked(workdirs: list[str]) -> Iterator[None]:
     yield
 
 
+def _warn_ignored(config: ml_collections.ConfigDict) -> None:
+  """One warning line for each field this run ignores (`config.ignored_fields`)."""
+  for line in config_lib.ignored_fields(config):
+    logging.warning("%s", line)
+
+
+def _warn_clamped(config: ml_collections.ConfigDict, split: protocols.ADSplit) -> None:
+  """A warning when the k-NN scores' k exceeds the normal training images (clamped)."""
+  n_normal = int((~split.train_is_anomaly).sum())
+  if config.evaluate.knn_k > n_normal:
+    logging.warning("evaluate.knn_k=%d is more than the %d normal training images: the "
+                    "k-NN scores use k=%d", config.evaluate.knn_k, n_normal, n_normal)
+
+
 def _run_classes(config, names, chosen, configs, workdirs, discard_stale
                  ) -> dict[str, dict[str, Any]]:
+  _warn_ignored(config)  # the members differ in class and seed only: the same fields
   for c, w in zip(configs, workdirs, strict=True):
     workdir_lib.check(w, identity.plan(c), discard_stale=discard_stale, config_only=True)
   mesh = sharding.make_mesh(config.train.num_devices)
@@ -190,6 +201,8 @@ def _run_classes(config, names, chosen, configs, workdirs, discard_stale
   train, test = sources.load_splits(config.dataset)  # decoded once for every class
   runs = [_check(c, w, protocols.make_split(c, train, test), config.dataset.name,
                  discard_stale, None) for c, w in zip(configs, workdirs, strict=True)]
+  for r in runs:
+    _warn_clamped(r.config, r.split)
   distributed.sync("workdirs checked")
   todo = []
   for r in runs:
