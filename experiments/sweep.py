@@ -39,6 +39,7 @@ import contextlib
 import csv
 import ctypes
 import dataclasses
+import functools
 import glob
 import io
 import json
@@ -391,7 +392,7 @@ def _log(root: str, cell: str, n: int) -> str:
   return os.path.join(_meta(root, cell), f"attempt{n}.log")
 
 
-def _die_with_worker() -> None:
+def _die_with_worker(worker_pid: int) -> None:
   """In the child, before `main` starts: SIGTERM when the worker that started it dies
   (Linux `prctl(PR_SET_PDEATHSIG)`), so that a killed worker leaves no run going on
   unsupervised; on SIGTERM the run saves and exits 75, and the cell's next worker resumes
@@ -400,7 +401,9 @@ def _die_with_worker() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
   except (OSError, AttributeError):
     return
-  if os.getppid() == 1:  # the worker died before the prctl: nobody supervises this run
+  # The worker died before the prctl (the child went to init or a subreaper): nobody
+  # supervises this run.
+  if os.getppid() != worker_pid:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
@@ -442,7 +445,7 @@ def run_cells(root: str, claimed: Sequence[tuple[Cell, int]], stale_after: float
     _wait_for_orphans(root, [c for c, _ in claimed], echo)
     proc = subprocess.Popen([sys.executable, "-m", "mscm_jax.main", *cmd], cwd=REPO,
                             stdout=out, stderr=subprocess.STDOUT,
-                            preexec_fn=_die_with_worker)
+                            preexec_fn=functools.partial(_die_with_worker, os.getpid()))
     child["proc"] = proc
     rc = proc.wait()
     child["proc"] = None
