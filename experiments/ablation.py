@@ -1,7 +1,7 @@
 r"""Evaluation-time ablation: stage-2 and read-out variants on finished stage-1 runs.
 
 Training-time knobs (memory.mode / memory.train, the alignment term) need their own
-stage-1 runs: experiments/sweep.py trains them into ROOT/<class>.oneclass.s<seed>.<variant>
+stage-1 runs: mscm_jax/sweep.py trains them into ROOT/<class>.oneclass.s<seed>.<variant>
 (the commands are in results/ablation.md; older roots named runs <variant>_c<class>_s<seed>).
 This script then evaluates every finished stage-1 workdir under ROOT with each
 evaluation-time variant (retrieval sharpness: top-k; unit-sphere vs Euclidean maps): the
@@ -52,7 +52,7 @@ VARIANTS = {
     # the same detector on f alone: what the memory's read-out r adds to it
     "rotated_feature": {"stage2.rotated_anomalies": True, "stage2.deviation": "feature"},
 }
-# A sweep cell (experiments/sweep.py), or the older <variant>_c<class index>_s<seed>.
+# A sweep cell (mscm_jax/sweep.py), or the older <variant>_c<class index>_s<seed>.
 RUN = re.compile(r"^(?:(?P<name>[^.]+)\.oneclass\.s(?P<sseed>\d+)\.(?P<strain>[A-Za-z0-9_-]+)"
                  r"|(?P<train>[a-z0-9]+)_c(?P<cls>\d+)_s(?P<seed>\d+))$")
 CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",

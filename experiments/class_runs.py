@@ -1,14 +1,14 @@
-r"""Per-run tables of a sweep root (experiments/sweep.py runs the cells).
+r"""Per-run tables of a sweep root (mscm_jax/sweep.py runs the cells).
 
 For every ROOT/<cell>/results.json, on the validation split (`--split=test` for the final
 numbers): each score's AUROC with the stage-1 k-NN probe of the
 trained and of the untrained network and the seconds per stage; every score (per scale
 and per detector too), one column per run; the AUROC of the training-free `deviation`
 over every subset of scales, and of `mscm` without each of its detectors in turn (from
-scores.npz and the spreads in results.json, combined as the pipeline does). `sweep.py`
-aggregates over seeds; this is the detail behind it.
+scores.npz and the spreads in results.json, combined as the pipeline does).
+`python -m mscm_jax.sweep` aggregates over seeds; this is the detail behind it.
 
-  TFDS_DATA_DIR=../shared/tfds python experiments/sweep.py --root=/work/lc \
+  TFDS_DATA_DIR=../shared/tfds python -m mscm_jax.sweep --root=/work/lc \
       --config=configs/cifar10_oneclass.py:cpu --classes=0,1,3 --seeds=0,1
   python experiments/class_runs.py --root=/work/lc
 """

@@ -1,4 +1,4 @@
-"""experiments/sweep.py: the grid, atomic claims, resumable workers, the aggregated table."""
+"""mscm_jax.sweep: the grid, atomic claims, resumable workers, the aggregated table."""
 
 import json
 import os
@@ -9,14 +9,13 @@ import time
 
 import pytest
 
-from conftest import load_experiment, write_folder_tree
+from conftest import write_folder_tree
 
+from mscm_jax import sweep
 from mscm_jax.names import PROBE_KEYS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-sweep = load_experiment("sweep")
 
 
 def test_settings_parse_and_name_cells():
@@ -235,7 +234,7 @@ def test_export_keeps_what_rebuilds_the_table_and_adds_to_it(tmp_path):
   _fake_cell(later, "b", 0, aurocs={"mscm": 0.8})
   sweep.export(str(later), str(dest))
   assert "| **mean of all 2 classes** | | 0.700 |" in sweep.tables(str(dest))[0]
-  r = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "sweep.py"),
+  r = subprocess.run([sys.executable, "-m", "mscm_jax.sweep",
                       f"--root={root}", "--table", f"--export={root}"], cwd=ROOT,
                      capture_output=True, text=True, timeout=120)
   assert r.returncode == 2 and r.stderr.strip() == (
@@ -243,7 +242,7 @@ def test_export_keeps_what_rebuilds_the_table_and_adds_to_it(tmp_path):
 
 
 def _sweep_cmd(root, tree, worker):
-  return [sys.executable, os.path.join(ROOT, "experiments", "sweep.py"), f"--root={root}",
+  return [sys.executable, "-m", "mscm_jax.sweep", f"--root={root}",
           "--config=configs/folder_oneclass.py:smoke", "--classes=c0,c1", "--seeds=0,1",
           f"--worker={worker}", "--set", f"dataset.data_dir={tree}", "dataset.image_size=16",
           "memory.scales=('res3','pooled')", "train.epochs=1", "stage2.epochs=1",
@@ -275,7 +274,7 @@ def test_two_workers_split_a_grid_and_a_rerun_skips_it(tmp_path):
   assert "| c0 | 0,1 |" in md and "| c1 | 0,1 |" in md
   assert "**mean of all 2 classes**" in md
   again = subprocess.run(_sweep_cmd(root, tmp_path / "tree", "w2"), cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=300)
   assert again.returncode == 0, again.stderr
   assert "ran 0, skipped 4, held 0, failed 0" in again.stdout
   assert sum(len(sweep.attempts(str(root), c)) for c in cells) == 4  # nothing claimed anew
@@ -318,7 +317,7 @@ def test_stacked_sweep_runs_a_group_as_one_program_in_the_cells_workdirs(tmp_pat
 
 
 def test_bad_grid_is_one_line(tmp_path, folder_tree):
-  r = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "sweep.py"),
+  r = subprocess.run([sys.executable, "-m", "mscm_jax.sweep",
                       f"--root={tmp_path}", "--config=configs/folder_oneclass.py:smoke",
                       "--classes=durian", "--set", f"dataset.data_dir={folder_tree}"],
                      cwd=ROOT, capture_output=True, text=True, timeout=120)

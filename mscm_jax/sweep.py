@@ -1,10 +1,10 @@
 r"""A grid of whole runs: classes x settings x seeds x variants, one workdir per cell.
 
-  TFDS_DATA_DIR=../shared/tfds python experiments/sweep.py --root=/work/sweeps/oc \
+  python -m mscm_jax.sweep --root=sweeps/oc \
       --config=configs/cifar10_oneclass.py:cpu --classes=airplane,cat --seeds=0,1 \
       --settings=oneclass,unbalanced:0.05,unbalanced:0.05:bird+frog \
       [--variant codebook memory.train=codebook] [--set train.epochs=30]
-  python experiments/sweep.py --root=/work/sweeps/oc --table   # aggregate only
+  python -m mscm_jax.sweep --root=sweeps/oc --table   # aggregate only
   ... --table --export=experiments/results/oc   # keep the results of a grid, not its runs
   ... --stack   # the classes of a (setting, seed, variant) as one program (stack.classes)
 
@@ -762,7 +762,8 @@ def _variants(items: list[list[str]] | None) -> dict[str, list[str]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p = argparse.ArgumentParser(prog="python -m mscm_jax.sweep",
+                              description=__doc__.split("\n\n")[0])
   p.add_argument("--root", required=True, help="one workdir per cell lives here")
   p.add_argument("--config", help="configs/<family>.py[:preset], as for mscm_jax.main")
   p.add_argument("--classes", default="", help="names or indices, comma-separated; "
