@@ -29,7 +29,6 @@ def test_the_four_families_exist():
 def test_every_config_and_preset_validates(path, preset):
   module = _load(path)
   assert "python -m mscm_jax.main" in module.__doc__  # each config states its command
-  assert "Expected result" in module.__doc__
   c = config_lib.validate(module.get_config(preset))
   for field in ("dataset.name", "dataset.data_dir", "dataset.normal_class", "setting",
                 "anomaly_ratio", "anomaly_classes", "seed", "model.widths", "memory.mode",
