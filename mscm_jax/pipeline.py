@@ -399,9 +399,11 @@ def _evaluated(r: _Run, out: dict[str, Any], t: float) -> dict[str, Any]:
                                      split.class_names)}
   if config.evaluate.report and writer:
     from mscm_jax import report  # pylint: disable=g-import-not-at-top
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
     paths = report.write_report(os.path.join(workdir, "report"), out["scores"],
                                 split.test_is_anomaly, split.test_images, out["maps"],
-                                rank_by="mscm")
+                                rank_by="mscm",
+                                metrics_path=metrics_path if os.path.exists(metrics_path) else None)
     summary["report"] = sorted(os.path.relpath(p, workdir) for p in paths)
   r.seconds["evaluation"] = time.time() - t
   summary["seconds"] = {k: round(v, 1) for k, v in r.seconds.items()}

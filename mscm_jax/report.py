@@ -1,132 +1,35 @@
-"""Pictures to look at after an anomaly-detection run: ROC curves, score histograms, heat maps.
+"""Figures of a run: ROC curves, score histograms, deviation heat maps, the learning curve.
 
-A metric says how well a score separates the classes; these show how, and where in an image
-a score fires. Drawn with Pillow only, which keeps plotting libraries out of the package.
+A metric says how well a score separates the classes; these show how, where in an image a
+score fires, and how training went. Each `*_figure` function returns a matplotlib `Figure`
+to restyle or reuse; `write_report` saves a run's set as PNGs. Figures are built without
+pyplot, so no GUI backend or global figure state is involved.
 """
 
 from __future__ import annotations
 
 import colorsys
-import functools
+import json
 import os
 import re
+from collections.abc import Iterable
+from typing import Any
 
+import matplotlib
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from matplotlib.figure import Figure
 
 from mscm_jax import metrics
 from mscm_jax.names import HEADLINE
 
-__all__ = ["write_report"]
+__all__ = ["heatmap_figure", "histogram_figure", "learning_curve_figure", "read_metrics",
+           "roc_figure", "write_report"]
 
-_W, _H = 640, 480
-_BOX = (76, 44, _W - 36, _H - 60)  # plot area in pixels: left, top, right, bottom
-_BLUE, _ORANGE, _GREY = (31, 119, 180), (255, 127, 14), (150, 150, 150)
-# Tableau's 20 colours: the strong ten, then their light partners.
-_PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-            (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
-            (174, 199, 232), (255, 187, 120), (152, 223, 138), (255, 152, 150),
-            (197, 176, 213), (196, 156, 148), (247, 182, 210), (199, 199, 199),
-            (219, 219, 141), (158, 218, 229)]
-_RAMP = np.array([[40, 60, 220], [255, 230, 0], [220, 20, 20]], np.float64)  # low, mid, high
-_TILE = 96  # heat-map tile side in pixels
-
-
-@functools.cache
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-  """Pillow's default font at `size`, or its fixed bitmap font without FreeType."""
-  try:
-    return ImageFont.load_default(size=size)
-  except (TypeError, OSError, ImportError, AttributeError):
-    return ImageFont.load_default()
-
-
-def _text(draw: ImageDraw.ImageDraw, xy: tuple[float, float], s: str, size: int = 13,
-          align: str = "c") -> None:
-  """Draws `s` vertically centred at xy, centred or "l"/"r" aligned (works for bitmap fonts)."""
-  font = _font(size)
-  left, top, right, bottom = draw.textbbox((0, 0), s, font=font)
-  x = xy[0] - {"l": left, "c": (left + right) / 2, "r": right}[align]
-  draw.text((x, xy[1] - (top + bottom) / 2), s, fill=(0, 0, 0), font=font)
-
-
-def _num(v: float, digits: int = 3) -> str:
-  """`digits` significant digits, written out (4000, not 4e+03) unless very large or small."""
-  if v == 0 or 1e-3 <= abs(v) < 1e6:
-    return np.format_float_positional(v + 0.0, precision=digits, fractional=False, trim="-")
-  return f"{v:.{digits}g}"
-
-
-def _fmt(values: np.ndarray) -> list[str]:
-  """Tick labels with 3 significant digits, more only where 3 would repeat a label."""
-  for digits in range(3, 12):
-    labels = [_num(v, digits) for v in values]
-    if len(set(labels)) == len(labels):
-      break
-  return labels
-
-
-def _ticks(lo: float, hi: float, n: int = 6) -> np.ndarray:
-  """At most about n round-number ticks (1, 2 or 5 times a power of ten) within [lo, hi]."""
-  step = 10.0 ** np.floor(np.log10((hi - lo) / n))
-  step *= next(m for m in (1, 2, 5, 10) if (hi - lo) / (step * m) <= n)
-  return np.arange(np.ceil(lo / step - 1e-9) * step, hi + step * 1e-9, step) + 0.0
-
-
-class _Plot:
-  """A white canvas with one plot box mapping data coordinates to pixels."""
-
-  def __init__(self, title: str, xlabel: str, ylabel: str, xlim: tuple[float, float],
-               ylim: tuple[float, float]) -> None:
-    self.im = Image.new("RGB", (_W, _H), "white")
-    self.draw = ImageDraw.Draw(self.im, "RGBA")  # RGBA, so translucent fills blend
-    self.xlim, self.ylim = xlim, ylim
-    left, top, right, bottom = _BOX
-    _text(self.draw, (_W / 2, 20), title, 16)
-    _text(self.draw, ((left + right) / 2, _H - 18), xlabel)
-    font = _font(13)  # the y title: drawn level, then turned
-    x0, y0, x1, y1 = font.getbbox(ylabel)
-    label = Image.new("RGBA", (int(x1 - x0) + 2, int(y1 - y0) + 2), (255, 255, 255, 0))
-    ImageDraw.Draw(label).text((1 - x0, 1 - y0), ylabel, fill=(0, 0, 0, 255), font=font)
-    label = label.rotate(90, expand=True)
-    self.im.paste(label, (18 - label.width // 2, (top + bottom - label.height) // 2), label)
-
-  def px(self, x: float, y: float) -> tuple[float, float]:
-    left, top, right, bottom = _BOX
-    (x0, x1), (y0, y1) = self.xlim, self.ylim
-    return (left + (x - x0) / (x1 - x0) * (right - left),
-            bottom - (y - y0) / (y1 - y0) * (bottom - top))
-
-  def axes(self, xticks: np.ndarray, yticks: np.ndarray) -> None:
-    """Grid, ticks, tick labels and the frame; drawn first so data lies on top."""
-    left, top, right, bottom = _BOX
-    for v, s in zip(xticks, _fmt(xticks), strict=True):
-      x = self.px(v, 0)[0]
-      self.draw.line([(x, top), (x, bottom)], fill=(232, 232, 232))
-      self.draw.line([(x, bottom), (x, bottom + 5)], fill="black")
-      _text(self.draw, (x, bottom + 16), s, 12)
-    for v, s in zip(yticks, _fmt(yticks), strict=True):
-      y = self.px(0, v)[1]
-      self.draw.line([(left, y), (right, y)], fill=(232, 232, 232))
-      self.draw.line([(left - 5, y), (left, y)], fill="black")
-      _text(self.draw, (left - 8, y), s, 12, align="r")
-    self.draw.rectangle(_BOX, outline="black")
-
-  def line(self, xs: np.ndarray, ys: np.ndarray, colour: tuple[int, ...], width: int = 2) -> None:
-    self.draw.line([self.px(x, y) for x, y in zip(xs, ys, strict=True)], fill=colour,
-                   width=width, joint="curve")
-
-  def legend(self, entries: list[tuple[str, tuple[int, ...]]], corner: str) -> None:
-    """A boxed legend in the plot's bottom-right ("br") or top-right ("tr") corner."""
-    left, top, right, bottom = _BOX
-    w = 40 + max(self.draw.textlength(s, font=_font(12)) for s, _ in entries)
-    h = 8 + 20 * len(entries)
-    x0, y0 = right - w - 10, (bottom - h - 10 if corner == "br" else top + 10)
-    self.draw.rectangle([x0, y0, x0 + w, y0 + h], fill=(255, 255, 255, 230), outline=_GREY)
-    for i, (s, colour) in enumerate(entries):
-      yc = y0 + 14 + 20 * i
-      self.draw.line([(x0 + 8, yc), (x0 + 28, yc)], fill=colour, width=3)
-      _text(self.draw, (x0 + 34, yc), s, 12, align="l")
+_NORMAL, _ANOMALY = "tab:blue", "tab:orange"
+_MARGINS = {"left": 0.11, "right": 0.97, "bottom": 0.11, "top": 0.93}
+# Logged values that are not loss terms: drawn elsewhere or not at all.
+_NOT_LOSS = re.compile(r"^(stage|step|time|epoch|grad_norm|learning_rate|views_per_second|"
+                       r"maps_per_second|memory_entropy_.*|proto_std_.*|validation_.*)$")
 
 
 def _roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -143,67 +46,70 @@ def _roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.n
   return fp / fp[-1], tp / tp[-1]
 
 
-def _roc_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], aucs: dict[str, float],
-              title: str, legend: bool) -> Image.Image:
-  plot = _Plot(title, "false positive rate (normals flagged)",
-               "true positive rate (anomalies caught)", (0, 1), (0, 1))
-  ticks = np.linspace(0, 1, 6)
-  plot.axes(ticks, ticks)
-  dashes = np.linspace(0, 1, 81)  # the chance line, dashed
-  for a, b in zip(dashes[0::2], dashes[1::2], strict=False):
-    plot.line([a, b], [a, b], _GREY, width=1)
-  order = headline_first(list(curves))
-  colours = dict(zip(order, distinct_colours(len(order)), strict=True))
-  for name in reversed(order):  # the headline scores drawn last, on top, and bolder
-    plot.line(*curves[name], colours[name], width=3 if name in HEADLINE else 2)
-  if legend:
-    plot.legend([(f"{k} ({aucs[k]:.3f})", colours[k]) for k in order], "br")
-  return plot.im
-
-
 def headline_first(names: list[str]) -> list[str]:
   """The headline scores in their order, then the rest in theirs."""
   return [n for n in HEADLINE if n in names] + [n for n in names if n not in HEADLINE]
 
 
-def distinct_colours(n: int) -> list[tuple[int, int, int]]:
-  """n different colours: the 20 of the palette, then hues spread around the wheel."""
-  out = list(_PALETTE[:n])
+def distinct_colours(n: int) -> list[tuple[float, float, float]]:
+  """n different RGB colours in [0, 1]: tab20's, then hues spread around the wheel."""
+  tab20 = matplotlib.colormaps["tab20"].colors  # strong ten first, then their light partners
+  out = [tuple(c) for c in (tab20[0::2] + tab20[1::2])[:n]]
   for i in range(n - len(out)):
     hue = (i * 0.618034) % 1.0  # golden-ratio steps keep neighbours far apart
-    value = 0.55 if i % 2 else 0.8
-    rgb = tuple(int(round(255 * c)) for c in colorsys.hsv_to_rgb(hue, 0.9, value))
+    rgb = colorsys.hsv_to_rgb(hue, 0.9, 0.55 if i % 2 else 0.8)
     while rgb in out:  # never a repeat, however many scores
-      rgb = (rgb[0], rgb[1], (rgb[2] + 1) % 256)
+      rgb = (rgb[0], rgb[1], (rgb[2] + 1 / 256) % 1.0)
     out.append(rgb)
   return out
 
 
-def _hist_plot(name: str, s: np.ndarray, y: np.ndarray, auc: float) -> Image.Image:
+def roc_figure(scores: dict[str, np.ndarray], is_anomaly: np.ndarray,
+               title: str | None = None) -> Figure:
+  """ROC curves of every score on one axes, headline scores first in the legend and on top."""
+  y = np.asarray(is_anomaly).astype(bool)
+  fig = Figure(figsize=(6.4, 4.8))
+  fig.subplots_adjust(**_MARGINS)  # fixed margins: a layout engine costs 4x the drawing
+  ax = fig.add_subplot()
+  ax.plot([0, 1], [0, 1], ls="--", lw=1, color="0.6")
+  order = headline_first(list(scores))
+  colours = dict(zip(order, distinct_colours(len(order)), strict=True))
+  for z, name in enumerate(reversed(order)):  # the headline scores drawn last, on top
+    fpr, tpr = _roc_curve(scores[name], y)
+    auc = metrics.auroc(np.asarray(scores[name], np.float64), y)
+    ax.plot(fpr, tpr, color=colours[name], lw=2.5 if name in HEADLINE else 1.5,
+            label=f"{name} ({auc:.3f})", zorder=2 + z)
+  if len(order) > 1:
+    handles, labels = ax.get_legend_handles_labels()
+    ax.legend(handles[::-1], labels[::-1], loc="lower right", fontsize="small").set_zorder(99)
+  ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="false positive rate (normals flagged)",
+         ylabel="true positive rate (anomalies caught)")
+  if title is None and len(order) == 1:
+    title = f"{order[0]}: AUROC {metrics.auroc(np.asarray(scores[order[0]]), y):.3f}"
+  ax.set_title(title or "ROC")
+  ax.grid(alpha=0.3)
+  return fig
+
+
+def histogram_figure(name: str, score: np.ndarray, is_anomaly: np.ndarray) -> Figure:
   """Class-wise score densities on shared bins; outliers beyond 0.5/99.5% join the end bins."""
+  s, y = np.asarray(score, np.float64), np.asarray(is_anomaly).astype(bool)
   lo, hi = np.quantile(s, [0.005, 0.995])
   if hi - lo <= 1e-12 * max(1.0, abs(lo)):
     lo, hi = lo - 0.5, hi + 0.5
   edges = np.linspace(lo, hi, 41)
-  clipped = np.clip(s, lo, hi)
-  dens = [np.histogram(clipped[m], edges, density=True)[0] for m in (~y, y)]
-  ymax = 1.1 * max(d.max() for d in dens)
-  plot = _Plot(f"{name}: scores by class (AUROC {auc:.3f})", "score", "density",
-               (lo, hi), (0, ymax))
-  plot.axes(_ticks(lo, hi), _ticks(0, ymax, 5))
-  for d, colour in zip(dens, (_BLUE, _ORANGE), strict=True):
-    for e0, e1, v in zip(edges[:-1], edges[1:], d, strict=True):
-      if v > 0:
-        plot.draw.rectangle([plot.px(e0, v), plot.px(e1, 0)], fill=(*colour, 70))
-    plot.line(np.repeat(edges, 2), np.r_[0, np.repeat(d, 2), 0], colour)
-  n_a = int(y.sum())
-  plot.legend([(f"normal (n={y.size - n_a})", _BLUE), (f"anomaly (n={n_a})", _ORANGE)], "tr")
-  return plot.im
-
-
-def _colours(t: np.ndarray) -> np.ndarray:
-  """Blue -> yellow -> red for t in [0, 1], as float RGB in [0, 255], shape t.shape + (3,)."""
-  return np.stack([np.interp(t, [0, 0.5, 1], _RAMP[:, c]) for c in range(3)], axis=-1)
+  fig = Figure(figsize=(6.4, 4.8))
+  fig.subplots_adjust(**_MARGINS)
+  ax = fig.add_subplot()
+  for mask, colour, label in ((~y, _NORMAL, "normal"), (y, _ANOMALY, "anomaly")):
+    density = np.histogram(np.clip(s[mask], lo, hi), edges, density=True)[0]
+    ax.stairs(density, edges, fill=True, color=colour, alpha=0.3)
+    ax.stairs(density, edges, color=colour, lw=2, label=f"{label} (n={int(mask.sum())})")
+  ax.set(xlabel="score", ylabel="density",
+         title=f"{name}: scores by class (AUROC {metrics.auroc(s, y):.3f})")
+  ax.legend(loc="upper right")
+  ax.grid(alpha=0.3)
+  return fig
 
 
 def _select(score: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -213,41 +119,89 @@ def _select(score: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
   return order[:k], order[::-1][:k]
 
 
-def _tile(image: np.ndarray, dmap: np.ndarray, vmin: float, vmax: float) -> Image.Image:
-  """The image (nearest) under its map (bilinear), both at tile size, blended 50/50."""
-  if np.issubdtype(image.dtype, np.floating):
-    image = np.clip(image, 0, 1) * 255 + 0.5
-  image = np.clip(image, 0, 255).astype(np.uint8)
-  base = np.asarray(Image.fromarray(image).resize((_TILE, _TILE), Image.NEAREST))
-  up = np.asarray(Image.fromarray(dmap.astype(np.float32)).resize((_TILE, _TILE), Image.BILINEAR))
-  t = np.clip((up - vmin) / (vmax - vmin), 0, 1) if vmax > vmin else np.full(up.shape, 0.5)
-  return Image.fromarray((0.5 * base + 0.5 * _colours(t) + 0.5).astype(np.uint8))
-
-
-def _heatmap_plot(images: np.ndarray, dmaps: np.ndarray, score: np.ndarray, y: np.ndarray,
-                  rows: tuple[np.ndarray, np.ndarray], title: str) -> Image.Image:
-  """Most (top row) and least anomalous images, tinted by one colour range for all tiles."""
-  dmaps = np.asarray(dmaps, np.float64).reshape(np.shape(dmaps)[:3])  # drop a channel of 1
-  vmin, vmax = np.percentile(dmaps[np.concatenate(rows)], [1, 99])
-  step, pad = _TILE + 8, 12
-  w = max(2 * pad + len(rows[0]) * step - 8, 480)
-  im = Image.new("RGB", (w, 40 + 2 * (_TILE + 40) + 44), "white")
-  draw = ImageDraw.Draw(im)
-  _text(draw, (w / 2, 18), title, 15)
-  y0 = 40
-  for label, idx in zip(("most anomalous", "least anomalous"), rows, strict=True):
-    _text(draw, (pad, y0 + 10), label, 13, align="l")
+def heatmap_figure(images: np.ndarray, dmaps: np.ndarray, score: np.ndarray,
+                   is_anomaly: np.ndarray, num_examples: int = 8,
+                   title: str = "deviation maps") -> Figure:
+  """The most (top row) and least anomalous images by `score`, each under its deviation map
+  (bilinear, one colour range for every tile: the 1st-99th percentile of the shown maps)."""
+  rows = _select(score, max(1, num_examples))
+  shown_idx = np.concatenate(rows)
+  dmaps = np.asarray(dmaps)[shown_idx]  # only the shown tiles are converted
+  dmaps = np.asarray(dmaps, np.float64).reshape(dmaps.shape[:3])  # drop a channel of 1
+  images = np.asarray(images)[shown_idx]
+  if np.issubdtype(images.dtype, np.integer):
+    images = images / 255.0
+  images = np.clip(images, 0, 1)
+  at = {i: k for k, i in enumerate(shown_idx)}
+  vmin, vmax = np.percentile(dmaps, [1, 99])
+  if vmax <= vmin:
+    vmin, vmax = vmin - 0.5, vmax + 0.5
+  y = np.asarray(is_anomaly).astype(bool)
+  n = len(rows[0])
+  fig = Figure(figsize=(max(1.3 * n, 5.0) + 1.0, 3.6))
+  fig.subplots_adjust(left=0.05, right=0.86, bottom=0.08, top=0.86, wspace=0.08, hspace=0.35)
+  axes = fig.subplots(2, n, squeeze=False)
+  h, w = images.shape[1:3]
+  for r, (label, idx) in enumerate(zip(("most anomalous", "least anomalous"), rows,
+                                       strict=True)):
     for j, i in enumerate(idx):
-      x = pad + j * step
-      im.paste(_tile(images[i], dmaps[i], vmin, vmax), (x, y0 + 20))
-      _text(draw, (x + _TILE / 2, y0 + _TILE + 30), f"{_num(score[i])} {'A' if y[i] else 'N'}", 11)
-    y0 += _TILE + 40
-  bar = _colours(np.linspace(0, 1, 200))[None].repeat(12, 0).astype(np.uint8)
-  im.paste(Image.fromarray(bar), (pad + 70, y0 + 8))
-  _text(draw, (pad + 64, y0 + 14), _num(vmin), 11, align="r")
-  _text(draw, (pad + 276, y0 + 14), f"{_num(vmax)}  deviation (1st-99th pct of shown maps)", 11,
-        align="l")
-  return im
+      ax = axes[r, j]
+      ax.imshow(images[at[i]], extent=(0, w, h, 0), interpolation="nearest")
+      shown = ax.imshow(dmaps[at[i]], extent=(0, w, h, 0), cmap="turbo", alpha=0.5,
+                        vmin=vmin, vmax=vmax, interpolation="bilinear")
+      ax.set_xticks([])
+      ax.set_yticks([])
+      ax.set_xlabel(f"{score[i]:.3g} {'A' if y[i] else 'N'}", fontsize="small")
+    axes[r, 0].set_ylabel(label)
+  fig.colorbar(shown, cax=fig.add_axes((0.89, 0.12, 0.02, 0.7)), label="deviation")
+  fig.suptitle(title)
+  return fig
+
+
+def read_metrics(path: str) -> list[dict[str, Any]]:
+  """The records of a run's metrics.jsonl (monitoring.MetricWriter), in file order."""
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def learning_curve_figure(records: Iterable[dict[str, Any]]) -> Figure:
+  """One panel per stage: the loss and each of its terms over the steps (log scale where
+  every value is positive), and the stage-1 validation probe wherever it was logged."""
+  by_stage: dict[str, list[dict[str, Any]]] = {}
+  for rec in records:
+    by_stage.setdefault(rec.get("stage", "?"), []).append(rec)
+  if not by_stage:
+    raise ValueError("no metrics records to draw")
+  fig = Figure(figsize=(6.0 * len(by_stage), 4.4))
+  fig.subplots_adjust(left=0.08, right=0.93, bottom=0.12, top=0.92, wspace=0.35)
+  axes = fig.subplots(1, len(by_stage), squeeze=False)[0]
+  for ax, (stage, recs) in zip(axes, by_stage.items(), strict=True):
+    terms = [k for k in recs[0] if not _NOT_LOSS.match(k)]
+    terms = ["loss"] * ("loss" in terms) + sorted(t for t in terms if t != "loss")
+    positive = True
+    for colour, term in zip(distinct_colours(len(terms)), terms, strict=True):
+      pts = np.array([(r["step"], r[term]) for r in recs if term in r], np.float64)
+      ax.plot(pts[:, 0], pts[:, 1], color=colour, lw=2.5 if term == "loss" else 1.2,
+              label=term)
+      positive &= bool(np.all(pts[:, 1] > 0))
+    if terms and positive:
+      ax.set_yscale("log")
+    probe = [(r["step"], r["validation_probe_knn_auroc"]) for r in recs
+             if "validation_probe_knn_auroc" in r]
+    if probe:
+      twin = ax.twinx()
+      twin.plot(*np.array(probe).T, "k*", ms=10, label="validation k-NN probe")
+      base = [r["validation_probe_untrained_knn_auroc"] for r in recs
+              if "validation_probe_untrained_knn_auroc" in r]
+      if base:
+        twin.axhline(base[-1], color="k", ls=":", lw=1, label="untrained network")
+      twin.set(ylim=(0, 1), ylabel="AUROC")
+      twin.legend(loc="center right", fontsize="small")
+    ax.set(title=stage, xlabel="step", ylabel="loss terms")
+    if terms:
+      ax.legend(loc="upper right", fontsize="x-small", ncols=2)
+    ax.grid(alpha=0.3)
+  return fig
 
 
 def _file_names(keys: list, reserved: tuple[str, ...] = ()) -> dict:
@@ -291,37 +245,39 @@ def _check(scores: dict[str, np.ndarray], is_anomaly: np.ndarray, images: np.nda
 
 def write_report(out_dir: str, scores: dict[str, np.ndarray], is_anomaly: np.ndarray,
                  images: np.ndarray | None = None, maps: dict[str, np.ndarray] | None = None,
-                 rank_by: str | None = None, num_examples: int = 8) -> list[str]:
+                 rank_by: str | None = None, num_examples: int = 8,
+                 metrics_path: str | None = None) -> list[str]:
   """Writes the report's PNGs into out_dir and returns their paths, in a stable order.
 
-  Files: roc_<name>.png per score, roc_all.png, hist_<name>.png per score and, only if both
-  images and maps are given, heatmaps_<scale>.png per map scale, ranked by scores[rank_by]
-  (default: the first score). Names are made file-safe (see `_file_names`); a score named
-  "all" is written as roc_all_2.png so it cannot overwrite roc_all.png.
+  Files: roc_<name>.png per score, roc_all.png, hist_<name>.png per score; with images and
+  maps, heatmaps_<scale>.png per map scale, ranked by scores[rank_by] (default: the first
+  score); with metrics_path (a metrics.jsonl), learning_curve.png. Names are made file-safe
+  (see `_file_names`); a score named "all" is written as roc_all_2.png so it cannot
+  overwrite roc_all.png.
   """
   rank_by = next(iter(scores), None) if rank_by is None else rank_by
   y = _check(scores, is_anomaly, images, maps, rank_by)
+  records = read_metrics(metrics_path) if metrics_path else []
   os.makedirs(out_dir, exist_ok=True)
   names = _file_names(list(scores), reserved=("all",))
   s = {k: np.asarray(v, np.float64) for k, v in scores.items()}
-  aucs = {k: metrics.auroc(v, y) for k, v in s.items()}
-  curves = {k: _roc_curve(v, y) for k, v in s.items()}
-  paths = []
+  paths: list[str] = []
 
-  def save(im: Image.Image, file_name: str) -> None:
+  def save(fig: Figure, file_name: str) -> None:
     paths.append(os.path.join(out_dir, file_name))
-    im.save(paths[-1])
+    fig.savefig(paths[-1], dpi=100)
 
   for k in s:
-    save(_roc_plot({k: curves[k]}, aucs, f"{k}: AUROC {aucs[k]:.3f}", legend=False),
-         f"roc_{names[k]}.png")
-  save(_roc_plot(curves, aucs, "ROC, all scores", legend=True), "roc_all.png")
+    save(roc_figure({k: s[k]}, y), f"roc_{names[k]}.png")
+  save(roc_figure(s, y, "ROC, all scores"), "roc_all.png")
   for k in s:
-    save(_hist_plot(k, s[k], y, aucs[k]), f"hist_{names[k]}.png")
+    save(histogram_figure(k, s[k], y), f"hist_{names[k]}.png")
   if images is not None and maps is not None:
-    rows = _select(s[rank_by], max(1, num_examples))
     for c, c_name in _file_names(list(maps)).items():
-      save(_heatmap_plot(np.asarray(images), maps[c], s[rank_by], y, rows,
-                         f"deviation maps, scale {c}, ranked by {rank_by}"),
+      save(heatmap_figure(images, maps[c], s[rank_by], y, num_examples,
+                          f"deviation maps, scale {c}, ranked by {rank_by}"),
            f"heatmaps_{c_name}.png")
+  if records:
+    save(learning_curve_figure(records), "learning_curve.png")
   return paths
+

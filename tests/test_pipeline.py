@@ -56,7 +56,7 @@ def test_report_pictures_are_written(finished_run):
   _, workdir, results = finished_run
   report = workdir / "report"
   for name in ("roc_all.png", "roc_mscm.png", "hist_mscm.png", "hist_pixel_knn.png",
-               "heatmaps_res3.png", "heatmaps_pooled.png"):
+               "heatmaps_res3.png", "heatmaps_pooled.png", "learning_curve.png"):
     assert (report / name).stat().st_size > 1000, name
   assert all(os.path.exists(workdir / p) for p in results["report"])
 

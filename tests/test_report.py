@@ -1,7 +1,8 @@
-"""Report pictures: files exist and open, the ROC curve is exact, heat maps show the right rows."""
+"""Report figures: files written, each curve drawn from its own data, the right heat-map rows."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -27,15 +28,16 @@ def data():
 
 def test_writes_every_file_as_a_png(tmp_path, data):
   scores, y, images, maps = data
+  metrics_path = tmp_path / "metrics.jsonl"
+  metrics_path.write_text("".join(json.dumps(r) + "\n" for r in _records()))
   paths = report.write_report(str(tmp_path / "out"), scores, y.astype(int), images, maps,
-                              num_examples=5)
+                              num_examples=5, metrics_path=str(metrics_path))
   names = ["roc_knn_scale_0.png", "roc_coarse.png", "roc_all.png", "hist_knn_scale_0.png",
-           "hist_coarse.png", "heatmaps_8x8.png", "heatmaps_pooled.png"]
+           "hist_coarse.png", "heatmaps_8x8.png", "heatmaps_pooled.png", "learning_curve.png"]
   assert paths == [str(tmp_path / "out" / n) for n in names]
   for p in paths:
     with Image.open(p) as im:
       assert im.format == "PNG" and im.width >= 480 and im.height >= 300
-      assert len(set(im.convert("RGB").getdata())) > 10  # something was drawn
   assert sorted(os.listdir(tmp_path / "out")) == sorted(names)
 
 
@@ -79,13 +81,6 @@ def test_select_picks_extremes():
   assert [len(r) for r in report._select(s[:5], 8)] == [5, 5]
 
 
-def test_pooled_map_tints_a_tile_uniformly():
-  image = np.full((32, 32, 3), 100, np.uint8)
-  tile = np.asarray(report._tile(image, np.full((1, 1), 0.3), 0.0, 1.0))
-  assert tile.shape == (report._TILE, report._TILE, 3)
-  assert len(np.unique(tile.reshape(-1, 3), axis=0)) == 1
-
-
 def test_file_names_are_safe_and_distinct():
   names = report._file_names(["a/b", "a:b", "ok-1.x"], reserved=("all",))
   assert names == {"a/b": "a_b", "a:b": "a_b_2", "ok-1.x": "ok-1.x"}
@@ -108,8 +103,9 @@ def test_rejects_single_class(tmp_path, data):
   assert not (tmp_path / "out").exists()  # nothing written for bad input
 
 
-def test_combined_roc_gives_every_curve_its_own_colour_headline_first(tmp_path):
-  """13 scores, as a run has: no colour repeats, and the headline four lead the legend."""
+def test_combined_roc_draws_each_score_exactly_in_its_own_colour_headline_first():
+  """13 scores, as a run has: every curve is its score's exact ROC, no colour repeats, and
+  the headline four lead the legend."""
   rng = np.random.default_rng(3)
   y = np.r_[np.zeros(40, int), np.ones(20, int)]
   names = ["mscm_res3", "mscm_res4", "mscm_pooled", "deviation_res3", "deviation_res4",
@@ -118,11 +114,68 @@ def test_combined_roc_gives_every_curve_its_own_colour_headline_first(tmp_path):
   scores = {n: rng.normal(size=60) + y * (i % 3) for i, n in enumerate(names)}
   assert report.headline_first(names)[:5] == ["mscm", "deviation", "knn", "pixel_knn",
                                               "mscm_res3"]
-  colours = report.distinct_colours(40)
-  assert len(set(colours)) == 40
-  order = report.headline_first(names)
-  report.write_report(str(tmp_path), scores, y)
-  with Image.open(tmp_path / "roc_all.png") as im:
-    present = set(im.convert("RGB").getdata())
-  # Every curve's own colour is on the picture (its line and its legend swatch).
-  assert all(c in present for c in colours[:len(order)])
+  assert len(set(report.distinct_colours(40))) == 40
+  ax = report.roc_figure(scores, y).axes[0]
+  curves = {line.get_label().split(" (")[0]: line for line in ax.get_lines()[1:]}
+  assert set(curves) == set(names)
+  for n, line in curves.items():
+    fpr, tpr = report._roc_curve(scores[n], y)
+    np.testing.assert_array_equal(line.get_xdata(), fpr)
+    np.testing.assert_array_equal(line.get_ydata(), tpr)
+    assert line.get_label() == f"{n} ({metrics.auroc(scores[n], y):.3f})"
+  assert len({tuple(line.get_color()) for line in curves.values()}) == len(names)
+  legend = [t.get_text().split(" (")[0] for t in ax.get_legend().get_texts()]
+  assert legend == report.headline_first(names)
+
+
+def test_histogram_shows_each_class_density_on_shared_bins(data):
+  scores, y, _, _ = data
+  s = scores["knn/scale:0"]
+  ax = report.histogram_figure("knn", s, y).axes[0]
+  outlines = [p for p in ax.patches if not p.get_fill()]
+  assert [p.get_label() for p in outlines] == ["normal (n=40)", "anomaly (n=20)"]
+  for patch, mask in zip(outlines, (~y, y), strict=True):
+    heights, edges = patch.get_data()[:2]  # (values, edges, baseline)
+    lo, hi = np.quantile(s, [0.005, 0.995])
+    np.testing.assert_allclose(heights, np.histogram(np.clip(s[mask], lo, hi), edges,
+                                                     density=True)[0])
+    assert np.sum(heights * np.diff(edges)) == pytest.approx(1.0)
+
+
+def test_heatmap_rows_are_the_extremes_with_their_own_maps(data):
+  scores, y, images, maps = data
+  s = scores["knn/scale:0"]
+  fig = report.heatmap_figure(images, maps["8x8"], s, y, num_examples=3)
+  top, bottom = report._select(s, 3)
+  tiles = [ax for ax in fig.axes if ax.get_images() and ax.get_xlabel()]
+  assert len(tiles) == 6
+  for ax, i in zip(tiles, np.r_[top, bottom], strict=True):
+    picture, tint = ax.get_images()
+    np.testing.assert_allclose(picture.get_array(), images[i] / 255.0)
+    np.testing.assert_array_equal(tint.get_array(), maps["8x8"][i, ..., 0])
+    assert ax.get_xlabel() == f"{s[i]:.3g} {'A' if y[i] else 'N'}"
+
+
+def _records():
+  """A metrics.jsonl's records: stage 1 with a probe at its end, then stage 2."""
+  out = [{"stage": "stage1", "step": k, "loss": 5.0 - k, "nt_xent": 2.0 - k,
+          "learning_rate": 0.1, "grad_norm": 1.0} for k in range(3)]
+  out.append({"stage": "stage1", "step": 2, "validation_probe_knn_auroc": 0.8,
+              "validation_probe_untrained_knn_auroc": 0.6})
+  out += [{"stage": "stage2", "step": k, "loss": 1.0 / (k + 1)} for k in range(4)]
+  return out
+
+
+def test_learning_curve_draws_each_stage_loss_terms_and_the_probe():
+  fig = report.learning_curve_figure(_records())
+  stage1, stage2 = fig.axes[:2]
+  assert (stage1.get_title(), stage2.get_title()) == ("stage1", "stage2")
+  lines = {line.get_label(): line for line in stage1.get_lines()}
+  assert set(lines) == {"loss", "nt_xent"}  # learning rate and gradient norm are not losses
+  np.testing.assert_array_equal(lines["nt_xent"].get_ydata(), [2.0, 1.0, 0.0])
+  np.testing.assert_array_equal(stage2.get_lines()[0].get_ydata(), [1, 1 / 2, 1 / 3, 1 / 4])
+  assert stage2.get_yscale() == "log" and stage1.get_yscale() == "linear"  # a 0 in stage 1
+  probe = [line for ax in fig.axes[2:] for line in ax.get_lines()]
+  assert [tuple(line.get_ydata()) for line in probe] == [(0.8,), (0.6, 0.6)]
+  with pytest.raises(ValueError, match="no metrics"):
+    report.learning_curve_figure([])
