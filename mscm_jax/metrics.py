@@ -11,19 +11,16 @@ FPR95 means two different numbers in the literature, so each has its own name:
 Convention throughout: label 1 = anomaly, 0 = normal, and a higher score means
 more anomalous. Everything is computed in float64 NumPy on the host, on the full
 score vector, with ties handled exactly, so the numbers do not depend on batch
-size, device or evaluation order. Scores come from padded fixed-shape batches
-(see `gather_scores`); `evaluate` takes a mask so padding never counts.
+size, device or evaluation order.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from mscm_jax.data import device
-
-__all__ = ["auroc", "aupr", "fpr_at_tpr", "evaluate", "gather_scores"]
+__all__ = ["auroc", "aupr", "fpr_at_tpr", "evaluate"]
 
 
 def _validate(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -125,27 +122,9 @@ def fpr_at_tpr(scores: Any, labels: Any, tpr: float = 0.95) -> float:
   return float(fps[k] / fps[-1])
 
 
-def evaluate(scores: Any, labels: Any, mask: Any = None) -> dict[str, float]:
-  """Every metric (both FPR95 conventions: see the module docstring) on the rows selected
-  by `mask`.
-
-  Scores come from padded batches; the mask drops the padding so every real
-  test image counts exactly once. Masked-out rows may hold anything (even NaN).
-  """
-  s = np.asarray(scores)
-  y = np.asarray(labels)
-  if mask is not None:
-    m = np.asarray(mask)
-    if m.dtype != np.bool_:
-      raise ValueError(
-        f"mask must be a bool array (an int array would index, not select); got dtype {m.dtype}"
-      )
-    if m.shape != s.shape or m.shape != y.shape:
-      raise ValueError(
-        f"mask, scores and labels must have one shape, got {m.shape}, {s.shape} and {y.shape}"
-      )
-    s, y = s[m], y[m]
-  s, y = _validate(s, y)
+def evaluate(scores: Any, labels: Any) -> dict[str, float]:
+  """Every metric (both FPR95 conventions: see the module docstring)."""
+  s, y = _validate(scores, labels)
   return {
     "auroc": auroc(s, y),
     "aupr_in": aupr(s, y, positive=0),
@@ -154,25 +133,3 @@ def evaluate(scores: Any, labels: Any, mask: Any = None) -> dict[str, float]:
     "fpr95_normals_positive": fpr_at_tpr(-s, 1 - y, tpr=0.95),
   }
 
-
-def gather_scores(score_fn: Callable[[Any], Any], images: Any, batch_size: int) -> np.ndarray:
-  """Scores of every image, in order, as float64, from fixed-size batches.
-
-  The last batch is padded up to `batch_size` by repeating the final image
-  (in-distribution padding, so it cannot produce NaNs of its own), which keeps
-  a jitted `score_fn` at one compiled shape; the pad rows are then dropped.
-  Works for NumPy or JAX `images`; device calls are queued before any result
-  is read back, so batches overlap with dispatch.
-  """
-  if len(images) == 0:
-    return np.zeros((0,), dtype=np.float64)
-
-  def checked(batch):
-    out = score_fn(batch)
-    if np.shape(out) != (batch_size,):
-      raise ValueError(
-        f"score_fn must return one score per image, shape ({batch_size},); got {np.shape(out)}"
-      )
-    return out
-
-  return device.map_batches(checked, images, batch_size).astype(np.float64)

@@ -102,3 +102,20 @@ def test_map_members_runs_each_member_on_its_rows_as_one_program():
     np.testing.assert_allclose(out[i]["dot"], shared @ w, rtol=1e-6)
   back = sharding.unstack(tree, mesh, k)
   assert [float(b["w"][0]) for b in back] == [1.0, 2.0, 3.0]
+
+
+@pytest.mark.parametrize("n,batch_size", [(10, 4), (7, 7), (3, 8), (1, 1), (13, 5)])
+def test_map_batches_keeps_order_counts_each_row_once_and_compiles_one_shape(n, batch_size):
+  images = (np.arange(n * 6) % 251).astype(np.uint8).reshape(n, 2, 3)
+  traces = []
+
+  @jax.jit
+  def fn(x):
+    traces.append(x.shape)  # runs once per compilation only
+    return {"sum": jnp.sum(x.astype(jnp.float32), axis=(1, 2))}
+
+  got = device.map_batches(fn, images, batch_size)
+  np.testing.assert_array_equal(got["sum"], images.astype(np.float64).sum(axis=(1, 2)))
+  assert traces == [(batch_size, 2, 3)]
+  with pytest.raises(ValueError, match="batch_size"):
+    device.map_batches(fn, images, 0)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import itertools
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -160,25 +158,15 @@ def test_large_input_is_fast_and_exact():
 # ---------------------------------------------------------------- evaluate
 
 
-def test_evaluate_mask_equals_subset():
+def test_evaluate_gives_every_metric_as_its_reference():
   rng = np.random.default_rng(1)
   s, y = random_case(rng, 64, ties=True)
-  mask = rng.random(64) < 0.7
-  mask[np.flatnonzero(y == 1)[0]] = mask[np.flatnonzero(y == 0)[0]] = True
-  s_padded = s.copy()
-  s_padded[~mask] = np.nan  # padding may be garbage; it must be ignored
-  y_padded = y.copy()
-  y_padded[~mask] = 7
-  got = metrics.evaluate(s_padded, y_padded, mask)
-  want = metrics.evaluate(s[mask], y[mask])
+  got = metrics.evaluate(s, y)
   assert set(got) == {"auroc", "aupr_in", "aupr_out", "fpr95_anomalies_positive",
                       "fpr95_normals_positive"}
-  assert got == want
-  assert want["auroc"] == pytest.approx(ref_auroc(s[mask], y[mask]))
-  assert want["fpr95_anomalies_positive"] == pytest.approx(
-      ref_fpr_at_tpr(s[mask], y[mask], 0.95))
-  assert want["fpr95_normals_positive"] == pytest.approx(
-      ref_fpr_at_tpr(-s[mask], 1 - y[mask], 0.95))
+  assert got["auroc"] == pytest.approx(ref_auroc(s, y))
+  assert got["fpr95_anomalies_positive"] == pytest.approx(ref_fpr_at_tpr(s, y, 0.95))
+  assert got["fpr95_normals_positive"] == pytest.approx(ref_fpr_at_tpr(-s, 1 - y, 0.95))
 
 
 def test_both_fpr95_conventions_by_hand():
@@ -190,13 +178,6 @@ def test_both_fpr95_conventions_by_hand():
   got = metrics.evaluate(s, y)
   assert got["fpr95_anomalies_positive"] == pytest.approx(0.45)
   assert got["fpr95_normals_positive"] == pytest.approx(0.8)
-
-
-def test_evaluate_rejects_non_bool_mask():
-  with pytest.raises(ValueError, match="bool"):
-    metrics.evaluate([0.1, 0.2], [0, 1], mask=np.array([1, 1]))
-  with pytest.raises(ValueError, match="shape"):
-    metrics.evaluate([0.1, 0.2], [0, 1], mask=np.array([True]))
 
 
 # ---------------------------------------------------------------- errors
@@ -230,43 +211,3 @@ def test_argument_errors():
     metrics.aupr([0.1, 0.2], [0, 1], positive=2)
   with pytest.raises(ValueError, match="tpr"):
     metrics.fpr_at_tpr([0.1, 0.2], [0, 1], tpr=0.0)
-  with pytest.raises(ValueError, match="batch_size"):
-    metrics.gather_scores(lambda x: x, np.zeros((3, 2)), 0)
-
-
-# ---------------------------------------------------------------- gather_scores
-
-
-@pytest.mark.parametrize("n,batch_size", [(10, 4), (7, 7), (3, 8), (1, 1), (13, 5)])
-def test_gather_scores_order_count_and_one_shape(n, batch_size):
-  images = (np.arange(n * 6) % 251).astype(np.uint8).reshape(n, 2, 3)
-  traces = []
-
-  @jax.jit
-  def score_fn(x):
-    traces.append(x.shape)  # runs once per compilation only
-    return jnp.sum(x.astype(jnp.float32), axis=(1, 2))
-
-  got = metrics.gather_scores(score_fn, images, batch_size)
-  assert got.shape == (n,) and got.dtype == np.float64
-  np.testing.assert_array_equal(got, images.astype(np.float64).sum(axis=(1, 2)))
-  assert traces == [(batch_size, 2, 3)]
-
-
-def test_gather_scores_shapes_seen_without_jit_and_jax_input():
-  seen = []
-
-  def score_fn(x):
-    seen.append(x.shape)
-    return np.asarray(x)[:, 0]
-
-  images = jnp.arange(11, dtype=jnp.float32)[:, None] * jnp.ones((1, 4))
-  got = metrics.gather_scores(score_fn, images, 4)
-  np.testing.assert_array_equal(got, np.arange(11.0))
-  assert seen == [(4, 4)] * 3
-
-
-def test_gather_scores_empty_and_bad_output():
-  assert metrics.gather_scores(lambda x: x[:, 0], np.zeros((0, 3)), 4).shape == (0,)
-  with pytest.raises(ValueError, match="one score per image"):
-    metrics.gather_scores(lambda x: x, np.zeros((5, 3)), 4)
