@@ -9,6 +9,7 @@ one pass.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -44,6 +45,17 @@ def frozen_model(config: ml_collections.ConfigDict) -> AnoMem:
   return build_model(config, top_k=None if top_k < 0 else top_k)
 
 
+@functools.lru_cache(maxsize=64)
+def _program(model: AnoMem, select: Callable[[dict[str, Any]], Any]) -> Callable:
+  """One function per (model, select), so that jax.jit compiles the read once per batch
+  shape, whichever state it reads (the variables are an argument)."""
+
+  def apply(variables, batch):
+    return select(model.apply(variables, augment.to_float(batch), train=False))
+
+  return apply
+
+
 def outputs(model: AnoMem, state: Any, images: np.ndarray,
             select: Callable[[dict[str, Any]], Any], batch_size: int = 500) -> Any:
   """`select(outputs)` of the eval-mode model for every image, in padded batches.
@@ -53,14 +65,9 @@ def outputs(model: AnoMem, state: Any, images: np.ndarray,
   is split over `data` and the outputs gathered: every device, of every process, reads
   its share of the images once, and every process gets all of the outputs.
   """
-
-  def apply(batch):
-    out = model.apply({"params": state.params, "batch_stats": state.batch_stats},
-                      augment.to_float(batch), train=False)
-    return select(out)
-
-  return device.map_jit(apply, images, min(batch_size, len(images)),
-                        sharding.mesh_of(state.params))
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  return device.map_jit(_program(model, select), variables, images,
+                        min(batch_size, len(images)), sharding.mesh_of(state.params))
 
 
 def stack_variables(states: Sequence[Any], mesh: Mesh) -> dict[str, Any]:
@@ -109,8 +116,16 @@ def map_kind(deviation: str) -> str:
 
 def _reader(model: AnoMem, scales: Sequence[str], kind: str,
             inputs: dict[str, tuple[str, str]] | None) -> Callable[[dict[str, Any]], Any]:
-  """What `read` selects from the model's outputs."""
-  inputs = dict(inputs or {})
+  """What `read` selects from the model's outputs: one function per distinct request, so
+  that `_program` and jax.jit reuse its compiled read."""
+  return _cached_reader(model, tuple(scales), kind, tuple(sorted((inputs or {}).items())))
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_reader(model: AnoMem, scales: tuple[str, ...], kind: str,
+                   inputs: tuple[tuple[str, tuple[str, str]], ...]
+                   ) -> Callable[[dict[str, Any]], Any]:
+  inputs = dict(inputs)
   wanted = set(scales) | {s for s, _ in inputs.values()}
   missing = [s for s in wanted if s not in model.memory_scales]
   if missing:

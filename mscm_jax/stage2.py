@@ -15,6 +15,7 @@ detector's score spread, so the scores can be summed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -247,7 +248,10 @@ def make_stacked_train_step(config: ml_collections.ConfigDict, detector: Distanc
                  compiler_options=conv.compiler_options())
 
 
+@functools.lru_cache(maxsize=16)
 def _distance_fn(detector: DistanceDetector) -> Callable:
+  """One function per detector: compiled once per batch shape, whichever state it reads."""
+
   def fn(state: DetectorState, maps):
     return {s: losses.svdd_distance(o["phi"], state.centers[s])
             for s, o in phi(detector, state.params, maps, state.input_scale).items()}
@@ -258,9 +262,8 @@ def _distance_fn(detector: DistanceDetector) -> Callable:
 def distances(detector: DistanceDetector, state: DetectorState,
               maps: dict[str, np.ndarray], batch_size: int = 500) -> dict[str, np.ndarray]:
   """{detector: ||phi - c||^2 per image}: each detector's score, float64."""
-  fn = _distance_fn(detector)
   n = len(next(iter(maps.values())))
-  out = device.map_jit(lambda m: fn(state, m), maps, min(batch_size, n),
+  out = device.map_jit(_distance_fn(detector), state, maps, min(batch_size, n),
                        sharding.mesh_of(state.params))
   return {s: v.astype(np.float64) for s, v in out.items()}
 

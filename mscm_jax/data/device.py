@@ -110,18 +110,20 @@ def draw_batch(data: DeviceDataset, key: jax.Array, step: int | jax.Array, batch
   return images, flags
 
 
-def map_jit(fn, inputs, batch_size: int, mesh: Mesh | None):
-  """`map_batches` of `jax.jit(fn)`. With a mesh of several devices (that of the state
-  `fn` closes over) each batch is split over `data` and the outputs gathered: every
-  device, of every process, reads its share of the rows once, and every process gets all
-  of the outputs. `batch_size` is then rounded up to a multiple of the mesh."""
+def map_jit(fn, tree, inputs, batch_size: int, mesh: Mesh | None):
+  """`map_batches` of `jax.jit(fn)(tree, rows)`. `tree` (a model's variables) is an
+  argument, not a constant closed over, so one `fn` compiles once per batch shape
+  whatever the tree's values. With a mesh of several devices (that of `tree`) each batch
+  is split over `data` and the outputs gathered: every device, of every process, reads its
+  share of the rows once, and every process gets all of the outputs. `batch_size` is then
+  rounded up to a multiple of the mesh."""
   if mesh is None:
-    return map_batches(jax.jit(fn, compiler_options=conv.compiler_options()), inputs,
-                       batch_size)
+    jitted = jax.jit(fn, compiler_options=conv.compiler_options())
+    return map_batches(lambda batch: jitted(tree, batch), inputs, batch_size)
   spec = sharding.data_sharding(mesh)
   jitted = jax.jit(fn, out_shardings=sharding.replicated(mesh),
                    compiler_options=conv.compiler_options())
-  return map_batches(lambda batch: jitted(jax.device_put(batch, spec)), inputs,
+  return map_batches(lambda batch: jitted(tree, jax.device_put(batch, spec)), inputs,
                      -(-batch_size // mesh.size) * mesh.size)
 
 
