@@ -118,10 +118,12 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     _fail(f"unexpected arguments: {argv[1:]} (flags take the form --name=value)")
   # JAX logs an INFO line for every accelerator plugin it does not find, orbax a dozen
-  # per checkpoint: not news. Their warnings and errors still show.
+  # per checkpoint, tfds four per split (TensorFlow's C++ notes: sources._import_tensorflow):
+  # not news. Their warnings and errors still show.
   py_logging.getLogger("jax._src.xla_bridge").setLevel(py_logging.WARNING)
   logging.get_absl_handler().addFilter(
-      lambda r: r.levelno >= py_logging.WARNING or "/orbax/" not in r.pathname)
+      lambda r: r.levelno >= py_logging.WARNING
+      or not any(lib in r.pathname for lib in ("/orbax/", "/tensorflow_datasets/")))
   from mscm_jax import config as config_lib  # pylint: disable=g-import-not-at-top
 
   # Outside the training loops (which save first: loop.stop_flag), a signal ends the run

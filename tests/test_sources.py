@@ -1,6 +1,8 @@
 """Data sources: tfds (mocked), class folders (generated) and arrays."""
 
 import os
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -248,3 +250,12 @@ def test_hidden_files_are_skipped_like_hidden_folders(tmp_path):
   train, test = sources.split_counts(config.dataset, data.class_names)
   np.testing.assert_array_equal(train, [3, 2])
   np.testing.assert_array_equal(test, [2, 2])
+
+
+def test_tensorflow_loads_without_its_start_up_notes_on_the_console():
+  """TensorFlow writes its oneDNN and CPU-build notes to fd 2 while it loads; a run's console
+  keeps to its own lines, and stderr still works afterwards."""
+  code = ("import sys\nfrom mscm_jax.data import sources\ntf = sources._import_tensorflow()\n"
+          "assert sources._import_tensorflow() is tf\nprint('after', file=sys.stderr)\n")
+  r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0 and r.stderr == "after\n", r.stderr

@@ -13,6 +13,7 @@ import glob
 import importlib.util
 import logging
 import os
+import sys
 import warnings
 from typing import Any
 from collections.abc import Sequence
@@ -133,6 +134,23 @@ def hide_accelerators(tf: Any) -> list[str]:
   return hidden
 
 
+def _import_tensorflow() -> Any:
+  """TensorFlow, imported with its C++ start-up notes (oneDNN, CPU build options) kept off
+  the console: they are written to fd 2 while the library loads, before any logging
+  setting applies. A failed import still raises."""
+  if "tensorflow" in sys.modules:
+    return sys.modules["tensorflow"]
+  saved = os.dup(2)
+  try:
+    with open(os.devnull, "w") as null:
+      os.dup2(null.fileno(), 2)
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+  return tf
+
+
 def _tfds_builder(name: str, splits: Sequence[str], *, data_dir: str = "",
                   label_key: str = "label", download: bool = False):
   """A tfds builder whose data, label feature and splits are checked: no decoding yet."""
@@ -147,7 +165,7 @@ def _tfds_builder(name: str, splits: Sequence[str], *, data_dir: str = "",
     raise UserError(
         f"reading the tfds dataset '{name}' needs TensorFlow: pip install -e '.[tf]' "
         f"(or use dataset.name='folder' for a class-folder tree, which does not)")
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf = _import_tensorflow()
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   hide_accelerators(tf)
