@@ -78,10 +78,7 @@ class AnoMemDetector:
     trained with another config or other images raises StaleStageError, unless
     `discard_stale`, which retrains the stale stages.
     """
-    try:
-      x = sources.as_uint8_images(images)
-    except UserError as e:
-      raise InputError(str(e)) from None
+    x = _uint8_images(images)
     if len(x) < 2:
       raise InputError(f"fit needs at least 2 images, got {len(x)}")
     flags = np.zeros(len(x), bool) if is_anomaly is None else np.asarray(is_anomaly, bool)
@@ -125,10 +122,7 @@ class AnoMemDetector:
   def _check(self, images: Any) -> np.ndarray:
     if self._scorer is None:
       raise NotFittedError("call fit(images) or AnoMemDetector.load(workdir) first")
-    try:
-      x = sources.as_uint8_images(images)
-    except UserError as e:
-      raise InputError(str(e)) from None
+    x = _uint8_images(images)
     if len(x) == 0:
       raise InputError("no images to score (empty array)")
     if tuple(x.shape[1:]) != tuple(self.image_shape):
@@ -136,3 +130,10 @@ class AnoMemDetector:
                        f"{tuple(self.image_shape)} images: resize them first")
     return x
 
+
+def _uint8_images(images: Any) -> np.ndarray:
+  """`sources.as_uint8_images`, its errors raised as the API's InputError."""
+  try:
+    return sources.as_uint8_images(images)
+  except UserError as e:
+    raise InputError(str(e)) from None

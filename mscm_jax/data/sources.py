@@ -333,13 +333,17 @@ def split_counts(dataset, names: Sequence[str]
   return out[0], out[1]
 
 
+def _check_folder_root(dataset) -> None:
+  if not dataset.data_dir:
+    raise UserError("dataset.name='folder' needs --config.dataset.data_dir=ROOT "
+                    "(a tree ROOT/{train,test}/<class>/<image>)")
+
+
 def class_names(dataset) -> tuple[str, ...]:
   """The class names of a `config.dataset` section without decoding any image, so that
   the classes a config names are checked in seconds, not after the whole decode."""
   if dataset.name == "folder":
-    if not dataset.data_dir:
-      raise UserError("dataset.name='folder' needs --config.dataset.data_dir=ROOT "
-                      "(a tree ROOT/{train,test}/<class>/<image>)")
+    _check_folder_root(dataset)
     return folder_class_names(dataset.data_dir, (dataset.train_split, dataset.test_split))
   builder = _tfds_builder(dataset.name, (dataset.train_split, dataset.test_split),
                           data_dir=dataset.data_dir, label_key=dataset.label_key,
@@ -354,9 +358,7 @@ def load_splits(dataset, splits: Sequence[str] | None = None) -> tuple[LabelledI
   if splits is None:
     splits = (dataset.train_split, dataset.test_split)
   if dataset.name == "folder":
-    if not dataset.data_dir:
-      raise UserError("dataset.name='folder' needs --config.dataset.data_dir=ROOT "
-                      "(a tree ROOT/{train,test}/<class>/<image>)")
+    _check_folder_root(dataset)
     names = folder_class_names(dataset.data_dir, (dataset.train_split, dataset.test_split))
     return tuple(load_folder(dataset.data_dir, s, image_size=dataset.image_size,
                              class_names=names)
