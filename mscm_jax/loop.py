@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
+import itertools
 import os
 import signal
 import time
@@ -19,6 +20,7 @@ from typing import Any
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from mscm_jax import checkpoints, distributed, monitoring, sharding
 from mscm_jax.errors import CheckpointError, Interrupted, NonFiniteError
@@ -30,10 +32,12 @@ __all__ = ["Interrupted", "LoopResult", "Members", "MembersResult", "NonFiniteEr
 @contextlib.contextmanager
 def stop_flag():
   """Turns SIGTERM and SIGINT (Ctrl-C) into a flag the loop checks after every step, so it
-  can save before exiting; `flag['set']` is the signal's name once one arrived."""
+  can save before exiting; `flag['set']` is the signal's name once one arrived. Over
+  several processes SIGTERM is left to JAX's pre-emption notifier (`_stop_now`)."""
   flag: dict[str, Any] = {"set": None}
   previous = {}
-  for sig in (signal.SIGTERM, signal.SIGINT):
+  signals = (signal.SIGTERM, signal.SIGINT) if jax.process_count() == 1 else (signal.SIGINT,)
+  for sig in signals:
     try:
       previous[sig] = signal.signal(sig, lambda n, _: flag.update(set=signal.Signals(n).name))
     except ValueError:  # not the main thread: no handler, the default applies
@@ -219,12 +223,21 @@ def run_members(name: str, members: Members, state: Any,
   return MembersResult(res.state, res.step, [None] * len(dirs), res.rate, start)
 
 
+# One id per step of any loop in this process: every process runs the same steps, so the
+# ids agree across processes, and they only grow from one stage to the next.
+_SYNC_IDS = itertools.count(1)
+
+
 def _stop_now(flag: bool, step: int, log_every: int, end: int) -> bool:
   """Whether to save and stop after `step`. One process alone can get the signal, yet the
-  save is collective: over several processes they agree at each logged step (any one
-  signalled stops all), so the wait is at most `log_every` steps."""
+  save is collective. Over several processes a SIGTERM (a pre-emption notice) reaches JAX's
+  coordination service, which picks one step at which every process stops
+  (`reached_preemption_sync_point`, what orbax's `reached_preemption` builds on: within a
+  step or two); a SIGINT is agreed on at the next logged step."""
   if jax.process_count() == 1:
     return flag
+  if multihost_utils.reached_preemption_sync_point(next(_SYNC_IDS)):
+    return True
   if step % log_every and step != end:
     return False
   return distributed.any_process(flag)

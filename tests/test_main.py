@@ -99,8 +99,7 @@ def test_a_signal_in_training_saves_and_the_same_command_resumes(folder_tree, tm
 
 
 def test_a_signal_outside_the_loops_is_one_line_and_keeps_the_stages(folder_tree, tmp_path):
-  """Ctrl-C during the evaluation: one line, status 75, both trained stages kept; the same
-  command then evaluates without training anything."""
+  """Ctrl-C during the evaluation: one line, status 75, both trained stages kept."""
   import signal
   workdir = tmp_path / "e"
   args = ["--config=configs/folder_oneclass.py:smoke", f"--config.dataset.data_dir={folder_tree}",
@@ -123,8 +122,5 @@ def test_a_signal_outside_the_loops_is_one_line_and_keeps_the_stages(folder_tree
   assert err.strip().splitlines()[-1].startswith("error: SIGINT outside a training loop")
   assert "Traceback" not in err and "KeyboardInterrupt" not in err
   assert not (workdir / "results.json").exists()
-  r = _main(*args)
-  assert r.returncode == 0, r.stderr
-  summary = json.loads((workdir / "results.json").read_text())
-  assert summary["resumed_from"] == {"stage1": summary["stage1"]["steps"],
-                                     "stage2": summary["stage2"]["steps"]}  # none retrained
+  assert all((workdir / s / "FINISHED.json").exists() for s in ("stage1", "stage2"))
+  # The rerun that trains nothing again: test_pipeline, for a signal in every phase.

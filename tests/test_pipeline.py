@@ -203,3 +203,54 @@ def test_rotation_scores_on_both_splits(tmp_path):
                             lambda out: out["rotation_logits"])
     nll = nll - jax.nn.log_softmax(logits.astype(np.float64))[:, r] / 4
   np.testing.assert_allclose(rotation, nll, rtol=1e-4, atol=1e-5)
+
+
+# Where a signal lands outside the training loops: the function patched to receive it, and
+# what the workdir must keep (the loops save first: test_main).
+_PHASES = {
+    "data": (sources, "load_splits", ("stage1", "stage2")),
+    "stage2_read": (frozen, "read", ("stage1",)),
+    "evaluation": (evaluate, "score_metrics", ("stage1", "stage2")),
+    "report": ("report", "write_report", ("stage1", "stage2")),
+}
+
+
+@pytest.mark.parametrize("phase", list(_PHASES))
+def test_a_signal_in_any_phase_reaches_main_and_the_rerun_keeps_what_finished(
+    finished_run, tmp_path, monkeypatch, phase):
+  """SIGTERM while data are read, stage 2 reads its features, the evaluation scores or the
+  report draws: nothing on the way swallows main's handler (`_Signalled`), no results are
+  written, and the rerun trains nothing that had finished."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  import signal  # pylint: disable=g-import-not-at-top
+
+  from mscm_jax import main, report  # pylint: disable=g-import-not-at-top
+
+  config, done, _ = finished_run
+  workdir = tmp_path / "w"
+  shutil.copytree(done, workdir)
+  module, name, kept = _PHASES[phase]
+  module = report if module == "report" else module
+  for stage in ("stage1", "stage2"):
+    if stage not in kept:
+      shutil.rmtree(workdir / stage)
+  os.remove(workdir / "results.json")
+  real = getattr(module, name)
+
+  def signalled(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(module, name, signalled)
+  previous = signal.signal(signal.SIGTERM, main._interrupted)
+  try:
+    with pytest.raises(main._Signalled, match="SIGTERM"):
+      pipeline.run(config, str(workdir))
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+  assert not (workdir / "results.json").exists()
+  assert all((workdir / s / "FINISHED.json").exists() for s in kept)
+  monkeypatch.setattr(module, name, real)
+  results = pipeline.run(config, str(workdir))
+  for s in kept:
+    assert results["resumed_from"][s] == results[s]["steps"]  # not trained again
