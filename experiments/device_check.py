@@ -2,6 +2,7 @@ r"""The prepared device check: what a first GPU or TPU run must show, in one cal
 
   python experiments/device_check.py --out_dir=$OUT           # on the device (< 8 minutes)
   python experiments/device_check.py --tiny --out_dir=/tmp/dc  # CPU mode, smoke sizes
+                                    # (aliases: --cpu --out=/tmp/dc)
 
 On a device without network, carry the wheels: `../shared/device/wheels.sh jax[cuda12]==V
 ...` (see experiments/README.md), then `pip install` them there first.
@@ -33,6 +34,8 @@ import step_cost  # noqa: E402
 
 _OUT = flags.DEFINE_string("out_dir", None, "directory for the JSON results", required=True)
 _TINY = flags.DEFINE_bool("tiny", False, "smoke sizes everywhere: the CPU mode")
+flags.DEFINE_alias("cpu", "tiny")
+flags.DEFINE_alias("out", "out_dir")
 _DTYPE = flags.DEFINE_string("dtype", "bfloat16", "model.dtype of the step timings")
 _CLASSES = flags.DEFINE_integer("classes", 10, "classes stacked in the stacked step")
 _STEPS = flags.DEFINE_integer("steps", 20, "timed steps after the first (compiling) one")

@@ -13,7 +13,7 @@ For the preset's stage-1 step (and the step of K classes stacked as one program,
                 and of 10 classes, on one H100 at --mfu of its dense peak (989 TFLOP/s
                 bfloat16; 494 TFLOP/s float32, which XLA runs as TF32): an estimate,
                 labelled so, until experiments/device_check.py measures it.
-One JSON line per (dtype, K) goes to --out.
+One JSON line per (dtype, K) goes to --jsonl.
 """
 
 import os
@@ -31,7 +31,7 @@ _DTYPES = flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "model.dtype valu
 _STACKED = flags.DEFINE_list("stacked", ["1", "10"], "classes per program (1 = a plain run)")
 _N_TRAIN = flags.DEFINE_integer("n_train", 5000, "training images per class (CIFAR-10: 5,000)")
 _MFU = flags.DEFINE_float("mfu", 0.3, "assumed model FLOP utilisation of the estimate")
-_OUT = flags.DEFINE_string("out", os.path.join(os.path.dirname(os.path.abspath(__file__)),
+_OUT = flags.DEFINE_string("jsonl", os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                "results", "step_cost.jsonl"), "JSONL file")
 
 H100_PEAK = {"bfloat16": 989e12, "float32": 494e12}  # dense tensor-core FLOP/s (SXM)

@@ -3,21 +3,17 @@
 import json
 import shutil
 
-import pytest
-
 from conftest import load_experiment
 
 per_class_auroc = load_experiment("per_class_auroc")
 
 
-def test_one_anomaly_class_gives_the_runs_own_auroc(finished_run, tmp_path):
+def test_an_older_results_json_is_recomputed_to_the_runs_own_values(finished_run, tmp_path):
+  """The run's own per-class AUROCs (test_pipeline checks them) are read from results.json;
+  a results.json from before `per_anomaly_class` gives the same, recomputed."""
   _, workdir, results = finished_run
   read = per_class_auroc.per_class(str(workdir))
-  # One anomaly class: its AUROC is the run's own, and a one-class run labels none.
-  others, out, labelled = read
-  assert others == ["c1"] and labelled == ()
-  for s in ("mscm", "knn"):
-    assert out[s]["c1"] == pytest.approx(results["test_scores"][s]["auroc"], abs=1e-12)
+  assert read[0] == ["c1"] and read[2] == ()
   # A results.json from before `per_anomaly_class`: recomputed from the split, the same.
   old = tmp_path / "old"
   old.mkdir()
