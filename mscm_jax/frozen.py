@@ -45,29 +45,19 @@ def frozen_model(config: ml_collections.ConfigDict) -> AnoMem:
   return build_model(config, top_k=None if top_k < 0 else top_k)
 
 
-@functools.lru_cache(maxsize=64)
-def _program(model: AnoMem, select: Callable[[dict[str, Any]], Any]) -> Callable:
-  """One function per (model, select), so that jax.jit compiles the read once per batch
-  shape, whichever state it reads (the variables are an argument)."""
-
-  def apply(variables, batch):
-    return select(model.apply(variables, augment.to_float(batch), train=False))
-
-  return apply
-
-
 def outputs(model: AnoMem, state: Any, images: np.ndarray,
             select: Callable[[dict[str, Any]], Any], batch_size: int = 500) -> Any:
-  """`select(outputs)` of the eval-mode model for every image, in padded batches.
+  """`select(outputs)` of the eval-mode model for every image, in padded batches: the
+  stacked read (`member_outputs`) of one member.
 
   `state` is anything with `params` and `batch_stats` (a stage-1 TrainState). When it
   is replicated over a mesh of several devices (a trained or restored state), each batch
-  is split over `data` and the outputs gathered: every device, of every process, reads
-  its share of the images once, and every process gets all of the outputs.
+  is split over those devices and the outputs gathered: every device, of every process,
+  reads its share of the images once, and every process gets all of the outputs.
   """
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
-  return device.map_jit(_program(model, select), variables, images,
-                        min(batch_size, len(images)), sharding.mesh_of(state.params))
+  variables, mesh = sharding.as_one_member(
+      {"params": state.params, "batch_stats": state.batch_stats})
+  return member_outputs(model, variables, images, select, mesh, 1, batch_size)[0]
 
 
 def stack_variables(states: Sequence[Any], mesh: Mesh) -> dict[str, Any]:
@@ -77,19 +67,26 @@ def stack_variables(states: Sequence[Any], mesh: Mesh) -> dict[str, Any]:
                         mesh)
 
 
+@functools.lru_cache(maxsize=64)
+def _program(model: AnoMem, select: Callable[[dict[str, Any]], Any]) -> Callable:
+  """One function per (model, select), so that jax.jit compiles the read once per batch
+  shape, whichever states it reads (the variables are an argument)."""
+
+  def apply(variables, batch):
+    return select(model.apply(variables, augment.to_float(batch), train=False))
+
+  return apply
+
+
 def member_outputs(model: AnoMem, states: Any, images: np.ndarray | list[np.ndarray],
                    select: Callable[[dict[str, Any]], Any], mesh: Mesh, k: int,
                    batch_size: int = 500) -> list[Any]:
-  """`outputs` of K stage-1 states stacked over `model` (`stack_variables`), as one
-  program: each member on its own images (a list of K arrays) or all on the same ones
+  """`select(outputs)` of K stage-1 states stacked over `model` (`stack_variables`), as
+  one program: each member on its own images (a list of K arrays) or all on the same ones
   (one array, e.g. the test split that every one-class protocol shares)."""
-
-  def apply(variables, batch):
-    out = model.apply(variables, augment.to_float(batch), train=False)
-    return select(out)
-
   n = len(images) if not isinstance(images, list) else max(len(x) for x in images)
-  return device.map_members(apply, states, images, min(batch_size, n), mesh, k)
+  return device.map_members(_program(model, select), states, images, min(batch_size, n),
+                            mesh, k)
 
 
 def _embedding(out: dict[str, Any]) -> jax.Array:

@@ -100,6 +100,15 @@ def mesh_of(tree: Any) -> Mesh | None:
   return s.mesh if isinstance(s, NamedSharding) and s.mesh.size > 1 else None
 
 
+def as_one_member(tree: Any) -> tuple[Any, Mesh]:
+  """One state (replicated over its mesh, or on one device) as a stack of K = 1 members on
+  a (model, data) mesh of the same devices: a single run goes through the stacked code."""
+  mesh = mesh_of(tree)
+  devices = mesh.devices.ravel() if mesh is not None else np.asarray(jax.devices()[:1])
+  member_mesh = Mesh(devices.reshape(1, -1), (MODEL_AXIS, DATA_AXIS))
+  return stack([tree], member_mesh), member_mesh
+
+
 def stack_padding(k: int, mesh: Mesh) -> int:
   """How many copies of member 0 pad K stacked members to a multiple of the model axis."""
   return -k % mesh.shape[MODEL_AXIS]

@@ -262,10 +262,8 @@ def _distance_fn(detector: DistanceDetector) -> Callable:
 def distances(detector: DistanceDetector, state: DetectorState,
               maps: dict[str, np.ndarray], batch_size: int = 500) -> dict[str, np.ndarray]:
   """{detector: ||phi - c||^2 per image}: each detector's score, float64."""
-  n = len(next(iter(maps.values())))
-  out = device.map_jit(_distance_fn(detector), state, maps, min(batch_size, n),
-                       sharding.mesh_of(state.params))
-  return {s: v.astype(np.float64) for s, v in out.items()}
+  states, mesh = sharding.as_one_member(state)
+  return distances_members(detector, states, [maps], mesh, batch_size)[0]
 
 
 def distances_members(detector: DistanceDetector, states: DetectorState,

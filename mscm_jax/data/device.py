@@ -110,26 +110,11 @@ def draw_batch(data: DeviceDataset, key: jax.Array, step: int | jax.Array, batch
   return images, flags
 
 
-def map_jit(fn, tree, inputs, batch_size: int, mesh: Mesh | None):
-  """`map_batches` of `jax.jit(fn)(tree, rows)`. `tree` (a model's variables) is an
-  argument, not a constant closed over, so one `fn` compiles once per batch shape
-  whatever the tree's values. With a mesh of several devices (that of `tree`) each batch
-  is split over `data` and the outputs gathered: every device, of every process, reads its
-  share of the rows once, and every process gets all of the outputs. `batch_size` is then
-  rounded up to a multiple of the mesh."""
-  if mesh is None:
-    jitted = jax.jit(fn, compiler_options=conv.compiler_options())
-    return map_batches(lambda batch: jitted(tree, batch), inputs, batch_size)
-  spec = sharding.data_sharding(mesh)
-  jitted = jax.jit(fn, out_shardings=sharding.replicated(mesh),
-                   compiler_options=conv.compiler_options())
-  return map_batches(lambda batch: jitted(tree, jax.device_put(batch, spec)), inputs,
-                     -(-batch_size // mesh.size) * mesh.size)
-
-
 def map_members(fn, tree, inputs, batch_size: int, mesh: Mesh, k: int) -> list:
-  """`map_jit` for K models as one program: `fn(member, rows)` of every member of
-  `tree` (stacked on a leading axis split over `model`, `sharding.stack`) on its rows.
+  """`map_batches` of `jax.jit(fn)` for K models as one program: `fn(member, rows)` of every
+  member of `tree` (stacked on a leading axis split over `model`, `sharding.stack`) on its
+  rows. A single model is K = 1 (`sharding.as_one_member`). The tree is an argument, not a
+  constant closed over, so one `fn` compiles once per batch shape whatever its values.
 
   `inputs` is a list of K pytrees of rows, one per member (their lengths may differ: the
   shorter are padded and cut back), or one pytree of rows that every member reads (the
@@ -148,13 +133,20 @@ def map_members(fn, tree, inputs, batch_size: int, mesh: Mesh, k: int) -> list:
     grown += [grown[0]] * sharding.stack_padding(k, mesh)
     rows = jax.tree.map(lambda *xs: np.stack(xs, axis=1), *grown)
   spec = NamedSharding(mesh, P(sharding.DATA_AXIS, None if shared else sharding.MODEL_AXIS))
-  jitted = jax.jit(jax.vmap(fn, in_axes=(0, None if shared else 1), out_axes=1),
-                   out_shardings=sharding.replicated(mesh),
-                   compiler_options=conv.compiler_options())
+  jitted = _member_program(fn, shared, mesh)
   data = sharding.data_axis_size(mesh)
   out = map_batches(lambda batch: jitted(tree, jax.device_put(batch, spec)), rows,
                     -(-batch_size // data) * data)
   return [jax.tree.map(lambda a, i=i, m=m: a[:m, i], out) for i, m in enumerate(sizes)]
+
+
+@functools.lru_cache(maxsize=64)
+def _member_program(fn, shared: bool, mesh: Mesh):
+  """The jitted, vmapped `fn` of `map_members`: one per (fn, input layout, mesh), so that
+  repeated reads reuse its compilation."""
+  return jax.jit(jax.vmap(fn, in_axes=(0, None if shared else 1), out_axes=1),
+                 out_shardings=sharding.replicated(mesh),
+                 compiler_options=conv.compiler_options())
 
 
 def map_batches(fn, inputs, batch_size: int):
