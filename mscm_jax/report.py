@@ -74,18 +74,18 @@ def roc_figure(scores: dict[str, np.ndarray], is_anomaly: np.ndarray,
   ax.plot([0, 1], [0, 1], ls="--", lw=1, color="0.6")
   order = headline_first(list(scores))
   colours = dict(zip(order, distinct_colours(len(order)), strict=True))
+  aucs = {name: metrics.auroc(np.asarray(scores[name], np.float64), y) for name in order}
   for z, name in enumerate(reversed(order)):  # the headline scores drawn last, on top
     fpr, tpr = _roc_curve(scores[name], y)
-    auc = metrics.auroc(np.asarray(scores[name], np.float64), y)
     ax.plot(fpr, tpr, color=colours[name], lw=2.5 if name in HEADLINE else 1.5,
-            label=f"{name} ({auc:.3f})", zorder=2 + z)
+            label=f"{name} ({aucs[name]:.3f})", zorder=2 + z)
   if len(order) > 1:
     handles, labels = ax.get_legend_handles_labels()
     ax.legend(handles[::-1], labels[::-1], loc="lower right", fontsize="small").set_zorder(99)
   ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="false positive rate (normals flagged)",
          ylabel="true positive rate (anomalies caught)")
   if title is None and len(order) == 1:
-    title = f"{order[0]}: AUROC {metrics.auroc(np.asarray(scores[order[0]]), y):.3f}"
+    title = f"{order[0]}: AUROC {aucs[order[0]]:.3f}"
   ax.set_title(title or "ROC")
   ax.grid(alpha=0.3)
   return fig
