@@ -4,12 +4,11 @@ r"""K classes as one program (`stack.classes`) against K separate runs: every pa
 
 Times, in one process, what K separate runs pay against what one stacked run pays
 (`--within_group`: how a group of devices runs its members, `stack.within_group`):
-  stage1      compile and steady-state step of one model's step
-              (`stage1.make_train_step`) x K, against the step vmapped over K models
-              (`stage1.make_stacked_train_step`, split over a `model` mesh axis);
-  stage2      the same for the detectors (`stage2.make_train_step` x K against
-              `stage2.make_stacked_train_step`), on random detector inputs of the
-              preset's shapes;
+  stage1      compile and steady-state step of one model's program
+              (`stage1.make_train_step` with K = 1, what a single run runs) x K, against
+              the program of K models (split over a `model` mesh axis);
+  stage2      the same for the detectors (`stage2.make_train_step`), on random detector
+              inputs of the preset's shapes;
   evaluation  every score of --test_images images (the frozen read, the detectors'
               distances, the embedding), compile included as a run pays it:
               `scoring.Scorer` x K against `scoring.MemberScorers`, which reads the
@@ -44,25 +43,10 @@ N_TRAIN = 5000  # one CIFAR-10 class
 
 
 def _stage1(c, k, mesh, model_mesh, images):
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
+  from mscm_jax import sharding  # pylint: disable=g-import-not-at-top
 
-  from mscm_jax import loop, stage1  # pylint: disable=g-import-not-at-top
-  from mscm_jax.data import device  # pylint: disable=g-import-not-at-top
-
-  flags_ = [np.zeros(N_TRAIN, bool)] * k
-  parts = stage1.components(c, N_TRAIN, (32, 32, 3), mesh)
-  data = device.put_on_device(images[0], flags_[0], mesh)
-  one = rows.timed_step(parts.step_fn, parts.init_fn(jax.random.PRNGKey(0)),
-                        (data.images, data.is_anomaly), _STEPS.value)
-  del data
-  members = loop.Stacked([f"m{i}" for i in range(k)], model_mesh)
-  stacked = device.put_stacked(images, flags_, model_mesh)
-  sparts = stage1.components(c, N_TRAIN, (32, 32, 3), model_mesh)
-  state = members.join([sparts.init_fn(jax.random.PRNGKey(i)) for i in range(k)])
-  step = stage1.make_stacked_train_step(c, sparts.model, sparts.tx, sparts.schedule, N_TRAIN,
-                                        model_mesh)
-  return one, rows.timed_step(step, state, (stacked.images, stacked.is_anomaly), _STEPS.value)
+  return (rows.stage1_members(c, images[:1], sharding.member_mesh(mesh), _STEPS.value),
+          rows.stage1_members(c, images, model_mesh, _STEPS.value))
 
 
 def _detector_inputs(c, n, seed):
@@ -87,7 +71,6 @@ def _detector_inputs(c, n, seed):
 
 
 def _stage2(c, k, mesh, model_mesh):
-  import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   from mscm_jax import sharding, stage2  # pylint: disable=g-import-not-at-top
@@ -98,25 +81,21 @@ def _stage2(c, k, mesh, model_mesh):
   detector = stage2.build_detector(c)
   total, _ = stage2.num_steps(c, N_TRAIN)
   tx, schedule = stage2.build_optimizer(c, total)
-  spec = sharding.data_sharding(mesh)
-  maps = {s: jax.device_put(sharding.pad_to_multiple(m, mesh.devices.size), spec)
-          for s, m in inputs[0].items()}
-  flags_one = jax.device_put(sharding.pad_to_multiple(flags_, mesh.devices.size), spec)
-  one = rows.timed_step(stage2.make_train_step(c, detector, tx, schedule, N_TRAIN, mesh),
-                        stage2.init_state(c, detector, tx, inputs[0], mesh), (maps, flags_one),
-                        _STEPS.value)
-  del maps
-  stacked = {s: device.stack_rows([x[s] for x in inputs], model_mesh) for s in inputs[0]}
-  state = stage2.init_members([c] * k, detector, tx, inputs, model_mesh)
-  step = stage2.make_stacked_train_step(c, detector, tx, schedule, N_TRAIN, model_mesh)
-  return one, rows.timed_step(
-      step, state, (stacked, device.stack_rows([flags_] * k, model_mesh)), _STEPS.value)
+  timed = []
+  for m, n in ((sharding.member_mesh(mesh), 1), (model_mesh, k)):
+    maps = {s: device.stack_rows([x[s] for x in inputs[:n]], m) for s in inputs[0]}
+    timed.append(rows.timed_step(
+        stage2.make_train_step(c, detector, tx, schedule, N_TRAIN, m),
+        stage2.init_members([c] * n, detector, tx, inputs[:n], m),
+        (maps, device.stack_rows([flags_] * n, m)), _STEPS.value))
+    del maps
+  return timed
 
 
 def _evaluation(c, k, mesh, model_mesh, test):
   import jax  # pylint: disable=g-import-not-at-top
 
-  from mscm_jax import scoring, stage1, stage2  # pylint: disable=g-import-not-at-top
+  from mscm_jax import scoring, sharding, stage1, stage2  # pylint: disable=g-import-not-at-top
 
   def scorer(m, seed):
     parts = stage1.components(c, N_TRAIN, (32, 32, 3), m)
@@ -124,7 +103,10 @@ def _evaluation(c, k, mesh, model_mesh, test):
                              None, 0.0)
     detector = stage2.build_detector(c)
     tx, _ = stage2.build_optimizer(c, 1)
-    state = stage2.init_state(c, detector, tx, _detector_inputs(c, 64, seed), m)
+    one = sharding.member_mesh(m)
+    state = sharding.unstack(stage2.init_members([c], detector, tx,
+                                                 [_detector_inputs(c, 64, seed)], one),
+                             one, 1)[0]
     names = stage2.detectors(c)
     norm = {"mscm": {n: [0.0, 1.0] for n in names},
             "deviation": {s: [0.0, 1.0] for s in stage2.deviation_weights(c)}}

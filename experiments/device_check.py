@@ -88,26 +88,13 @@ def stage1_step(config, classes: int, steps: int) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from mscm_jax import loop, sharding, stage1  # pylint: disable=g-import-not-at-top
-  from mscm_jax.data import device  # pylint: disable=g-import-not-at-top
+  from mscm_jax import sharding, stage1  # pylint: disable=g-import-not-at-top
 
   size, n = config.dataset.image_size, 2 * config.train.batch_size
   images = np.random.default_rng(0).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-  flags_ = np.zeros(n, bool)
-  mesh = sharding.make_mesh(1)
-  parts = stage1.components(config, n, (size, size, 3), mesh)
-  data = device.put_on_device(images, flags_, mesh)
-  first, per = rows.timed_step(parts.step_fn, parts.init_fn(jax.random.PRNGKey(0)),
-                               (data.images, data.is_anomaly), steps)
-  del data
-  model_mesh = sharding.make_model_mesh(1, 1)
-  sparts = stage1.components(config, n, (size, size, 3), model_mesh)
-  members = loop.Stacked([f"m{i}" for i in range(classes)], model_mesh)
-  state = members.join([sparts.init_fn(jax.random.PRNGKey(i)) for i in range(classes)])
-  stacked = device.put_stacked([images] * classes, [flags_] * classes, model_mesh)
-  step = stage1.make_stacked_train_step(config, sparts.model, sparts.tx, sparts.schedule, n,
-                                        model_mesh)
-  s_first, s_per = rows.timed_step(step, state, (stacked.images, stacked.is_anomaly), steps)
+  mesh = sharding.make_model_mesh(1, 1)
+  first, per = rows.stage1_members(config, [images], mesh, steps)
+  s_first, s_per = rows.stage1_members(config, [images] * classes, mesh, steps)
   views = stage1.views_per_step(config)
   flops = step_cost.step_cost(config, 1, n)["flops_per_step"]
   kind = jax.devices()[0].device_kind
@@ -127,10 +114,11 @@ def stage2_step(config, steps: int) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   from mscm_jax import frozen, sharding, stage1, stage2  # pylint: disable=g-import-not-at-top
+  from mscm_jax.data import device  # pylint: disable=g-import-not-at-top
 
   size, n = config.dataset.image_size, 4 * config.stage2.batch_size
   images = np.random.default_rng(1).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-  mesh = sharding.make_mesh(1)
+  mesh = sharding.make_model_mesh(1, 1)
   parts = stage1.components(config, n, (size, size, 3), mesh)
   s1 = parts.init_fn(jax.random.PRNGKey(0))
   inputs = frozen.read(frozen.frozen_model(config), s1, images, tuple(config.memory.scales),
@@ -139,12 +127,10 @@ def stage2_step(config, steps: int) -> dict:
   detector = stage2.build_detector(config)
   total, _ = stage2.num_steps(config, n)
   tx, schedule = stage2.build_optimizer(config, total)
-  spec = sharding.data_sharding(mesh)
-  maps = {s: jax.device_put(m, spec) for s, m in inputs.items()}
-  flags_ = jax.device_put(np.zeros(n, bool), spec)
+  maps = {s: device.stack_rows([m], mesh) for s, m in inputs.items()}
   first, per = rows.timed_step(stage2.make_train_step(config, detector, tx, schedule, n, mesh),
-                               stage2.init_state(config, detector, tx, inputs, mesh),
-                               (maps, flags_), steps)
+                               stage2.init_members([config], detector, tx, [inputs], mesh),
+                               (maps, device.stack_rows([np.zeros(n, bool)], mesh)), steps)
   return {"detectors": len(inputs), "batch": config.stage2.batch_size,
           "compile_s": round(first, 1), "ms_per_step": round(1e3 * per, 2),
           "maps_per_s": round(config.stage2.batch_size / per, 1)}

@@ -53,20 +53,14 @@ def step_cost(c, k: int, n_train: int) -> dict:
   from mscm_jax import sharding, stage1  # pylint: disable=g-import-not-at-top
 
   size = c.dataset.image_size
-  mesh = sharding.make_mesh(1) if k == 1 else sharding.make_model_mesh(1, 1)
+  mesh = sharding.make_model_mesh(1, 1)
   parts = stage1.components(c, n_train, (size, size, 3), mesh)
-  state = jax.eval_shape(parts.init_fn, jax.random.PRNGKey(0))
-  lead = () if k == 1 else (k,)
-  images = jax.ShapeDtypeStruct(lead + (n_train, size, size, 3), jnp.uint8)
-  flags_ = jax.ShapeDtypeStruct(lead + (n_train,), jnp.bool_)
-  if k == 1:
-    step = parts.step_fn
-  else:
-    state = jax.tree.map(lambda x: jax.ShapeDtypeStruct((k,) + x.shape, x.dtype), state)
-    step = stage1.make_stacked_train_step(c, parts.model, parts.tx, parts.schedule, n_train,
-                                          mesh)
+  state = jax.tree.map(lambda x: jax.ShapeDtypeStruct((k,) + x.shape, x.dtype),
+                       jax.eval_shape(parts.init_fn, jax.random.PRNGKey(0)))
+  images = jax.ShapeDtypeStruct((k, n_train, size, size, 3), jnp.uint8)
+  flags_ = jax.ShapeDtypeStruct((k, n_train), jnp.bool_)
   t = time.time()
-  lowered = step.lower(state, images, flags_)
+  lowered = parts.step_fn.lower(state, images, flags_)
   flops = float(lowered.cost_analysis()["flops"])
   compiled = lowered.compile()
   m = compiled.memory_analysis()

@@ -33,25 +33,6 @@ from mscm_jax.scoring import MemberScorers, Scorer
 
 
 
-def compute_scores(config: ml_collections.ConfigDict, split: protocols.ADSplit,
-                   scorer: Scorer) -> dict[str, Any]:
-  """{'scores': {name: [M] float64}, 'maps': {scale: [M, h, w] deviation maps},
-  'validation': {name: [V] float64} or None}: every score on the test split, and on the
-  validation split when the split has one."""
-  normal = ~split.train_is_anomaly
-  bank = scorer.embedding(split.train_images[normal])
-  scores, test = scorer.scores_and_read(split.test_images)
-  out = {"scores": _with_knn(config, split, scores, test, bank, split.test_images),
-         "maps": test["maps"], "validation": None}
-  embeddings = [test["embedding"]]
-  if split.has_validation:
-    scores, val = scorer.scores_and_read(split.val_images)
-    out["validation"] = _with_knn(config, split, scores, val, bank, split.val_images)
-    embeddings.append(val["embedding"])
-  _add_rotation_scores(config, split, scorer, out, bank, embeddings)
-  return out
-
-
 def _add_rotation_scores(config: ml_collections.ConfigDict, split: protocols.ADSplit,
                          scorer: Scorer, out: dict[str, Any], bank: np.ndarray,
                          embeddings: list[np.ndarray]) -> None:
@@ -85,11 +66,14 @@ def _add_rotation_scores(config: ml_collections.ConfigDict, split: protocols.ADS
         scores["rotation"] = scores["rotation"] + nll / rotations
 
 
-def compute_scores_members(configs: Sequence[ml_collections.ConfigDict],
-                           splits: Sequence[protocols.ADSplit],
-                           scorers: MemberScorers) -> list[dict[str, Any]]:
-  """`compute_scores` of K members, their models run as one program. A test split that
-  every member shares (the one-class protocols') is read once for all."""
+def compute_scores(configs: Sequence[ml_collections.ConfigDict],
+                   splits: Sequence[protocols.ADSplit],
+                   scorers: MemberScorers) -> list[dict[str, Any]]:
+  """Per member: {'scores': {name: [M] float64}, 'maps': {scale: [M, h, w] deviation
+  maps}, 'validation': {name: [V] float64} or None}, every score on the test split and on
+  the validation split when the splits have one. The K members' models run as one
+  program (a single run: K = 1); a test split that every member shares (the one-class
+  protocols') is read once for all."""
   first = splits[0].test_images
   shared = all(s.test_images is first or (s.test_images.shape == first.shape
                                            and np.array_equal(s.test_images, first))

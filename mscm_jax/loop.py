@@ -7,7 +7,6 @@ stage-2 detector resume, stop and report the same way.
 
 from __future__ import annotations
 
-import abc
 import contextlib
 import dataclasses
 import itertools
@@ -25,8 +24,8 @@ from jax.experimental import multihost_utils
 from mscm_jax import checkpoints, distributed, monitoring, sharding
 from mscm_jax.errors import CheckpointError, Interrupted, NonFiniteError
 
-__all__ = ["Interrupted", "LoopResult", "Members", "MembersResult", "NonFiniteError", "Single",
-           "Stacked", "run", "run_members", "stop_flag"]
+__all__ = ["Interrupted", "MembersResult", "NonFiniteError", "Stacked", "run_members",
+           "stop_flag"]
 
 
 @contextlib.contextmanager
@@ -49,109 +48,43 @@ def stop_flag():
       signal.signal(sig, handler)
 
 
-@dataclasses.dataclass
-class LoopResult:
-  state: Any
-  step: int  # the step reached (== total when the stage is complete)
-  finished: dict[str, Any] | None  # FINISHED.json of a stage that was already complete
-  rate: float | None  # items per second over the logged intervals (None: too few steps)
-  start: int = 0  # where this call began: 0 from scratch, a checkpoint's step, or `step`
-
-
-class Members(abc.ABC):
-  """How one trained state maps onto workdirs: one model and its own workdir (`Single`),
-  or K models stacked on a leading axis, each with its own workdir (`stage1.Stacked`).
-
-  `split` gives each member's state (what its checkpoints hold), `join` the reverse;
-  `scalars` each member's logged values.
-  """
-
-  def __init__(self, workdirs: list[str]):
-    self.workdirs = list(workdirs)
-
-  @abc.abstractmethod
-  def split(self, state: Any) -> list[Any]:
-    """Each member's state, in workdir order."""
-
-  @abc.abstractmethod
-  def join(self, parts: list[Any]) -> Any:
-    """The one state the step function takes, from the members' states."""
-
-  @abc.abstractmethod
-  def scalars(self, logged: dict[str, Any]) -> list[dict[str, float]]:
-    """Each member's logged values, from the step's (host) output."""
-
-
-class Single(Members):
-  def __init__(self, workdir: str):
-    super().__init__([workdir])
-
-  def split(self, state):
-    return [state]
-
-  def join(self, parts):
-    return parts[0]
-
-  def scalars(self, logged):
-    return [logged]
-
-
-class Stacked(Members):
-  """K states stacked on a leading axis split over `model`, each member with its own
-  workdir. A member's state, as its checkpoints hold it, is replicated over the mesh.
-  When K does not divide by the model axis, copies of member 0 pad the stack (they train
-  alongside, and nothing of them is saved or logged)."""
+class Stacked:
+  """How one trained state maps onto workdirs: K members' states stacked on a leading axis
+  split over `model` (a single run: K = 1), each member with its own workdir. A member's
+  state, as its checkpoints hold it, is replicated over the mesh. When K does not divide
+  by the model axis, copies of member 0 pad the stack (they train alongside, and nothing
+  of them is saved or logged)."""
 
   def __init__(self, workdirs: list[str], mesh: jax.sharding.Mesh):
-    super().__init__(workdirs)
+    self.workdirs = list(workdirs)
     self.mesh = mesh
 
-  def split(self, state):
+  def split(self, state: Any) -> list[Any]:
+    """Each member's state, in workdir order."""
     return sharding.unstack(state, self.mesh, len(self.workdirs))
 
-  def join(self, parts):
+  def join(self, parts: list[Any]) -> Any:
+    """The one state the step function takes, from the members' states."""
     return sharding.stack(parts, self.mesh)
 
-  def scalars(self, logged):
+  def scalars(self, logged: dict[str, Any]) -> list[dict[str, float]]:
+    """Each member's logged values, from the step's (host) output."""
     return [{k: float(v[i]) for k, v in logged.items()} for i in range(len(self.workdirs))]
 
 
 def finished_apart(name: str, workdirs: list[str], load: Callable[[int], Any],
                    train_rest: Callable[[list[int]], list[Any]]) -> list[Any] | None:
-  """For K members of one program: when some have finished stage `name`, those are
-  loaded one by one (`load(i)`) and the others trained together (`train_rest(indices)`);
-  the results in member order. None when none has finished."""
+  """For K members of one program: when some, not all, have finished stage `name`, those
+  are loaded one by one (`load(i)`) and the others trained together (`train_rest(indices)`);
+  the results in member order. None when none or all have finished (`run_members` loads
+  a finished program's members)."""
   finished = [checkpoints.finished_info(os.path.join(w, name)) is not None for w in workdirs]
-  if not any(finished):
+  if all(finished) or not any(finished):
     return None
   rest = [i for i, f in enumerate(finished) if not f]
   out = {i: load(i) for i, f in enumerate(finished) if f}
   out.update(zip(rest, train_rest(rest) if rest else [], strict=True))
   return [out[i] for i in range(len(workdirs))]
-
-
-def run(name: str, workdir: str, state: Any, step_fn: Callable[[Any], tuple[Any, dict]], *,
-        total: int, log_every: int, checkpoint_every: int, items_per_step: int,
-        steps_per_epoch: int, stop_after: int | None = None, unit: str = "views",
-        advice: Callable[[list[str]], str] | None = None,
-        probe: Callable[[Any], list[dict[str, float]]] | None = None,
-        probe_every: int = 0) -> LoopResult:
-  """Restores the newest intact checkpoint of `workdir/name`, trains to `total` (or
-  `stop_after`).
-
-  Returns at once when FINISHED.json says the stage is complete. Every `log_every` steps
-  the logged scalars are checked for NaN/Inf (a NonFiniteError names the step range, the
-  terms and `advice(terms)`; nothing non-finite is ever saved), written to
-  `workdir/metrics.jsonl` and TensorBoard, and the progress bar moves. The caller writes
-  FINISHED.json (with its own summary) once the stage's final work is done.
-  `probe(state)` -> one dict of scalars per member is written every `probe_every` steps
-  (0: never) before the end: a learning curve.
-  """
-  res = run_members(name, Single(workdir), state, step_fn, total=total, log_every=log_every,
-                    checkpoint_every=checkpoint_every, items_per_step=items_per_step,
-                    steps_per_epoch=steps_per_epoch, stop_after=stop_after, unit=unit,
-                    advice=advice, probe=probe, probe_every=probe_every)
-  return LoopResult(res.state, res.step, res.finished[0], res.rate, res.start)
 
 
 @dataclasses.dataclass
@@ -163,16 +96,24 @@ class MembersResult:
   start: int = 0  # the step every member began from in this call
 
 
-def run_members(name: str, members: Members, state: Any,
+def run_members(name: str, members: Stacked, state: Any,
                 step_fn: Callable[[Any], tuple[Any, dict]], *, total: int, log_every: int,
                 checkpoint_every: int, items_per_step: int, steps_per_epoch: int,
                 stop_after: int | None = None, unit: str = "views",
                 advice: Callable[[list[str]], str] | None = None,
                 probe: Callable[[Any], list[dict[str, float]]] | None = None,
                 probe_every: int = 0) -> MembersResult:
-  """`run` for a state that holds several members, each resumed from and saved to its
-  own `workdir/name` and logged to its own metrics: the files read exactly as if each
-  member had been trained alone.
+  """Restores the newest intact checkpoint of each member's `workdir/name` and trains
+  the members' state (`Stacked`: K >= 1 models) to `total` (or `stop_after`); each member
+  is saved to and logged in its own workdir, so its files read as a run of its own.
+
+  Returns at once when every member's FINISHED.json says the stage is complete. Every
+  `log_every` steps the logged scalars are checked for NaN/Inf (a NonFiniteError names
+  the step range, the member, the terms and `advice(terms)`; nothing non-finite is ever
+  saved), written to `workdir/metrics.jsonl` and TensorBoard, and the progress bar moves.
+  The caller writes FINISHED.json (with its own summary) once the stage's final work is
+  done. `probe(state)` -> one dict of scalars per member is written every `probe_every`
+  steps (0: never) before the end: a learning curve.
 
   Members resume from the newest step they all hold intact (a run killed between two
   members' saves leaves them one checkpoint apart; orbax keeps two); when there is none,
@@ -220,7 +161,7 @@ def run_members(name: str, members: Members, state: Any,
   finally:
     for m in mngrs:
       m.close()
-  return MembersResult(res.state, res.step, [None] * len(dirs), res.rate, start)
+  return res
 
 
 # One id per step of any loop in this process: every process runs the same steps, so the
@@ -245,7 +186,7 @@ def _stop_now(flag: bool, step: int, log_every: int, end: int) -> bool:
 
 def _train(name, members, mngrs, state, step_fn, start, total, log_every, ckpt_every,
            items_per_step, steps_per_epoch, stop_after, unit, advice, probe,
-           probe_every) -> LoopResult:
+           probe_every) -> MembersResult:
   ckpt_dirs = [str(m.directory) for m in mngrs]
   writers = [monitoring.MetricWriter(w, name) for w in members.workdirs]
   for writer in writers:
@@ -314,4 +255,4 @@ def _train(name, members, mngrs, state, step_fn, start, total, log_every, ckpt_e
     progress.close()
     for writer in writers:
       writer.close()
-  return LoopResult(state, step, None, rate, start)
+  return MembersResult(state, step, [None] * len(mngrs), rate, start)

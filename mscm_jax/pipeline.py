@@ -50,18 +50,20 @@ def image_grid(images: np.ndarray, columns: int) -> np.ndarray:
   return np.round(np.clip(grid, 0, 1) * 255).astype(np.uint8)
 
 
-def preview_augmentations(config: ml_collections.ConfigDict, data: device.DeviceDataset,
+def preview_augmentations(config: ml_collections.ConfigDict, train_images: np.ndarray,
                           mesh: jax.sharding.Mesh, out_dir: str) -> dict[str, Any]:
-  """Draws one training batch on device, augments it twice, saves a picture and stats.
+  """Draws one training batch, augments it twice on the devices, saves a picture and stats.
 
-  Rows of the picture: originals, view 1, view 2 (what stage 1 will contrast).
+  Rows of the picture: originals, view 1, view 2 (what stage 1 will contrast). Only the
+  batch goes to the devices.
   """
   from PIL import Image  # pylint: disable=g-import-not-at-top
 
   n_dev = mesh.devices.size
   n = max(n_dev, config.preview.num_images // n_dev * n_dev)
   key = jax.random.key(config.seed)
-  images, _ = device.draw_batch(data, jax.random.fold_in(key, 0), 0, n, mesh)
+  idx = device.sample_indices(jax.random.fold_in(key, 0), jnp.int32(0), len(train_images), n)
+  images = jax.device_put(train_images[np.asarray(idx)], sharding.data_sharding(mesh))
   params = augment.AugmentParams.from_config(config.augment)
   view1, view2 = jax.jit(augment.two_views, static_argnums=2)(jax.random.fold_in(key, 1),
                                                               images, params)
@@ -131,16 +133,12 @@ def _run(config, workdir, split, discard_stale, stage1_from,
   # ---- every check has passed: from here on the workdir changes (process 0 changes it;
   # the barriers keep the others from reading it half-changed).
   distributed.sync("workdir checked")
-  data = _begin(r, mesh, t)
-  if data is None:
+  if not _begin(r, mesh, t):
     return r.done
   if config.stop_after == "data":
     return _finish(workdir, r.summary, r.seconds, "data")
-  t = time.time()
-  _record(workdir, r.plan["stage1"])
-  s1 = stage1.train(config, split, workdir, mesh, data=data)
-  del data
-  return _after_stage1(r, s1, mesh, time.time() - t)
+  _train_members([r], sharding.member_mesh(mesh))
+  return r.done
 
 
 def run_classes(config: ml_collections.ConfigDict, root: str, *,
@@ -148,7 +146,7 @@ def run_classes(config: ml_collections.ConfigDict, root: str, *,
   """`run` for each class of `stack.classes` ('all' or names / indices) as the normal
   class, in `root/<stack.workdir_name>/` (default `root/<class>/`), with their stage 1,
   stage 2 and evaluation each run as one program over a (model, data) mesh
-  (`stage1.train_stacked`, `stage2.train_members`, `evaluate.compute_scores_members`).
+  (`stage1.train_members`, `stage2.train_members`, `evaluate.compute_scores`).
   Each workdir reads as that class's own `run`, and is interchangeable with it (the
   identities are the same). Returns {class: results}."""
   config_lib.validate(config)
@@ -204,30 +202,27 @@ def _run_classes(config, names, chosen, configs, workdirs, discard_stale
   for r in runs:
     _warn_clamped(r.config, r.split)
   distributed.sync("workdirs checked")
-  todo = []
-  for r in runs:
-    if _begin(r, mesh, t) is not None:  # the preview's copy on the devices is dropped
-      todo.append(r)
+  todo = [r for r in runs if _begin(r, mesh, t)]
   if config.stop_after == "data":
     return {names[k]: _finish(r.workdir, r.summary, r.seconds, "data")
             for k, r in zip(chosen, runs, strict=True)}
   if todo:
-    _train_members(config, todo, mesh)
+    _train_members(todo, sharding.make_model_mesh(
+        config.stack.model_axis or sharding.default_model_axis(mesh.devices.size, len(todo)),
+        config.train.num_devices))
   return {names[k]: r.done for k, r in zip(chosen, runs, strict=True)}
 
 
-def _train_members(config: ml_collections.ConfigDict, todo: list[_Run], mesh) -> None:
-  """Stage 1, stage 2 and the evaluation of the unfinished classes, each as one program
-  over a (model, data) mesh; sets each run's `done`."""
-  model_mesh = sharding.make_model_mesh(
-      config.stack.model_axis or sharding.default_model_axis(mesh.devices.size, len(todo)),
-      config.train.num_devices)
+def _train_members(todo: list[_Run], model_mesh) -> None:
+  """Stage 1, stage 2 and the evaluation of the unfinished runs, each stage as one
+  program over a (model, data) mesh (a single run: K = 1); sets each run's `done`."""
   t = time.time()
   for r in todo:
     _record(r.workdir, r.plan["stage1"])
-  logging.info("Stage 1 of %d classes as one program on a %s mesh", len(todo),
-               dict(model_mesh.shape))
-  s1s = stage1.train_stacked([r.config for r in todo], [r.split for r in todo],
+  if len(todo) > 1:
+    logging.info("Stage 1 of %d classes as one program on a %s mesh", len(todo),
+                 dict(model_mesh.shape))
+  s1s = stage1.train_members([r.config for r in todo], [r.split for r in todo],
                              [r.workdir for r in todo], model_mesh)
   elapsed = time.time() - t
   runs = []
@@ -240,7 +235,8 @@ def _train_members(config: ml_collections.ConfigDict, todo: list[_Run], mesh) ->
   t = time.time()
   for r, _ in runs:
     _record(r.workdir, r.plan["stage2"])
-  logging.info("Stage 2 of %d classes as one program", len(runs))
+  if len(runs) > 1:
+    logging.info("Stage 2 of %d classes as one program", len(runs))
   s2s = stage2.train_members([r.config for r, _ in runs], [r.split for r, _ in runs],
                              [r.workdir for r, _ in runs], model_mesh,
                              [s1 for _, s1 in runs])
@@ -253,11 +249,11 @@ def _train_members(config: ml_collections.ConfigDict, todo: list[_Run], mesh) ->
   if not scorers:
     return
   t = time.time()
-  logging.info("Evaluation of %d classes as one program: every score on the test images",
-               len(scorers))
-  outs = evaluate.compute_scores_members(
-      [r.config for r, _ in scorers], [r.split for r, _ in scorers],
-      MemberScorers([s for _, s in scorers], model_mesh))
+  logging.info("Evaluation%s: every score on the %d test images",
+               f" of {len(scorers)} classes as one program" if len(scorers) > 1 else "",
+               scorers[0][0].split.n_test)
+  outs = evaluate.compute_scores([r.config for r, _ in scorers], [r.split for r, _ in scorers],
+                                 MemberScorers([s for _, s in scorers], model_mesh))
   for (r, _), out in zip(scorers, outs, strict=True):
     r.done = _evaluated(r, out, t)
 
@@ -296,9 +292,9 @@ def _check(config, workdir, split, dataset, discard_stale, stage1_from) -> _Run:
   return _Run(config, workdir, split, dataset, plan, stale, source)
 
 
-def _begin(r: _Run, mesh, t: float) -> device.DeviceDataset | None:
-  """The workdir made this run's (stale stages gone, config.json), then the data on the
-  devices and its preview; None (and `r.done` set) when the results are already there."""
+def _begin(r: _Run, mesh, t: float) -> bool:
+  """The workdir made this run's (stale stages gone, config.json), then the preview of
+  its data; False (and `r.done` set) when the results are already there."""
   writer = distributed.is_writer()
   if r.stale and writer:
     workdir_lib.discard(r.workdir, r.stale)
@@ -311,7 +307,7 @@ def _begin(r: _Run, mesh, t: float) -> device.DeviceDataset | None:
     if writer:
       print(evaluate.summary_table(done), flush=True)
     r.done = done
-    return None
+    return False
   if writer:
     if done is None:
       workdir_lib.discard_results(r.workdir)  # made by another evaluation identity, or partial
@@ -323,31 +319,12 @@ def _begin(r: _Run, mesh, t: float) -> device.DeviceDataset | None:
                     **split.summary()})
   logging.info("Split: %s", json.dumps(r.summary))
   # Also for a finished stage 1: results.json then reads the same however often the
-  # run was interrupted (the copy and the preview take well under a second).
-  data = device.put_on_device(split.train_images, split.train_is_anomaly, mesh)
-  r.summary["preview"] = preview_augmentations(config, data, mesh,
+  # run was interrupted (the preview takes well under a second).
+  r.summary["preview"] = preview_augmentations(config, split.train_images, mesh,
                                                os.path.join(r.workdir, "preview"))
   logging.info("Augmented views written to %s", r.summary["preview"]["picture"])
   r.seconds["data"] = time.time() - t
-  return data
-
-
-def _after_stage1(r: _Run, s1: stage1.Stage1Result, mesh, stage1_seconds: float
-                  ) -> dict[str, Any]:
-  """Stage 2 and the evaluation of one workdir, given its stage 1; its results."""
-  done = _stage1_done(r, s1, stage1_seconds)
-  if done is not None:
-    return done
-  t = time.time()
-  _record(r.workdir, r.plan["stage2"])
-  s2 = stage2.train(r.config, r.split, r.workdir, mesh, s1)
-  done = _stage2_done(r, s2, time.time() - t)
-  if done is not None:
-    return done
-  t = time.time()
-  logging.info("Evaluation: every score on the %d test images", r.split.n_test)
-  out = evaluate.compute_scores(r.config, r.split, Scorer(r.config, s1, s2))
-  return _evaluated(r, out, t)
+  return True
 
 
 def _stage1_done(r: _Run, s1: stage1.Stage1Result, seconds: float) -> dict[str, Any] | None:

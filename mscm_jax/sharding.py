@@ -1,6 +1,6 @@
-"""The device mesh: a `data` axis, batches are split over it and state is replicated; for
-K models trained as one program (`stage1.train_stacked`) a `model` axis next to it, over
-which the models' stacked states and data are split."""
+"""The device mesh: a `data` axis, over which each model's batch is split, and a `model`
+axis, over which K models trained as one program (`stage1.train_members`) split their
+stacked states and data. A single run is K = 1 on a model axis of 1 (`member_mesh`)."""
 
 from __future__ import annotations
 
@@ -56,7 +56,30 @@ def over_members(body, mesh: Mesh, within_group: str = "vmap"):
   groups of devices, and within a group either vmapped too ("vmap": one wide
   computation) or run member after member ("sequential": `lax.map`, one member's
   activations at a time). The leading axis of every argument and output is the member
-  axis (its size a multiple of the model axis: `stack`)."""
+  axis (its size a multiple of the model axis: `stack`). One member (a single run) runs
+  `body` itself on the member, not a vmapped batch of one: XLA then compiles exactly one
+  model's program."""
+  stacked = _over_members(body, mesh, within_group)
+
+  def fn(*args):
+    if jax.tree.leaves(args)[0].shape[0] == 1:
+      out = body(*jax.tree.map(lambda x: x[0], args))
+      return jax.tree.map(lambda x: x[None], out)
+    return stacked(*args)
+
+  return fn
+
+
+def jit_members_step(body, mesh: Mesh, within_group: str, compiler_options: dict):
+  """A training step `body(state, data, flags)` of one member, jitted over K stacked
+  members (`over_members`): states split over `model` and donated, each member's rows
+  over `data`."""
+  ms, ds = model_sharding(mesh), stacked_data_sharding(mesh)
+  return jax.jit(over_members(body, mesh, within_group), in_shardings=(ms, ds, ds),
+                 out_shardings=(ms, ms), donate_argnums=(0,), compiler_options=compiler_options)
+
+
+def _over_members(body, mesh: Mesh, within_group: str):
   if within_group == "vmap":
     return jax.vmap(body, spmd_axis_name=MODEL_AXIS)
   groups = mesh.shape[MODEL_AXIS]
@@ -100,13 +123,23 @@ def mesh_of(tree: Any) -> Mesh | None:
   return s.mesh if isinstance(s, NamedSharding) and s.mesh.size > 1 else None
 
 
+def member_mesh(mesh: Mesh) -> Mesh:
+  """`mesh` as a (model, data) mesh: itself when it has a `model` axis, else its devices
+  as one group (model axis 1). Every stage runs K stacked members on such a mesh; a
+  single run is K = 1."""
+  if MODEL_AXIS in mesh.axis_names:
+    return mesh
+  return Mesh(mesh.devices.reshape(1, -1), (MODEL_AXIS, DATA_AXIS))
+
+
 def as_one_member(tree: Any) -> tuple[Any, Mesh]:
   """One state (replicated over its mesh, or on one device) as a stack of K = 1 members on
   a (model, data) mesh of the same devices: a single run goes through the stacked code."""
   mesh = mesh_of(tree)
-  devices = mesh.devices.ravel() if mesh is not None else np.asarray(jax.devices()[:1])
-  member_mesh = Mesh(devices.reshape(1, -1), (MODEL_AXIS, DATA_AXIS))
-  return stack([tree], member_mesh), member_mesh
+  if mesh is None:
+    mesh = Mesh(np.asarray(jax.devices()[:1]), (DATA_AXIS,))
+  mesh = member_mesh(mesh)
+  return stack([tree], mesh), mesh
 
 
 def stack_padding(k: int, mesh: Mesh) -> int:

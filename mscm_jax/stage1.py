@@ -2,14 +2,15 @@
 
 Reads top to bottom: model and optimiser from the config, the train state, the loss,
 the sharded train step, the loop (checkpoints, NaN guard, metrics, SIGTERM), the
-k-NN health probe. The state is replicated over the `data` mesh axis; the batch is
-drawn on device, sharded over `data`, augmented inside the step.
+k-NN health probe. The loop trains K models as one program, a single run being K = 1:
+their states are stacked over the `model` mesh axis and replicated over `data`; each
+model's batch is drawn on device, sharded over `data`, augmented inside the step.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
+import json
 import os
 import time
 from collections.abc import Callable
@@ -211,9 +212,8 @@ def make_update(config: ml_collections.ConfigDict, model: AnoMem, tx,
 
 def make_step_body(config: ml_collections.ConfigDict, model: AnoMem, tx,
                    schedule: optax.Schedule, data_size: int, mesh) -> Callable:
-  """The step, unjitted: draw the batch by index, rotate it (`shift.rotations`), augment
-  twice, then `make_update`'s update. `make_train_step` jits it for one model; a stacked
-  program maps it over K (`sharding.over_members`)."""
+  """One member's step, unjitted: draw the batch by index, rotate it (`shift.rotations`),
+  augment twice, then `make_update`'s update. `make_train_step` maps it over K members."""
   batch_size = config.train.batch_size
   rotations = config.shift.rotations
   aug_params = augment.AugmentParams.from_config(config.augment)
@@ -240,17 +240,16 @@ def make_step_body(config: ml_collections.ConfigDict, model: AnoMem, tx,
 
 def make_train_step(config: ml_collections.ConfigDict, model: AnoMem, tx,
                     schedule: optax.Schedule, data_size: int, mesh) -> Callable:
-  """One jitted step of `make_step_body`.
-
-  The state is replicated and donated; the data arrays are sharded on `data`. The
-  loss sees the global batch, so NT-Xent negatives and BatchNorm statistics span every
-  device (XLA inserts the collectives).
+  """One jitted step of K stacked members (a single run is K = 1): `make_step_body` over
+  the leading member axis (`sharding.over_members`, by `stack.within_group`) of the states
+  and training sets [K, N, ...]. States are split over `model` and donated, each member's
+  batch over `data`; a member's loss sees its global batch, so NT-Xent negatives and
+  BatchNorm statistics span its devices (XLA inserts the collectives).
   """
-  data_spec, repl = sharding.data_sharding(mesh), sharding.replicated(mesh)
-  return jax.jit(make_step_body(config, model, tx, schedule, data_size, mesh),
-                 in_shardings=(repl, data_spec, data_spec),
-                 out_shardings=(repl, repl), donate_argnums=(0,),
-                 compiler_options=conv.compiler_options())
+  mesh = sharding.member_mesh(mesh)
+  body = make_step_body(config, model, tx, schedule, data_size, mesh)
+  return sharding.jit_members_step(body, mesh, config.stack.within_group,
+                                   conv.compiler_options())
 
 
 # ------------------------------------------------------------------------------ probe
@@ -298,11 +297,14 @@ _COMPONENTS: dict[tuple[Any, ...], Components] = {}
 
 def components(config: ml_collections.ConfigDict, n_train: int, image_shape,
                mesh) -> Components:
-  """Model, schedule, optimiser, jitted init and step: built once per config, data and mesh.
+  """Model, schedule, optimiser, jitted init (one member's state, replicated) and step
+  (K stacked members, `make_train_step`) on `sharding.member_mesh(mesh)`: built once per
+  config, data and mesh.
 
   A resumed or repeated `train` in the same process (a notebook, the tests) then reuses
   the compiled step instead of paying XLA's compile time again.
   """
+  mesh = sharding.member_mesh(mesh)
   key = (config.to_json_best_effort(sort_keys=True), n_train, tuple(image_shape), mesh)
   if key not in _COMPONENTS:
     total, per_epoch = num_steps(config, n_train)
@@ -330,44 +332,95 @@ class Stage1Result:
 
 
 def train(config: ml_collections.ConfigDict, split: protocols.ADSplit, workdir: str,
-          mesh: jax.sharding.Mesh, *, stop_after: int | None = None, probe: bool = True,
-          data: device.DeviceDataset | None = None) -> Stage1Result:
-  """Trains (or resumes, or loads the finished) stage 1 in `workdir/stage1/`.
+          mesh: jax.sharding.Mesh, *, stop_after: int | None = None,
+          probe: bool = True) -> Stage1Result:
+  """`train_members` of one model: trains (or resumes, or loads the finished) stage 1 in
+  `workdir/stage1/`."""
+  return train_members([config], [split], [workdir], mesh, stop_after=stop_after,
+                       probe=probe)[0]
 
-  `stop_after` ends the loop early at that step with a checkpoint (tests, and
+
+def stack_key(config: ml_collections.ConfigDict) -> str:
+  """What members of one program must share: everything stage 1 reads but the seed and
+  which classes are normal or labelled anomalous (the data)."""
+  c = json.loads(config.to_json_best_effort())
+  for section, name in ((c, "seed"), (c["dataset"], "normal_class"), (c, "anomaly_classes")):
+    section.pop(name)
+  return json.dumps(c, sort_keys=True)
+
+
+def train_members(configs: list[ml_collections.ConfigDict], splits: list[protocols.ADSplit],
+                  workdirs: list[str], mesh: jax.sharding.Mesh, *,
+                  stop_after: int | None = None, probe: bool = True) -> list[Stage1Result]:
+  """Trains (or resumes, or loads the finished) stage 1 of K models, one per config, split
+  and workdir, as one jitted program; a single run is K = 1.
+
+  The K states and training sets are stacked on a leading axis split over the mesh's
+  `model` axis (`sharding.member_mesh`), and `make_step_body` is mapped over it; each
+  model's batch is split over `data`. Each workdir gets its own checkpoints, metrics,
+  probe and FINISHED.json, as a run of that config alone writes them; results match K
+  = 1 runs within float rounding (tests/test_stacked.py states the tolerance). The
+  configs may differ in their seed and classes only, and the training sets must have one
+  size. `stop_after` ends the loop early at that step with a checkpoint (tests, and
   schedules split across sessions); the schedule itself stays that of the config.
-  `data`: the training set already on the mesh (saves a second host-to-device copy).
   """
   t_start = time.time()
-  config_lib.validate(config, mesh.devices.size)
-  check_shape(config, split.train_images.shape[1:])
-  total, per_epoch = num_steps(config, split.n_train)
-  model, _, _, init_fn, step_fn = components(config, split.n_train,
-                                             split.train_images.shape[1:], mesh)
-  state = init_fn(jax.random.PRNGKey(config.seed))
-  finished = checkpoints.finished_info(os.path.join(workdir, STAGE))
-  if data is None and finished is None:
-    data = device.put_on_device(split.train_images, split.train_is_anomaly, mesh)
+  mesh = sharding.member_mesh(mesh)
+  apart = loop.finished_apart(  # finished members loaded alone, the others as one program
+      STAGE, workdirs, lambda i: train(configs[i], splits[i], workdirs[i], mesh, probe=probe),
+      lambda rest: train_members([configs[i] for i in rest], [splits[i] for i in rest],
+                                 [workdirs[i] for i in rest], mesh, stop_after=stop_after,
+                                 probe=probe))
+  if apart is not None:
+    return apart
+  if len(configs) > 1 and len({stack_key(c) for c in configs}) != 1:
+    raise UserError("configs trained as one program may differ only in seed, "
+                    "dataset.normal_class and anomaly_classes")
+  if not len(configs) == len(splits) == len(workdirs):
+    raise ValueError("one split and one workdir per config")
+  config = configs[0]
+  config_lib.validate(config, sharding.data_axis_size(mesh))
+  image_shape = splits[0].train_images.shape[1:]
+  check_shape(config, image_shape)
+  n_train = device.one_size([s.n_train for s in splits])
+  members = loop.Stacked(workdirs, mesh)
+  total, per_epoch = num_steps(config, n_train)
+  model, _, _, init_fn, step_fn = components(config, n_train, image_shape, mesh)
+  state = members.join([init_fn(jax.random.PRNGKey(c.seed)) for c in configs])
+  data = []  # on the devices at the first step: a finished stage never copies it
 
   def step(s):
-    return step_fn(s, data.images, data.is_anomaly)
+    if not data:
+      data.append(device.put_stacked([x.train_images for x in splits],
+                                     [x.train_is_anomaly for x in splits], mesh))
+    return step_fn(s, data[0].images, data[0].is_anomaly)
 
-  res = loop.run(STAGE, workdir, state, step, total=total,
-                 log_every=config.train.log_every_steps,
-                 checkpoint_every=config.train.checkpoint_every_steps,
-                 items_per_step=views_per_step(config), steps_per_epoch=per_epoch,
-                 stop_after=stop_after, unit="views", advice=nan_advice(config),
-                 **curve(config, model, [split], lambda s: [s]))
-  if res.finished is not None:
-    return Stage1Result(res.state, model, res.step, res.finished.get("val_probe_auroc"),
-                        res.rate, 0.0, res.finished.get("val_probe_untrained_auroc"), res.step)
-  return _finish(config, split, workdir, model, init_fn, res.state, res.step, total,
-                 res.rate, probe, t_start, res.start)
+  res = loop.run_members(STAGE, members, state, step, total=total,
+                         log_every=config.train.log_every_steps,
+                         checkpoint_every=config.train.checkpoint_every_steps,
+                         items_per_step=views_per_step(config) * len(configs),
+                         steps_per_epoch=per_epoch, stop_after=stop_after, unit="views",
+                         advice=nan_advice(config),
+                         **curve(config, model, splits, members.split))
+  data.clear()
+  out = []
+  for c, split, workdir, state, finished in zip(configs, splits, workdirs,
+                                                members.split(res.state), res.finished,
+                                                strict=True):
+    if finished is not None:
+      out.append(Stage1Result(state, model, res.step, finished.get("val_probe_auroc"),
+                              res.rate, 0.0, finished.get("val_probe_untrained_auroc"),
+                              res.step))
+    else:
+      out.append(_finish(c, split, workdir, model, init_fn, state, res.step, total,
+                         res.rate, probe, t_start, res.start))
+  return out
 
 
 def _finish(config, split, workdir, model, init_fn, state, step, total, rate, probe,
             t_start, start) -> Stage1Result:
-  """A complete stage's last work: the k-NN probe (trained and untrained), FINISHED.json."""
+  """A member's last work once its stage is complete: the k-NN probe (trained and
+  untrained), FINISHED.json."""
   probe_auroc = untrained = None
   if step >= total:
     if probe and split.has_validation:
@@ -388,90 +441,6 @@ def _finish(config, split, workdir, model, init_fn, state, step, total, rate, pr
                                "image_shape": list(split.train_images.shape[1:])})
   return Stage1Result(state, model, step, probe_auroc, rate,
                       time.time() - t_start, untrained, start)
-
-
-# ----------------------------------------------------------- K models as one program
-
-
-def stack_key(config: ml_collections.ConfigDict) -> str:
-  """What members of one stacked program must share: everything stage 1 reads but the
-  seed and which classes are normal or labelled anomalous (the data)."""
-  c = copy.deepcopy(config)  # FieldReferences kept: any type may be set
-  c.seed = 0
-  c.dataset.normal_class = 0
-  c.anomaly_classes = ()
-  return c.to_json_best_effort(sort_keys=True)
-
-
-def make_stacked_train_step(config: ml_collections.ConfigDict, model: AnoMem, tx,
-                            schedule: optax.Schedule, data_size: int, mesh) -> Callable:
-  """`make_step_body` over K stacked states and training sets [K, N, ...]
-  (`sharding.over_members`, by `stack.within_group`): states
-  split over `model`, each model's batch over `data`, one compiled program for all K."""
-  ms, ds = sharding.model_sharding(mesh), sharding.stacked_data_sharding(mesh)
-  body = make_step_body(config, model, tx, schedule, data_size, mesh)
-  return jax.jit(sharding.over_members(body, mesh, config.stack.within_group),
-                 in_shardings=(ms, ds, ds), out_shardings=(ms, ms), donate_argnums=(0,),
-                 compiler_options=conv.compiler_options())
-
-
-def train_stacked(configs: list[ml_collections.ConfigDict], splits: list[protocols.ADSplit],
-                  workdirs: list[str], mesh: jax.sharding.Mesh, *,
-                  stop_after: int | None = None, probe: bool = True) -> list[Stage1Result]:
-  """Stage 1 of K models (one per config, split and workdir) as one jitted program.
-
-  The K states and training sets are stacked on a leading axis split over the mesh's
-  `model` axis, and `make_step_body` is mapped over it; each model's batch is split
-  over `data`. Every workdir ends up as a separate `train` of its config leaves it (its
-  own checkpoints, metrics, probe, FINISHED.json); results match within float rounding
-  (tests/test_stacked.py states the tolerance). The configs may differ in their seed
-  and classes only, and the training sets must have one size.
-  """
-  t_start = time.time()
-  apart = loop.finished_apart(  # finished members loaded alone, the others as one program
-      STAGE, workdirs, lambda i: train(configs[i], splits[i], workdirs[i], mesh, probe=probe),
-      lambda rest: train_stacked([configs[i] for i in rest], [splits[i] for i in rest],
-                                 [workdirs[i] for i in rest], mesh, stop_after=stop_after,
-                                 probe=probe))
-  if apart is not None:
-    return apart
-  keys = {stack_key(c) for c in configs}
-  if len(keys) != 1:
-    raise UserError("configs trained as one program may differ only in seed, "
-                    "dataset.normal_class and anomaly_classes")
-  if not len(configs) == len(splits) == len(workdirs):
-    raise ValueError("one split and one workdir per config")
-  config = configs[0]
-  config_lib.validate(config, sharding.data_axis_size(mesh))
-  check_shape(config, splits[0].train_images.shape[1:])
-  members = loop.Stacked(workdirs, mesh)
-  data = device.put_stacked([s.train_images for s in splits],
-                            [s.train_is_anomaly for s in splits], mesh)
-  total, per_epoch = num_steps(config, data.size)
-  model, schedule, tx, init_fn, _ = components(config, data.size,
-                                               splits[0].train_images.shape[1:], mesh)
-  state = members.join([init_fn(jax.random.PRNGKey(c.seed)) for c in configs])
-  step_fn = make_stacked_train_step(config, model, tx, schedule, data.size, mesh)
-  res = loop.run_members(STAGE, members, state,
-                         lambda s: step_fn(s, data.images, data.is_anomaly), total=total,
-                         log_every=config.train.log_every_steps,
-                         checkpoint_every=config.train.checkpoint_every_steps,
-                         items_per_step=views_per_step(config) * len(configs),
-                         steps_per_epoch=per_epoch, stop_after=stop_after, unit="views",
-                         advice=nan_advice(config),
-                         **curve(config, model, splits, members.split))
-  out = []
-  for c, split, workdir, state, finished in zip(configs, splits, workdirs,
-                                                members.split(res.state), res.finished,
-                                                strict=True):
-    if finished is not None:
-      out.append(Stage1Result(state, model, res.step, finished.get("val_probe_auroc"),
-                              res.rate, 0.0, finished.get("val_probe_untrained_auroc"),
-                              res.step))
-    else:
-      out.append(_finish(c, split, workdir, model, init_fn, state, res.step, total,
-                         res.rate, probe, t_start, res.start))
-  return out
 
 
 def load_finished(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh,

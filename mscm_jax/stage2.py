@@ -164,19 +164,10 @@ def _new_state(config: ml_collections.ConfigDict, tx, fresh: dict[str, Any],
                        opt_state=tx.init(params), rng=jax.random.PRNGKey(config.seed))
 
 
-def init_state(config: ml_collections.ConfigDict, detector: DistanceDetector, tx,
-               normal_maps: dict[str, np.ndarray], mesh) -> DetectorState:
-  """Fresh detectors; c_s = mean phi_s of the normal fit maps under the initial weights."""
-  fresh = _fresh_params(config, detector, normal_maps)
-  apply = jax.jit(_phi_fn(detector), compiler_options=conv.compiler_options())
-  batch = min(config.evaluate.batch_size, len(next(iter(normal_maps.values()))))
-  outs = device.map_batches(lambda m: apply(fresh, m), normal_maps, batch)
-  return jax.device_put(_new_state(config, tx, fresh, outs), sharding.replicated(mesh))
-
-
 def init_members(configs: Sequence[ml_collections.ConfigDict], detector: DistanceDetector,
                  tx, normal_maps: list[dict[str, np.ndarray]], mesh) -> DetectorState:
-  """`init_state` of K members, stacked over `model`; their centres in one program."""
+  """Fresh detectors of K members, stacked over `model`; c_s = mean phi_s of each
+  member's normal fit maps under its initial weights, all K in one program."""
   fresh = [_fresh_params(c, detector, m) for c, m in zip(configs, normal_maps, strict=True)]
   batch = min(configs[0].evaluate.batch_size,
               max(len(next(iter(m.values()))) for m in normal_maps))
@@ -188,8 +179,8 @@ def init_members(configs: Sequence[ml_collections.ConfigDict], detector: Distanc
 
 def make_step_body(config: ml_collections.ConfigDict, detector: DistanceDetector, tx,
                    schedule, n_fit: int, mesh) -> Callable:
-  """The step over every detector (their parameters are disjoint), unjitted:
-  `make_train_step` jits it for one model, `make_stacked_train_step` maps it over K."""
+  """One member's step over every detector (their parameters are disjoint), unjitted:
+  `make_train_step` maps it over K members."""
   s2 = config.stage2
   batch_size = s2.batch_size
   unbalanced = config.setting == "unbalanced" or s2.rotated_anomalies
@@ -228,24 +219,14 @@ def make_step_body(config: ml_collections.ConfigDict, detector: DistanceDetector
 
 def make_train_step(config: ml_collections.ConfigDict, detector: DistanceDetector, tx,
                     schedule, n_fit: int, mesh) -> Callable:
-  """One jitted step: state replicated and donated, fit inputs sharded on `data`."""
-  data_spec, repl = sharding.data_sharding(mesh), sharding.replicated(mesh)
-  return jax.jit(make_step_body(config, detector, tx, schedule, n_fit, mesh),
-                 in_shardings=(repl, data_spec, data_spec),
-                 out_shardings=(repl, repl), donate_argnums=(0,),
-                 compiler_options=conv.compiler_options())
-
-
-def make_stacked_train_step(config: ml_collections.ConfigDict, detector: DistanceDetector,
-                            tx, schedule, n_fit: int, mesh) -> Callable:
-  """`make_step_body` over K stacked states and fit sets [K, N, ...]
-  (`sharding.over_members`, by `stack.within_group`): states
-  split over `model`, each member's batch over `data`, one program for all K."""
-  ms, ds = sharding.model_sharding(mesh), sharding.stacked_data_sharding(mesh)
+  """One jitted step of K stacked members (a single run is K = 1): `make_step_body` over
+  the member axis of states and fit sets [K, N, ...] (`sharding.over_members`, by
+  `stack.within_group`); states split over `model` and donated, each member's batch over
+  `data`."""
+  mesh = sharding.member_mesh(mesh)
   body = make_step_body(config, detector, tx, schedule, n_fit, mesh)
-  return jax.jit(sharding.over_members(body, mesh, config.stack.within_group),
-                 in_shardings=(ms, ds, ds), out_shardings=(ms, ms), donate_argnums=(0,),
-                 compiler_options=conv.compiler_options())
+  return sharding.jit_members_step(body, mesh, config.stack.within_group,
+                                   conv.compiler_options())
 
 
 @functools.lru_cache(maxsize=16)
@@ -299,7 +280,7 @@ class FitResult:
   norm: dict[str, list[float]]  # {detector: [mean, std]} of its distance on `reference`
   reference: np.ndarray  # bool [N]: the rows that set the spread (the holdout)
   n_fit: int
-  start: int = 0  # the step this call began from (`loop.LoopResult.start`)
+  start: int = 0  # the step this call began from (`loop.MembersResult.start`)
 
 
 def nan_advice(config: ml_collections.ConfigDict):
@@ -349,47 +330,26 @@ def with_anomalies(inputs: dict[str, np.ndarray], is_anomaly: np.ndarray,
 def fit(config: ml_collections.ConfigDict, inputs: dict[str, np.ndarray],
         is_anomaly: np.ndarray, workdir: str, mesh, *,
         stop_after: int | None = None) -> FitResult:
-  """Trains (or resumes, or loads) the detectors on `inputs` ({detector: [N, h, w, c]}):
-  the one stage-2 fit, for the pipeline and for experiments on cached inputs.
-
-  A seeded `holdout_fraction` of the normal rows is kept out; the distances on it set
-  each detector's spread. Checkpoints go to `workdir/stage2/`.
-  """
-  s2 = config.stage2
-  config_lib.validate(config, mesh.devices.size)
-  is_anomaly = np.asarray(is_anomaly, bool)
-  hold, fit_rows, fit_normal = _fit_rows(config, is_anomaly)
-  n_fit = int(fit_rows.sum())
-  detector = build_detector(config)
-  total, per_epoch = num_steps(config, n_fit)
-  tx, schedule = build_optimizer(config, total)
-  state = init_state(config, detector, tx, {s: m[fit_normal] for s, m in inputs.items()},
-                     mesh)
-  n_dev, spec = mesh.devices.size, sharding.data_sharding(mesh)
-  fit_maps = {s: jax.device_put(sharding.pad_to_multiple(m[fit_rows], n_dev), spec)
-              for s, m in inputs.items()}
-  flags = jax.device_put(sharding.pad_to_multiple(is_anomaly[fit_rows], n_dev), spec)
-  step_fn = make_train_step(config, detector, tx, schedule, n_fit, mesh)
-  res = loop.run(STAGE, workdir, state, lambda st: step_fn(st, fit_maps, flags), total=total,
-                 log_every=s2.log_every_steps, checkpoint_every=s2.checkpoint_every_steps,
-                 items_per_step=s2.batch_size, steps_per_epoch=per_epoch,
-                 stop_after=stop_after, unit="maps", advice=nan_advice(config))
-  ref = hold if hold.any() else fit_normal
-  norm = spread(distances(detector, res.state, {s: m[ref] for s, m in inputs.items()},
-                          config.evaluate.batch_size))
-  rate = res.rate if res.finished is None else res.finished.get("maps_per_second")
-  return FitResult(res.state, detector, res.step, rate, norm, ref, n_fit, res.start)
+  """`fit_members` of one model: the stage-2 fit for experiments on cached inputs."""
+  return fit_members([config], [inputs], [is_anomaly], [workdir], mesh,
+                     stop_after=stop_after)[0]
 
 
 def fit_members(configs: Sequence[ml_collections.ConfigDict],
                 inputs: list[dict[str, np.ndarray]], is_anomaly: list[np.ndarray],
                 workdirs: list[str], mesh, *, stop_after: int | None = None
                 ) -> list[FitResult]:
-  """`fit` of K members (configs differing in seed and classes only, fit sets of one
-  size) as one program on a (model, data) mesh: states stacked over `model`, each
-  member's batch split over `data`, each member resumed from and saved to its own
-  `workdir/stage2/` (`loop.run_members`). Results match K `fit`s within float rounding
-  (tests/test_stacked.py)."""
+  """Trains (or resumes, or loads) the detectors of K members (configs differing in seed
+  and classes only, fit sets of one size) on their `inputs` ({detector: [N, h, w, c]}) as
+  one program; a single run is K = 1. States are stacked over `model`, each member's
+  batch split over `data`, each member resumed from and saved to its own
+  `workdir/stage2/` (`loop.run_members`). Results match K = 1 fits within float rounding
+  (tests/test_stacked.py).
+
+  A seeded `holdout_fraction` of each member's normal rows is kept out; the distances on
+  it set each detector's spread.
+  """
+  mesh = sharding.member_mesh(mesh)
   config, k = configs[0], len(configs)
   s2 = config.stage2
   config_lib.validate(config, sharding.data_axis_size(mesh))
@@ -412,7 +372,7 @@ def fit_members(configs: Sequence[ml_collections.ConfigDict],
               for s in inputs[0]}
   fit_flags = device.stack_rows([f[fit_rows] for f, (_, fit_rows, _)
                                  in zip(flags, rows, strict=True)], mesh)
-  step_fn = make_stacked_train_step(config, detector, tx, schedule, n_fit, mesh)
+  step_fn = make_train_step(config, detector, tx, schedule, n_fit, mesh)
   res = loop.run_members(STAGE, members, state, lambda st: step_fn(st, fit_maps, fit_flags),
                          total=total, log_every=s2.log_every_steps,
                          checkpoint_every=s2.checkpoint_every_steps,
@@ -442,41 +402,20 @@ class Stage2Result:
 
 def train(config: ml_collections.ConfigDict, split: protocols.ADSplit, workdir: str, mesh,
           s1: stage1.Stage1Result, *, stop_after: int | None = None) -> Stage2Result:
-  """Trains (or resumes, or loads the finished) stage 2 in `workdir/stage2/`: the frozen
-  stage 1's detector inputs of the training images, then `fit`."""
-  t_start = time.time()
-  s2, inputs = config.stage2, detectors(config)
-  if checkpoints.finished_info(os.path.join(workdir, STAGE)) is not None:
-    try:
-      s2 = load_finished(config, workdir, split.train_images.shape[1:], mesh)
-      logging.info("Stage 2 already finished: loaded from %s", os.path.join(workdir, STAGE))
-      return s2
-    except CheckpointError as e:  # resume from the newest intact checkpoint instead
-      logging.warning("%s", e)
-  logging.info("Stage 2: detector inputs %s for %d training images",
-               ", ".join(f"{s} {k}" for s, k in inputs.values()), split.n_train)
-  model, scales = frozen.frozen_model(config), tuple(config.memory.scales)
-  read = frozen.read(model, s1.state, split.train_images, scales, kind=s2.deviation,
-                     inputs=inputs, batch_size=config.evaluate.batch_size)
-  fit_inputs, flags = read["inputs"], split.train_is_anomaly
-  if s2.rotated_anomalies:
-    rotated = rotated_fit_images(config, split.train_images, flags)
-    logging.info("Stage 2: %d rotated normal images as labelled anomalies", len(rotated))
-    extra = frozen.read(model, s1.state, rotated, scales, kind=s2.deviation, inputs=inputs,
-                        batch_size=config.evaluate.batch_size)["inputs"]
-    fit_inputs, flags = with_anomalies(fit_inputs, flags, extra)
-  res = fit(config, fit_inputs, flags, workdir, mesh, stop_after=stop_after)
-  return _finish(config, split, workdir, read, res, t_start)
+  """`train_members` of one model: stage 2 in `workdir/stage2/`."""
+  return train_members([config], [split], [workdir], mesh, [s1], stop_after=stop_after)[0]
 
 
 def train_members(configs: Sequence[ml_collections.ConfigDict],
                   splits: Sequence[protocols.ADSplit], workdirs: list[str], mesh,
                   s1s: Sequence[stage1.Stage1Result], *,
                   stop_after: int | None = None) -> list[Stage2Result]:
-  """`train` of K members as one program on a (model, data) mesh: the frozen read of
-  their training images (`frozen.read_members`), then `fit_members`. Members whose
-  stage 2 is finished are loaded; the others train together."""
+  """Trains (or resumes, or loads the finished) stage 2 of K members as one program (a
+  single run is K = 1): the frozen stage 1's detector inputs of their training images
+  (`frozen.read_members`), then `fit_members`. Members whose stage 2 is finished are
+  loaded; the others train together."""
   t_start = time.time()
+  mesh = sharding.member_mesh(mesh)
   apart = loop.finished_apart(
       STAGE, workdirs, lambda i: train(configs[i], splits[i], workdirs[i], mesh, s1s[i]),
       lambda rest: train_members([configs[i] for i in rest], [splits[i] for i in rest],
@@ -484,12 +423,15 @@ def train_members(configs: Sequence[ml_collections.ConfigDict],
                                  stop_after=stop_after))
   if apart is not None:
     return apart
-  if len({stage1.stack_key(c) for c in configs}) != 1:
+  loaded = _load_all(configs, splits, workdirs, mesh)
+  if loaded is not None:
+    return loaded
+  if len(configs) > 1 and len({stage1.stack_key(c) for c in configs}) != 1:
     raise UserError("configs trained as one program may differ only in seed, "
                     "dataset.normal_class and anomaly_classes")
   config, k = configs[0], len(configs)
   inputs = detectors(config)
-  logging.info("Stage 2 of %d members: detector inputs %s", k,
+  logging.info("Stage 2%s: detector inputs %s", f" of {k} members" if k > 1 else "",
                ", ".join(f"{s} {kind}" for s, kind in inputs.values()))
   model, scales = frozen.frozen_model(config), tuple(config.memory.scales)
   variables = frozen.stack_variables([s.state for s in s1s], mesh)
@@ -500,6 +442,8 @@ def train_members(configs: Sequence[ml_collections.ConfigDict],
   if config.stage2.rotated_anomalies:
     rotated = [rotated_fit_images(c, s.train_images, s.train_is_anomaly)
                for c, s in zip(configs, splits, strict=True)]
+    logging.info("Stage 2: %d rotated normal images as labelled anomalies%s",
+                 len(rotated[0]), " per member" if k > 1 else "")
     extra = frozen.read_members(model, variables, rotated, scales, mesh, k,
                                 kind=config.stage2.deviation, inputs=inputs,
                                 batch_size=config.evaluate.batch_size)
@@ -510,6 +454,23 @@ def train_members(configs: Sequence[ml_collections.ConfigDict],
   return [_finish(c, split, w, read, res, t_start)
           for c, split, w, read, res in zip(configs, splits, workdirs, reads, fits,
                                             strict=True)]
+
+
+def _load_all(configs, splits, workdirs, mesh) -> list[Stage2Result] | None:
+  """Every member's finished stage 2, loaded without reading any image; None when one is
+  unfinished, or its final checkpoint is damaged (the training then resumes from the
+  newest intact one)."""
+  if not all(checkpoints.finished_info(os.path.join(w, STAGE)) for w in workdirs):
+    return None
+  try:
+    out = [load_finished(c, w, s.train_images.shape[1:], mesh)
+           for c, s, w in zip(configs, splits, workdirs, strict=True)]
+  except CheckpointError as e:
+    logging.warning("%s", e)
+    return None
+  logging.info("Stage 2 already finished: loaded from %s",
+               ", ".join(os.path.join(w, STAGE) for w in workdirs))
+  return out
 
 
 def _finish(config: ml_collections.ConfigDict, split: protocols.ADSplit, workdir: str,
@@ -550,7 +511,8 @@ def load_finished(config: ml_collections.ConfigDict, workdir: str, image_shape: 
   dummy = {s: np.ones(v.shape, np.float32) for s, v in shapes.items()}
   total = info["step"]
   tx, _ = build_optimizer(config, total)
-  template = init_state(config, detector, tx, dummy, mesh)
+  mesh = sharding.member_mesh(mesh)
+  template = sharding.unstack(init_members([config], detector, tx, [dummy], mesh), mesh, 1)[0]
   state = checkpoints.restore_final(os.path.join(workdir, STAGE), template, info["step"],
                                     repair=repair)
   return Stage2Result(state, detector, int(state.step), info["norm"], 0.0, int(state.step))

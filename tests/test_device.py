@@ -37,38 +37,17 @@ def test_every_epoch_is_a_permutation(size, batch):
   assert not np.array_equal(idx[:size], idx[size:2 * size])  # epochs reshuffle
 
 
-def test_put_on_device_pads_and_shards():
-  mesh = sharding.make_mesh()
-  data = device.put_on_device(_images(50), np.arange(50) % 5 == 0, mesh)
-  assert data.size == 50 and data.images.shape[0] == 56
-  assert data.images.sharding.spec == jax.sharding.PartitionSpec("data")
+def test_put_stacked_pads_and_shards():
+  mesh = sharding.make_model_mesh(2)  # 2 groups of 4 devices
+  images = [_images(50), _images(50)[::-1], _images(50)]  # 3 members pad to 4
+  data = device.put_stacked(images, [np.arange(50) % 5 == 0] * 3, mesh)
+  assert data.size == 50 and data.images.shape[:2] == (4, 52)
+  assert data.images.sharding.spec == jax.sharding.PartitionSpec("model", "data")
   assert len(data.images.addressable_shards) == 8
-
-
-def test_batches_are_sharded_deterministic_and_mesh_independent():
-  images, flags = _images(50), np.arange(50) % 5 == 0
-  key = jax.random.key(1)
-  mesh8, mesh1 = sharding.make_mesh(8), sharding.make_mesh(1)
-  d8 = device.put_on_device(images, flags, mesh8)
-  d1 = device.put_on_device(images, flags, mesh1)
-  b8, f8 = device.draw_batch(d8, key, 3, 16, mesh8)
-  b1, f1 = device.draw_batch(d1, key, 3, 16, mesh1)
-  assert b8.sharding.spec == jax.sharding.PartitionSpec("data")
-  np.testing.assert_array_equal(b8, b1)
-  ids = _ids(b8)
-  assert (ids < 50).all()  # padding rows are never drawn
-  np.testing.assert_array_equal(np.asarray(f8), flags[ids])
-  again, _ = device.draw_batch(d8, key, 3, 16, mesh8)
-  np.testing.assert_array_equal(again, b8)
-  other, _ = device.draw_batch(d8, key, 4, 16, mesh8)
-  assert not np.array_equal(other, b8)
-
-
-def test_batch_must_split_over_devices():
-  mesh = sharding.make_mesh(8)
-  data = device.put_on_device(_images(16), np.zeros(16, bool), mesh)
-  with pytest.raises(ConfigError, match="divisible"):
-    device.draw_batch(data, jax.random.key(0), 0, 12, mesh)
+  np.testing.assert_array_equal(_ids(data.images[1, :50]), np.arange(50)[::-1])
+  np.testing.assert_array_equal(data.images[3], data.images[0])  # the padding member
+  with pytest.raises(ConfigError, match="one size"):
+    device.put_stacked([_images(50), _images(40)], [np.zeros(50, bool)] * 2, mesh)
 
 
 def test_mesh_size_errors():

@@ -209,7 +209,7 @@ def test_rotation_scores_on_both_splits(tmp_path):
 # what the workdir must keep (the loops save first: test_main).
 _PHASES = {
     "data": (sources, "load_splits", ("stage1", "stage2")),
-    "stage2_read": (frozen, "read", ("stage1",)),
+    "stage2_read": (frozen, "read_members", ("stage1",)),
     "evaluation": (evaluate, "score_metrics", ("stage1", "stage2")),
     "report": ("report", "write_report", ("stage1", "stage2")),
 }

@@ -66,7 +66,7 @@ def test_three_classes_as_one_program_match_three_runs(tmp_path):
   # A model axis of 2 over the 8 devices: 3 models pad to 4, 2 per group of 4 devices.
   mesh = sharding.make_model_mesh(2)
   stacked_dirs = [str(tmp_path / f"stacked_{k}") for k in normals]
-  stacked = stage1.train_stacked(configs, splits, stacked_dirs, mesh)
+  stacked = stage1.train_members(configs, splits, stacked_dirs, mesh)
   alone_mesh = sharding.make_mesh()
   for k, c, split, s_res in zip(normals, configs, splits, stacked, strict=True):
     alone_dir = str(tmp_path / f"alone_{k}")
@@ -100,13 +100,13 @@ def test_stacked_resume_equals_uninterrupted(tmp_path):
   mesh = sharding.make_model_mesh(2)
   full = [str(tmp_path / f"full_{k}") for k in range(2)]
   cut = [str(tmp_path / f"cut_{k}") for k in range(2)]
-  ref = stage1.train_stacked(configs, splits, full, mesh, probe=False)
+  ref = stage1.train_members(configs, splits, full, mesh, probe=False)
   configs = [_config(k, **{"train.checkpoint_every_steps": 1}) for k in (0, 3)]
-  stage1.train_stacked(configs, splits, cut, mesh, stop_after=2, probe=False)
+  stage1.train_members(configs, splits, cut, mesh, stop_after=2, probe=False)
   # As if killed between the two members' saves of step 2: member 1 stopped at step 1,
   # so both resume from step 1, the newest they share.
   checkpoints.drop_after(os.path.join(cut[1], "stage1"), 1)
-  resumed = stage1.train_stacked(configs, splits, cut, mesh, probe=False)
+  resumed = stage1.train_members(configs, splits, cut, mesh, probe=False)
   assert [s.resumed_from for s in resumed] == [1, 1]
   for r, s in zip(ref, resumed, strict=True):
     pa, pb = jax.device_get((r.state.params, s.state.params))
@@ -125,7 +125,7 @@ def test_a_member_trained_ahead_alone_is_not_rolled_back(tmp_path):
   stage1.train(configs[0], splits[0], dirs[0], sharding.make_mesh(), stop_after=3,
                probe=False)
   with pytest.raises(errors.CheckpointError, match="stands at step 3, another member at 0"):
-    stage1.train_stacked(configs, splits, dirs, sharding.make_model_mesh(2), probe=False)
+    stage1.train_members(configs, splits, dirs, sharding.make_model_mesh(2), probe=False)
   assert "3" in os.listdir(os.path.join(dirs[0], "stage1"))  # its checkpoint is still there
 
 
@@ -134,12 +134,12 @@ def test_stacked_refuses_what_cannot_share_a_program(tmp_path):
   mesh = sharding.make_model_mesh(2)
   splits = [protocols.one_class_split(train, test, (k,)) for k in (0, 1)]
   with pytest.raises(errors.UserError, match="differ only in seed"):
-    stage1.train_stacked([_config(0), _config(1, **{"loss.temperature": 0.3})], splits,
+    stage1.train_members([_config(0), _config(1, **{"loss.temperature": 0.3})], splits,
                          [str(tmp_path / "a"), str(tmp_path / "b")], mesh)
   small = protocols.one_class_split(
       sources.from_arrays(train.images[:40], train.labels[:40], CLASSES), test, (2,))
   with pytest.raises(errors.ConfigError, match="one size"):
-    stage1.train_stacked([_config(0), _config(2)], [splits[0], small],
+    stage1.train_members([_config(0), _config(2)], [splits[0], small],
                          [str(tmp_path / "c"), str(tmp_path / "d")], mesh)
   with pytest.raises(errors.ConfigError, match="does not divide"):
     sharding.make_model_mesh(3)
@@ -222,8 +222,7 @@ def test_stage2_and_evaluation_as_one_program_match_separate_ones(tmp_path):
   stacked = stage2.train_members(configs, splits, dirs, mesh, s1s)
   scorers = [scoring.Scorer(c, s1, s2) for c, s1, s2 in zip(configs, s1s, stacked,
                                                            strict=True)]
-  together = evaluate.compute_scores_members(configs, splits,
-                                             scoring.MemberScorers(scorers, mesh))
+  together = evaluate.compute_scores(configs, splits, scoring.MemberScorers(scorers, mesh))
   for k, c, split, s1, s2, out in zip(normals, configs, splits, s1s, stacked, together,
                                       strict=True):
     alone_dir = str(tmp_path / f"alone_{k}")
@@ -245,7 +244,8 @@ def test_stage2_and_evaluation_as_one_program_match_separate_ones(tmp_path):
     assert _worst(s2.state.params, alone.state.params) < 2e-3
     _assert_norms_close(s2.norm, alone.norm, 1e-2)
     # Evaluation: every test score of the member equals its own Scorer's.
-    ref = evaluate.compute_scores(c, split, scoring.Scorer(c, s1_alone, alone))
+    ref, = evaluate.compute_scores([c], [split], scoring.MemberScorers(
+        [scoring.Scorer(c, s1_alone, alone)], sharding.member_mesh(alone_mesh)))
     assert sorted(out["scores"]) == sorted(ref["scores"])
     assert {"knn_rot", "rotation"} <= set(ref["scores"])
     for name, v in ref["scores"].items():

@@ -10,6 +10,7 @@ import pytest
 
 from mscm_jax import checkpoints, config as config_lib, errors, sharding, stage1
 from mscm_jax.data import augment, device, protocols, sources
+from mscm_jax.models import conv
 
 SIZE = 16  # 16x16 images keep compile and step times small
 
@@ -49,6 +50,16 @@ def _split(n_train=32, seed=0, unbalanced=False, validation=0.0):
   return protocols.with_validation(split, train, validation, 100, seed)
 
 
+def _steps(parts, state, split, mesh, n=1):
+  """`n` steps of one member (K = 1 of the stacked step); its state and last logged values."""
+  mesh = sharding.member_mesh(mesh)
+  data = device.put_stacked([split.train_images], [split.train_is_anomaly], mesh)
+  state = sharding.stack([state], mesh)
+  for _ in range(n):
+    state, logged = parts.step_fn(state, data.images, data.is_anomaly)
+  return sharding.unstack(state, mesh, 1)[0], jax.tree.map(lambda v: v[0], logged)
+
+
 def _tree_max_diff(a, b):
   return max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a),
                                                                jax.tree.leaves(b)))
@@ -65,8 +76,7 @@ def test_sharded_step_equals_single_device(setting, rotations):
     mesh = sharding.make_mesh(n_dev)
     parts = stage1.components(c, split.n_train, split.train_images.shape[1:], mesh)
     state = parts.init_fn(jax.random.PRNGKey(c.seed))
-    data = device.put_on_device(split.train_images, split.train_is_anomaly, mesh)
-    state, logged = parts.step_fn(state, data.images, data.is_anomaly)
+    state, logged = _steps(parts, state, split, mesh)
     assert len(state.params["head"]["dense0"]["kernel"].devices()) == n_dev
     results.append((jax.device_get(state), jax.device_get(logged)))
   (s1, m1), (s8, m8) = results
@@ -152,9 +162,7 @@ def test_variance_term_spreads_collapsed_prototypes():
       p = params[f"memory_{scale}"]["prototypes"]
       params[f"memory_{scale}"]["prototypes"] = 0.01 * p
     state = state.replace(params=params)
-    data = device.put_on_device(split.train_images, split.train_is_anomaly, mesh)
-    for _ in range(40):
-      state, logged = parts.step_fn(state, data.images, data.is_anomaly)
+    state, logged = _steps(parts, state, split, mesh, 40)
     spreads[weight] = min(float(logged[f"proto_std_{s}"]) for s in c.memory.scales)
   assert spreads[5.0] > 0.3, spreads
   assert spreads[5.0] > 2 * spreads[0.0], spreads
@@ -239,10 +247,9 @@ def test_peak_learning_rate_counts_rotated_instances():
 def _three_steps(c, split, mesh):
   parts = stage1.components(c, split.n_train, split.train_images.shape[1:], mesh)
   state = parts.init_fn(jax.random.PRNGKey(c.seed))
-  data = device.put_on_device(split.train_images, split.train_is_anomaly, mesh)
   losses = []
   for _ in range(3):
-    state, logged = parts.step_fn(state, data.images, data.is_anomaly)
+    state, logged = _steps(parts, state, split, mesh)
     losses.append(float(logged["loss"]))
   return jax.device_get(state.params), losses
 
@@ -265,3 +272,23 @@ def test_the_accelerator_formulation_trains_as_the_cpu_one(monkeypatch):
   # Measured: losses 1.2e-7 relative, parameters 1.5e-7 apart after three steps.
   np.testing.assert_allclose(losses, cpu_losses, rtol=1e-5)
   assert 0 < diff < 1e-4  # other arithmetic (so really the other formulation), same values
+
+
+def test_a_single_run_is_one_members_program_of_the_plain_step():
+  """A single run trains the stacked program with K = 1; it is the member's own step
+  (`sharding.over_members` unwraps one member), equal to the plain jitted step up to
+  XLA's fusion of the optimiser update (ulps: experiments/results/bench_stacked.md)."""
+  split = _split()
+  c = _config()
+  mesh = sharding.make_mesh(1)
+  parts = stage1.components(c, split.n_train, split.train_images.shape[1:], mesh)
+  plain = jax.jit(stage1.make_step_body(c, parts.model, parts.tx, parts.schedule,
+                                        split.n_train, mesh),
+                  compiler_options=conv.compiler_options())
+  state = parts.init_fn(jax.random.PRNGKey(0))
+  images, flags = jnp.asarray(split.train_images), jnp.asarray(split.train_is_anomaly)
+  for _ in range(3):
+    state, logged = plain(state, images, flags)
+  ours, ours_logged = _steps(parts, parts.init_fn(jax.random.PRNGKey(0)), split, mesh, 3)
+  assert _tree_max_diff(state.params, ours.params) < 1e-6
+  np.testing.assert_allclose(float(logged["loss"]), float(ours_logged["loss"]), rtol=1e-6)

@@ -10,7 +10,7 @@ import pytest
 from mscm_jax import checkpoints, evaluate, frozen as frozen_lib, metrics, sharding, stage1, stage2
 from mscm_jax.scoring import Scorer
 from mscm_jax import config as config_lib
-from mscm_jax.data import augment, protocols
+from mscm_jax.data import augment, device, protocols
 from mscm_jax.models import cosine_deviation
 
 
@@ -118,17 +118,18 @@ def _train_detector(c, maps, flags, mesh, steps):
   detector = stage2.build_detector(c)
   total, _ = stage2.num_steps(c, len(flags))
   tx, schedule = stage2.build_optimizer(c, total)
-  state = stage2.init_state(c, detector, tx, {"res3": maps[~flags]}, mesh)
+  mesh = sharding.member_mesh(mesh)  # one member: K = 1 of the stacked step
+  state = stage2.init_members([c], detector, tx, [{"res3": maps[~flags]}], mesh)
   centers0 = jax.device_get(state.centers)
   step = stage2.make_train_step(c, detector, tx, schedule, len(flags), mesh)
-  spec = sharding.data_sharding(mesh)
-  dev_maps = {"res3": jax.device_put(sharding.pad_to_multiple(maps, mesh.devices.size), spec)}
-  dev_flags = jax.device_put(sharding.pad_to_multiple(flags, mesh.devices.size), spec)
+  dev_maps = {"res3": device.stack_rows([maps], mesh)}
+  dev_flags = device.stack_rows([flags], mesh)
   losses = []
   for _ in range(steps):
     state, logged = step(state, dev_maps, dev_flags)
-    losses.append(float(logged["loss"]))
-  return detector, state, centers0, losses
+    losses.append(float(logged["loss"][0]))
+  state = sharding.unstack(state, mesh, 1)[0]
+  return detector, state, jax.tree.map(lambda c: c[0], centers0), losses
 
 
 def test_center_is_fixed_initial_mean_away_from_zero():
@@ -137,7 +138,9 @@ def test_center_is_fixed_initial_mean_away_from_zero():
   maps = _toy_maps(64, rng)
   mesh = sharding.make_mesh(1)
   detector, state, centers0, _ = _train_detector(c, maps, np.zeros(64, bool), mesh, 5)
-  init = stage2.init_state(c, detector, stage2.build_optimizer(c, 5)[0], {"res3": maps}, mesh)
+  init = sharding.unstack(stage2.init_members([c], detector, stage2.build_optimizer(c, 5)[0],
+                                              [{"res3": maps}], sharding.member_mesh(mesh)),
+                          sharding.member_mesh(mesh), 1)[0]
   np.testing.assert_allclose(init.input_scale["res3"], maps.std(), rtol=1e-5)
   phi0 = detector.apply({"params": init.params["res3"]}, maps / maps.std())["phi"]
   expected = np.asarray(phi0).mean(axis=0)

@@ -1,6 +1,7 @@
 """The training set lives on the accelerator; batches are drawn there by index.
 
-The uint8 images are copied to the devices once, split over the `data` mesh axis. A
+The uint8 images are copied to the devices once, each model's split over the `data` mesh
+axis (K models trained as one program stack theirs over `model`: `put_stacked`). A
 training step then draws its batch with `jax.random` inside `jax.jit`: no host work
 and no host-to-device copy per step. Batches depend only on (key, step), not on the
 number of devices, so a run resumes identically and gives the same batches on 1 or
@@ -12,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,29 +25,17 @@ from mscm_jax.errors import ConfigError
 
 @dataclasses.dataclass(frozen=True)
 class DeviceDataset:
-  """Images and per-image flags on device; rows past `size` are padding, never drawn."""
+  """K training sets on device; rows past `size` are padding, never drawn."""
 
-  images: jax.Array  # uint8 [N_padded, H, W, 3], sharded on `data`
-  is_anomaly: jax.Array  # bool [N_padded], sharded on `data`
+  images: jax.Array  # uint8 [K_padded, N_padded, H, W, 3], split over (`model`, `data`)
+  is_anomaly: jax.Array  # bool [K_padded, N_padded]
   size: int  # number of real images
-
-
-def put_on_device(images: np.ndarray, is_anomaly: np.ndarray, mesh: Mesh) -> DeviceDataset:
-  """Copies a training set to the mesh once, padded to split evenly over devices."""
-  n_dev = mesh.devices.size
-  spec = sharding.data_sharding(mesh)
-  return DeviceDataset(
-      images=jax.device_put(sharding.pad_to_multiple(images, n_dev), spec),
-      is_anomaly=jax.device_put(
-          sharding.pad_to_multiple(np.asarray(is_anomaly, bool), n_dev), spec),
-      size=len(images),
-  )
 
 
 def stack_rows(parts: list[np.ndarray], mesh: Mesh) -> jax.Array:
   """K arrays of one length as [K_padded, N_padded, ...] on the mesh: members over
   `model` (padded with copies of the first, as `sharding.stack` pads), each member's
-  rows over `data` (padded as `put_on_device` pads them)."""
+  rows over `data` (padded by repeating its first rows; padding rows are never drawn)."""
   n_data = sharding.data_axis_size(mesh)
   parts = list(parts) + [parts[0]] * sharding.stack_padding(len(parts), mesh)
   return jax.device_put(np.stack([sharding.pad_to_multiple(p, n_data) for p in parts]),
@@ -57,13 +45,18 @@ def stack_rows(parts: list[np.ndarray], mesh: Mesh) -> jax.Array:
 def put_stacked(images: list[np.ndarray], is_anomaly: list[np.ndarray],
                 mesh: Mesh) -> DeviceDataset:
   """K training sets of one size as [K_padded, N_padded, ...] (`stack_rows`)."""
-  sizes = {len(x) for x in images}
-  if len(sizes) != 1:
-    raise ConfigError(f"models trained as one program need training sets of one size, got "
-                      f"{sorted(sizes)} images: train these classes separately")
+  size = one_size([len(x) for x in images])
   return DeviceDataset(images=stack_rows(images, mesh),
                        is_anomaly=stack_rows([np.asarray(f, bool) for f in is_anomaly], mesh),
-                       size=sizes.pop())
+                       size=size)
+
+
+def one_size(sizes: list[int]) -> int:
+  """The one training-set size of K models trained as one program."""
+  if len(set(sizes)) != 1:
+    raise ConfigError(f"models trained as one program need training sets of one size, got "
+                      f"{sorted(set(sizes))} images: train these classes separately")
+  return sizes[0]
 
 
 def sample_indices(key: jax.Array, step: jax.Array, size: int, batch_size: int) -> jax.Array:
@@ -80,34 +73,6 @@ def sample_indices(key: jax.Array, step: jax.Array, size: int, batch_size: int) 
   perms = jax.vmap(lambda e: jax.random.permutation(jax.random.fold_in(key, e), size))(
       first + jnp.arange(span))
   return perms[epoch - first, pos]
-
-
-@functools.lru_cache(maxsize=None)
-def _batch_fn(mesh: Mesh, size: int, batch_size: int):
-  spec = sharding.data_sharding(mesh)
-
-  def gather(images, is_anomaly, key, step):
-    idx = sample_indices(key, step, size, batch_size)
-    return images[idx], is_anomaly[idx]
-
-  return jax.jit(gather, out_shardings=(spec, spec))
-
-
-def draw_batch(data: DeviceDataset, key: jax.Array, step: int | jax.Array, batch_size: int,
-               mesh: Mesh) -> tuple[jax.Array, jax.Array]:
-  """The batch of `step` (uint8 images, is_anomaly), sharded over `data`.
-
-  Standalone for previews and tests; a training step calls `sample_indices` inside
-  its own jitted function instead.
-  """
-  n_dev = mesh.devices.size
-  if batch_size % n_dev:
-    raise ConfigError(f"train.batch_size={batch_size} must be divisible by the "
-                      f"{n_dev} devices of the mesh")
-  images, flags = _batch_fn(mesh, data.size, batch_size)(
-      data.images, data.is_anomaly, key, jnp.asarray(step, jnp.int32))
-  chex.assert_shape(images, (batch_size,) + data.images.shape[1:])
-  return images, flags
 
 
 def map_members(fn, tree, inputs, batch_size: int, mesh: Mesh, k: int) -> list:
