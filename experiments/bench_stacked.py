@@ -43,7 +43,7 @@ N_TRAIN = 5000  # one CIFAR-10 class
 
 
 def _stage1(c, k, mesh, model_mesh, images):
-  from mscm_jax import sharding  # pylint: disable=g-import-not-at-top
+  from mscm_jax.runtime import sharding  # pylint: disable=g-import-not-at-top
 
   return (rows.stage1_members(c, images[:1], sharding.member_mesh(mesh), _STEPS.value),
           rows.stage1_members(c, images, model_mesh, _STEPS.value))
@@ -73,7 +73,8 @@ def _detector_inputs(c, n, seed):
 def _stage2(c, k, mesh, model_mesh):
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from mscm_jax import sharding, stage2  # pylint: disable=g-import-not-at-top
+  from mscm_jax import stage2  # pylint: disable=g-import-not-at-top
+  from mscm_jax.runtime import sharding  # pylint: disable=g-import-not-at-top
   from mscm_jax.data import device  # pylint: disable=g-import-not-at-top
 
   inputs = [_detector_inputs(c, N_TRAIN, i) for i in range(k)]
@@ -95,7 +96,8 @@ def _stage2(c, k, mesh, model_mesh):
 def _evaluation(c, k, mesh, model_mesh, test):
   import jax  # pylint: disable=g-import-not-at-top
 
-  from mscm_jax import scoring, sharding, stage1, stage2  # pylint: disable=g-import-not-at-top
+  from mscm_jax import scoring, stage1, stage2  # pylint: disable=g-import-not-at-top
+  from mscm_jax.runtime import sharding  # pylint: disable=g-import-not-at-top
 
   def scorer(m, seed):
     parts = stage1.components(c, N_TRAIN, (32, 32, 3), m)
@@ -130,7 +132,7 @@ def main(_):
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   from mscm_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  from mscm_jax import sharding  # pylint: disable=g-import-not-at-top
+  from mscm_jax.runtime import sharding  # pylint: disable=g-import-not-at-top
 
   c = config_lib.apply_preset(config_lib.base_config(),
                               "" if _PRESET.value == "full" else _PRESET.value)

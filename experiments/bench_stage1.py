@@ -34,7 +34,7 @@ def main(_):
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   from mscm_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  from mscm_jax import sharding  # pylint: disable=g-import-not-at-top
+  from mscm_jax.runtime import sharding  # pylint: disable=g-import-not-at-top
 
   c = config_lib.apply_preset(config_lib.base_config(), "" if _PRESET.value == "full"
                               else _PRESET.value)

@@ -98,7 +98,8 @@ def jax_rows(config, args) -> tuple[list[dict[str, Any]], float]:
   import jax.numpy as jnp
   import numpy as np
 
-  from mscm_jax import sharding, stage1
+  from mscm_jax import stage1
+  from mscm_jax.runtime import sharding
   from mscm_jax.data import augment
   from mscm_jax.frozen import build_model
   from mscm_jax.models import conv

@@ -33,7 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from mscm_jax import config as config_lib
-from mscm_jax import evaluate, frozen, knn, metrics, pipeline, sharding, stage1, stage2
+from mscm_jax import evaluate, frozen, knn, metrics, pipeline, stage1, stage2
+from mscm_jax.runtime import sharding
 from mscm_jax.models.detector import deviation_input
 
 ALL = ("res3", "res4", "pooled")

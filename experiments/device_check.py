@@ -88,7 +88,8 @@ def stage1_step(config, classes: int, steps: int) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from mscm_jax import sharding, stage1  # pylint: disable=g-import-not-at-top
+  from mscm_jax import stage1  # pylint: disable=g-import-not-at-top
+  from mscm_jax.runtime import sharding  # pylint: disable=g-import-not-at-top
 
   size, n = config.dataset.image_size, 2 * config.train.batch_size
   images = np.random.default_rng(0).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
@@ -113,7 +114,8 @@ def stage2_step(config, steps: int) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from mscm_jax import frozen, sharding, stage1, stage2  # pylint: disable=g-import-not-at-top
+  from mscm_jax import frozen, stage1, stage2  # pylint: disable=g-import-not-at-top
+  from mscm_jax.runtime import sharding  # pylint: disable=g-import-not-at-top
   from mscm_jax.data import device  # pylint: disable=g-import-not-at-top
 
   size, n = config.dataset.image_size, 4 * config.stage2.batch_size

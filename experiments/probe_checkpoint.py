@@ -14,7 +14,8 @@ import sys
 import jax
 import numpy as np
 
-from mscm_jax import checkpoints, knn, metrics, pipeline, sharding, stage1
+from mscm_jax import knn, metrics, pipeline, stage1
+from mscm_jax.runtime import checkpoints, sharding
 from mscm_jax import config as config_lib
 from mscm_jax.data import augment, device
 

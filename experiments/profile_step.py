@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from mscm_jax import config as config_lib
-from mscm_jax import sharding, stage1
+from mscm_jax import stage1
+from mscm_jax.runtime import sharding
 from mscm_jax.data import augment
 from mscm_jax.frozen import build_model
 from mscm_jax.models import conv

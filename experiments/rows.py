@@ -29,7 +29,8 @@ def stage1_members(config, images: list, mesh, steps: int) -> tuple[float, float
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from mscm_jax import loop, stage1  # pylint: disable=g-import-not-at-top
+  from mscm_jax import stage1  # pylint: disable=g-import-not-at-top
+  from mscm_jax.runtime import loop  # pylint: disable=g-import-not-at-top
   from mscm_jax.data import device  # pylint: disable=g-import-not-at-top
 
   n, k = len(images[0]), len(images)

@@ -50,7 +50,8 @@ def step_cost(c, k: int, n_train: int) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
-  from mscm_jax import sharding, stage1  # pylint: disable=g-import-not-at-top
+  from mscm_jax import stage1  # pylint: disable=g-import-not-at-top
+  from mscm_jax.runtime import sharding  # pylint: disable=g-import-not-at-top
 
   size = c.dataset.image_size
   mesh = sharding.make_model_mesh(1, 1)

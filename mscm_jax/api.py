@@ -22,8 +22,9 @@ import ml_collections
 import numpy as np
 
 from mscm_jax import config as config_lib
-from mscm_jax import identity, pipeline, sharding, stage1, stage2
-from mscm_jax import workdir as workdir_lib
+from mscm_jax import pipeline, stage1, stage2
+from mscm_jax.runtime import identity, sharding
+from mscm_jax.runtime import workdir as workdir_lib
 from mscm_jax.data import protocols, sources
 from mscm_jax.errors import UserError
 from mscm_jax.scoring import Scorer

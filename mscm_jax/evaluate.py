@@ -26,7 +26,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from mscm_jax import distributed, knn, metrics, stage2
+from mscm_jax import knn, metrics, stage2
+from mscm_jax.runtime import distributed
 from mscm_jax.data import protocols
 from mscm_jax.names import HEADLINE, test_scores
 from mscm_jax.scoring import MemberScorers, Scorer

@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from mscm_jax import sharding
+from mscm_jax.runtime import sharding
 from mscm_jax.data import augment, device
 from mscm_jax.models import AnoMem
 from mscm_jax.models.detector import deviation_input

@@ -132,7 +132,8 @@ def main(argv: list[str]) -> None:
     signal.signal(sig, _interrupted)
   try:
     config = config_lib.validate(_CONFIG.value)  # before JAX starts: errors within a second
-    from mscm_jax import distributed, pipeline  # pylint: disable=g-import-not-at-top
+    from mscm_jax import pipeline  # pylint: disable=g-import-not-at-top
+    from mscm_jax.runtime import distributed  # pylint: disable=g-import-not-at-top
     if distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                               auto=_DISTRIBUTED.value):
       if not distributed.is_writer():  # process 0 logs for the run; the others only warn

@@ -21,9 +21,10 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from mscm_jax import distributed, evaluate, identity, sharding, stage1, stage2
+from mscm_jax import evaluate, stage1, stage2
+from mscm_jax.runtime import distributed, identity, sharding
 from mscm_jax import config as config_lib
-from mscm_jax import workdir as workdir_lib
+from mscm_jax.runtime import workdir as workdir_lib
 from mscm_jax.data import augment, device, protocols, sources
 from mscm_jax.errors import ConfigError, WorkdirError
 from mscm_jax.names import PROBE_KEYS

@@ -14,7 +14,8 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from mscm_jax import frozen, sharding, stage1, stage2
+from mscm_jax import frozen, stage1, stage2
+from mscm_jax.runtime import sharding
 from mscm_jax.models import AnoMem
 
 

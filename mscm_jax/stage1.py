@@ -24,7 +24,8 @@ import ml_collections
 import optax
 from absl import logging
 
-from mscm_jax import checkpoints, frozen, knn, loop, losses, metrics, monitoring, sharding
+from mscm_jax import frozen, knn, losses, metrics
+from mscm_jax.runtime import checkpoints, loop, monitoring, sharding
 from mscm_jax import config as config_lib
 from mscm_jax.data import augment, device, protocols
 from mscm_jax.errors import UserError

@@ -30,7 +30,8 @@ import numpy as np
 import optax
 from absl import logging
 
-from mscm_jax import checkpoints, frozen, loop, losses, sharding, stage1
+from mscm_jax import frozen, losses, stage1
+from mscm_jax.runtime import checkpoints, loop, sharding
 from mscm_jax import config as config_lib
 from mscm_jax.data import device, protocols
 from mscm_jax.errors import CheckpointError, ConfigError, UserError

@@ -58,8 +58,8 @@ from typing import Any
 import numpy as np
 
 from mscm_jax.names import HEADLINE, PROBE_KEYS, split_scores, test_scores
-from mscm_jax.identity import TRAINED
-from mscm_jax.workdir import FINAL_MARKER, lock_holder, saved_steps, stage_dir
+from mscm_jax.runtime.identity import TRAINED
+from mscm_jax.runtime.workdir import FINAL_MARKER, lock_holder, saved_steps, stage_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 META = ".sweep"

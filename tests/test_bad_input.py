@@ -33,12 +33,13 @@ import pytest
 from conftest import write_folder_tree
 
 from mscm_jax import config as config_lib
-from mscm_jax import checkpoints, pipeline
+from mscm_jax import pipeline
+from mscm_jax.runtime import checkpoints
 from mscm_jax.api import AnoMemDetector, InputError, NotFittedError
 from mscm_jax.errors import (CheckpointError, ConfigError, DiskFullError, StaleStageError,
                              UserError, is_disk_full)
 from mscm_jax.errors import WorkdirError
-from mscm_jax.workdir import LOCK_FILE, saved_steps
+from mscm_jax.runtime.workdir import LOCK_FILE, saved_steps
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BASE = ("--config=configs/folder_oneclass.py:smoke", "--config.dataset.data_dir={tree}",

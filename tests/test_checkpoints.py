@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from test_stage1 import _config, _split
 
-from mscm_jax import checkpoints, sharding, stage1, workdir
+from mscm_jax import stage1
+from mscm_jax.runtime import checkpoints, sharding, workdir
 from mscm_jax.errors import CheckpointError, DiskFullError, NonFiniteError, is_disk_full
 
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mscm_jax import sharding
+from mscm_jax.runtime import sharding
 from mscm_jax.data import device
 from mscm_jax.errors import ConfigError
 
@@ -56,7 +56,7 @@ def test_mesh_size_errors():
 
 
 def test_map_members_runs_each_member_on_its_rows_as_one_program():
-  from mscm_jax import sharding  # pylint: disable=g-import-not-at-top
+  from mscm_jax.runtime import sharding  # pylint: disable=g-import-not-at-top
 
   mesh = sharding.make_model_mesh(2)
   k = 3  # pads to 4 over the model axis

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from mscm_jax import distributed
+from mscm_jax.runtime import distributed
 from mscm_jax.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -158,7 +158,7 @@ def test_partial_cluster_flags_are_one_line_errors(tmp_path):
 _STOP_SCRIPT = """
 import os, signal, sys, time
 import jax
-from mscm_jax import loop
+from mscm_jax.runtime import loop
 port, rank, sig = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 jax.distributed.initialize(f"localhost:{port}", 2, rank)
 with loop.stop_flag() as stop:

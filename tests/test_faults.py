@@ -24,7 +24,7 @@ from conftest import write_folder_tree
 
 from mscm_jax import pipeline
 from mscm_jax.names import PROBE_KEYS
-from mscm_jax.workdir import saved_steps
+from mscm_jax.runtime.workdir import saved_steps
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 STAGES = ("stage1", "stage2")

@@ -7,8 +7,9 @@ import shutil
 import numpy as np
 import pytest
 
-from mscm_jax import identity, pipeline
-from mscm_jax import workdir as workdir_lib
+from mscm_jax import pipeline
+from mscm_jax.runtime import identity
+from mscm_jax.runtime import workdir as workdir_lib
 from mscm_jax.api import AnoMemDetector
 from mscm_jax.errors import StaleStageError, WorkdirError
 

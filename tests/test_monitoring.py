@@ -4,7 +4,7 @@ import json
 import logging
 import os
 
-from mscm_jax import monitoring
+from mscm_jax.runtime import monitoring
 
 
 def test_writer_appends_json_and_tensorboard(tmp_path):

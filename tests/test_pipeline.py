@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from conftest import smoke_config, write_folder_tree
 
-from mscm_jax import checkpoints, evaluate, frozen, metrics, pipeline, sharding, stage1
+from mscm_jax import evaluate, frozen, metrics, pipeline, stage1
+from mscm_jax.runtime import checkpoints, sharding
 from mscm_jax.data import protocols, sources
 
 

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mscm_jax import checkpoints, config as config_lib, errors, sharding, stage1
+from mscm_jax import config as config_lib, errors, stage1
+from mscm_jax.runtime import checkpoints, sharding
 from mscm_jax.data import augment, device, protocols, sources
 from mscm_jax.models import conv
 

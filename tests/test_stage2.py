@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mscm_jax import checkpoints, evaluate, frozen as frozen_lib, metrics, sharding, stage1, stage2
+from mscm_jax import evaluate, frozen as frozen_lib, metrics, stage1, stage2
+from mscm_jax.runtime import checkpoints, sharding
 from mscm_jax.scoring import Scorer
 from mscm_jax import config as config_lib
 from mscm_jax.data import augment, device, protocols

@@ -329,7 +329,7 @@ def test_bad_grid_is_one_line(tmp_path, folder_tree):
 def test_a_killed_workers_run_stops_and_the_next_worker_records_the_cell_once(tmp_path):
   """SIGKILL to a worker: its run gets SIGTERM (it saves, exits 75), and a new worker
   waits for whatever still holds the workdir, then resumes the cell and records it."""
-  from mscm_jax.workdir import LOCK_FILE, lock_holder  # pylint: disable=g-import-not-at-top
+  from mscm_jax.runtime.workdir import LOCK_FILE, lock_holder  # pylint: disable=g-import-not-at-top
 
   write_folder_tree(tmp_path / "tree", {"train": {"c0": 12, "c1": 12},
                                         "test": {"c0": 6, "c1": 6}})

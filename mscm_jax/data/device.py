@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from mscm_jax import sharding
+from mscm_jax.runtime import sharding
 from mscm_jax.models import conv
 from mscm_jax.errors import ConfigError
 

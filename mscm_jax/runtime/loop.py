@@ -21,7 +21,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from mscm_jax import checkpoints, distributed, monitoring, sharding
+from mscm_jax.runtime import checkpoints, distributed, monitoring, sharding
 from mscm_jax.errors import CheckpointError, Interrupted, NonFiniteError
 
 __all__ = ["Interrupted", "MembersResult", "NonFiniteError", "Stacked", "run_members",

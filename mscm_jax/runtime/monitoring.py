@@ -11,7 +11,7 @@ from typing import Any
 
 from absl import logging
 
-from mscm_jax import distributed
+from mscm_jax.runtime import distributed
 
 
 def _to_python(value: Any) -> Any:

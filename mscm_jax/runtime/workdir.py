@@ -30,9 +30,9 @@ from typing import Any
 
 from absl import logging
 
-from mscm_jax import identity as identity_lib
+from mscm_jax.runtime import identity as identity_lib
 from mscm_jax.errors import StaleStageError, WorkdirError
-from mscm_jax.identity import Identity
+from mscm_jax.runtime.identity import Identity
 
 IDENTITY_FILE = "IDENTITY.json"
 FINAL_MARKER = "FINISHED.json"
@@ -230,7 +230,7 @@ def discard(workdir: str, stages: list[str]) -> None:
   """Deletes the stages' checkpoints and logged metrics. The evaluation made from them no
   longer matches its identity (it reads the discarded stage), so the pipeline's
   `discard_results` removes it before it writes anything."""
-  from mscm_jax import monitoring  # pylint: disable=g-import-not-at-top
+  from mscm_jax.runtime import monitoring  # pylint: disable=g-import-not-at-top
 
   for stage in stages:
     logging.warning("Discarding %s (--discard_stale): it was made with another config or "

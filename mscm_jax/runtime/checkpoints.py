@@ -22,9 +22,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from mscm_jax import distributed
+from mscm_jax.runtime import distributed
 from mscm_jax.errors import CheckpointError, WorkdirError, disk_full, is_disk_full
-from mscm_jax.workdir import DISCARD_HINT, FINAL_MARKER, read_json, write_json
+from mscm_jax.runtime.workdir import DISCARD_HINT, FINAL_MARKER, read_json, write_json
 
 CHECKSUMS = "checksums.json"
 
