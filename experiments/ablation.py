@@ -43,14 +43,15 @@ VARIANTS = {
     # `beta1` (memory.beta=1) and `shrink` (memory.shrink_threshold=0.02) changed stage-1
     # fields at evaluation time; stage identity now refuses that (results/ablation.md
     # keeps their rows; commit 3abfed7 has the script that made them).
-    "euclidean": {"stage2.deviation": "euclidean"},  # maps off the unit sphere
-    "difference": {"stage2.deviation": "difference"},  # the detector sees f - r itself
-    "joined": {"stage2.deviation": "cosine+difference"},  # one detector for each (detector_sweep)
+    "euclidean": {"stage2.inputs": "squared_distance"},  # maps off the unit sphere
+    "difference": {"stage2.inputs": "difference"},  # the detector sees f - r itself
+    # one detector for each kind (detector_sweep)
+    "joined": {"stage2.inputs": "cosine_distance+difference"},
     # CSI's turned normals as the detector's labelled anomalies (needs shift.rotations > 1)
     "rotated": {"stage2.rotated_anomalies": True},
-    "rotated_difference": {"stage2.rotated_anomalies": True, "stage2.deviation": "difference"},
+    "rotated_difference": {"stage2.rotated_anomalies": True, "stage2.inputs": "difference"},
     # the same detector on f alone: what the memory's read-out r adds to it
-    "rotated_feature": {"stage2.rotated_anomalies": True, "stage2.deviation": "feature"},
+    "rotated_feature": {"stage2.rotated_anomalies": True, "stage2.inputs": "feature"},
 }
 # A sweep cell (mscm_jax/sweep.py), or the older <variant>_c<class index>_s<seed>.
 RUN = re.compile(r"^(?:(?P<name>[^.]+)\.oneclass\.s(?P<sseed>\d+)\.(?P<strain>[A-Za-z0-9_-]+)"

@@ -47,20 +47,20 @@ def _inputs(kind: str, scales=ALL) -> dict[str, tuple[str, str]]:
 
 # name: ({detector: (scale, input kind)}, stage-2 overrides, detector seed offset).
 VARIANTS = {
-    "cosine": (_inputs("cosine"), {}, 0),  # the preset before this sweep
-    "cosine_seed1": (_inputs("cosine"), {}, 1),  # detector-only noise
-    "cosine_ep10": (_inputs("cosine"), {"epochs": 10}, 0),
-    "cosine_ep100": (_inputs("cosine"), {"epochs": 100}, 0),
-    "cosine_lr1e-4": (_inputs("cosine"), {"learning_rate": 1e-4}, 0),
-    "cosine_wide": (_inputs("cosine"), {"out_dim": 128, "widths": (32, 64)}, 0),
-    "euclidean": (_inputs("euclidean"), {}, 0),
+    "cosine": (_inputs("cosine_distance"), {}, 0),  # the preset before this sweep
+    "cosine_seed1": (_inputs("cosine_distance"), {}, 1),  # detector-only noise
+    "cosine_ep10": (_inputs("cosine_distance"), {"epochs": 10}, 0),
+    "cosine_ep100": (_inputs("cosine_distance"), {"epochs": 100}, 0),
+    "cosine_lr1e-4": (_inputs("cosine_distance"), {"learning_rate": 1e-4}, 0),
+    "cosine_wide": (_inputs("cosine_distance"), {"out_dim": 128, "widths": (32, 64)}, 0),
+    "euclidean": (_inputs("squared_distance"), {}, 0),
     "difference": (_inputs("difference"), {}, 0),
     "difference_seed1": (_inputs("difference"), {}, 1),
     "difference_ep10": (_inputs("difference"), {"epochs": 10}, 0),
-    "similarity": (_inputs("similarity"), {}, 0),  # cos itself: typical inputs are not ~0
-    "cosine+difference": (_inputs("cosine+difference"), {}, 0),  # two detectors per scale
-    "similarity+difference": (_inputs("similarity+difference"), {}, 0),
-    "similarity+difference_seed1": (_inputs("similarity+difference"), {}, 1),
+    "similarity": (_inputs("cosine_similarity"), {}, 0),  # cos itself: typical inputs are not ~0
+    "cosine+difference": (_inputs("cosine_distance+difference"), {}, 0),  # two detectors per scale
+    "similarity+difference": (_inputs("cosine_similarity+difference"), {}, 0),
+    "similarity+difference_seed1": (_inputs("cosine_similarity+difference"), {}, 1),
 }
 
 

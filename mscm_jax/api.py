@@ -110,13 +110,13 @@ class AnoMemDetector:
 
   def scores(self, images: Any) -> dict[str, np.ndarray]:
     """{'mscm', 'mscm_<detector>', 'deviation', 'deviation_<scale>': [N]} for every image
-    (a detector is named by its scale, or scale_kind when stage2.deviation joins kinds)."""
+    (a detector is named by its scale, or scale_kind when stage2.inputs joins kinds)."""
     x = self._check(images)
     return self._scorer.scores(x)
 
   def deviation_maps(self, images: Any) -> dict[str, np.ndarray]:
-    """{scale: [N, h, w]} deviation maps (1 - cos(f, r) unless stage2.deviation is
-    'euclidean') of every memory scale."""
+    """{scale: [N, h, w]} deviation maps (1 - cos(f, r) unless stage2.inputs is
+    'squared_distance') of every memory scale."""
     x = self._check(images)
     return self._scorer.deviation_maps(x)
 

@@ -13,7 +13,8 @@ from typing import Any
 import ml_collections
 
 from mscm_jax.errors import ConfigError
-from mscm_jax.names import DEVIATIONS, MEMORY_MODES, MEMORY_TRAIN, SCALES
+from mscm_jax.names import (INPUT_KINDS, MEMORY_MODES, MEMORY_TRAIN, RENAMED_FIELDS,
+                             RENAMED_KINDS, SCALES)
 
 SETTINGS = ("oneclass", "unbalanced")
 OPTIMIZERS = ("lars", "sgd", "adam")
@@ -127,11 +128,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.stage2.scales = ()  # scales that feed the detector; () = every memory scale
   c.stage2.weights = ()  # w_s of the combined score, one per stage2 scale; () = all 1
   c.stage2.deviation_scales = ()  # scales summed in the training-free `deviation`; () = scales
-  # Detector input: "cosine" 1 - cos(f, r) map | "similarity" cos(f, r) map | "euclidean"
-  # ||f - r||^2 / C map | "difference" the tensor f - r | "feature" f alone (no memory: the
-  # control of what the read-out adds); "+"-joined kinds (e.g.
-  # "similarity+difference") give every scale one detector per kind, summed into `mscm`.
-  c.stage2.deviation = "cosine"
+  # Detector input: "cosine_distance" 1 - cos(f, r) map | "cosine_similarity" cos(f, r) map
+  # | "squared_distance" ||f - r||^2 / C map | "difference" the tensor f - r | "feature" f
+  # alone (no memory: the control of what the read-out adds); "+"-joined kinds (e.g.
+  # "cosine_similarity+difference") give every scale one detector per kind, summed into
+  # `mscm`.
+  c.stage2.inputs = "cosine_distance"
   c.stage2.top_k = -1  # retrieval when reading the maps: -1 = as trained, 0 = soft over all
   c.stage2.widths = (16, 32)
   c.stage2.out_dim = 32
@@ -221,7 +223,7 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str | None) -> ml_collect
     # anomalies: validation mscm higher than the cos-map + f - r detectors before it on
     # each of automobile and cat x 2 seeds, and above `knn` on the mean
     # (experiments/results/detector_shifted.md).
-    c.stage2.deviation = "difference"
+    c.stage2.inputs = "difference"
     c.stage2.rotated_anomalies = True
     c.memory.num_prototypes = 64
     c.memory.proto_dim = 64
@@ -294,6 +296,10 @@ def load_json(path: str) -> ml_collections.ConfigDict:
         flat[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
 
   walk(raw, "")
+  for old, new in RENAMED_FIELDS.items():
+    if old in flat:
+      raise ConfigError(f"{path} holds {old}, since renamed {new}: this run was made by an "
+                        "older mscm_jax; retrain it in a new workdir (or with --discard_stale)")
   c = base_config()
   try:
     c.update_from_flattened_dict(flat)
@@ -461,11 +467,13 @@ def validate(c: ml_collections.ConfigDict,
   if s2.weights and (len(s2.weights) != n_scales or min(s2.weights) < 0):
     raise ConfigError(f"stage2.weights={tuple(s2.weights)} needs {n_scales} non-negative "
                       "numbers, one per stage-2 scale")
-  kinds = s2.deviation.split("+")
+  kinds = s2.inputs.split("+")
   for kind in kinds:
-    _check_choice("stage2.deviation entry", kind, DEVIATIONS)
+    if kind in RENAMED_KINDS:
+      raise ConfigError(f"stage2.inputs entry {kind!r} was renamed {RENAMED_KINDS[kind]!r}")
+    _check_choice("stage2.inputs entry", kind, INPUT_KINDS)
   if len(set(kinds)) != len(kinds):
-    raise ConfigError(f"stage2.deviation={s2.deviation!r} names a kind twice")
+    raise ConfigError(f"stage2.inputs={s2.inputs!r} names a kind twice")
   _check_int("stage2.top_k", s2.top_k, -1, mem.num_prototypes)
   _check_ints("stage2.widths", s2.widths)
   _check_int("stage2.out_dim", s2.out_dim, 1)

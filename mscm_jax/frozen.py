@@ -104,11 +104,11 @@ def embed_members(model: AnoMem, states: Any, images: np.ndarray | list[np.ndarr
   return member_outputs(model, states, images, _embedding, mesh, k, batch_size)
 
 
-def map_kind(deviation: str) -> str:
+def map_kind(inputs: str) -> str:
   """The map behind the training-free score and the heat maps, higher = more deviant:
-  'euclidean' when the detector reads it, else 1 - cos (also for 'similarity', its
-  upside-down twin, and for f - r)."""
-  return "euclidean" if "euclidean" in deviation.split("+") else "cosine"
+  'squared_distance' when the detector reads it (`stage2.inputs`), else 1 - cos (also for
+  'cosine_similarity', its upside-down twin, and for f - r)."""
+  return "squared_distance" if "squared_distance" in inputs.split("+") else "cosine_distance"
 
 
 def _reader(model: AnoMem, scales: Sequence[str], kind: str,
@@ -149,7 +149,7 @@ def _read_done(out: dict[str, Any]) -> dict[str, Any]:
 
 
 def read(model: AnoMem, state: Any, images: np.ndarray, scales: Sequence[str], *,
-         kind: str = "cosine", inputs: dict[str, tuple[str, str]] | None = None,
+         kind: str = "cosine_distance", inputs: dict[str, tuple[str, str]] | None = None,
          batch_size: int = 500) -> dict[str, Any]:
   """One eval-mode pass over `images` giving
   'deviation': {scale: [N]} the training-free score, the mean of the `map_kind(kind)` map;
@@ -163,7 +163,7 @@ def read(model: AnoMem, state: Any, images: np.ndarray, scales: Sequence[str], *
 
 
 def read_members(model: AnoMem, states: Any, images: np.ndarray | list[np.ndarray],
-                 scales: Sequence[str], mesh: Mesh, k: int, *, kind: str = "cosine",
+                 scales: Sequence[str], mesh: Mesh, k: int, *, kind: str = "cosine_distance",
                  inputs: dict[str, tuple[str, str]] | None = None,
                  batch_size: int = 500) -> list[dict[str, Any]]:
   """`read` of K stacked states as one program (`member_outputs`): one dict per member."""
@@ -173,6 +173,6 @@ def read_members(model: AnoMem, states: Any, images: np.ndarray | list[np.ndarra
 
 
 def deviation_maps(model: AnoMem, state: Any, images: np.ndarray, scales: Sequence[str],
-                   kind: str = "cosine", batch_size: int = 500) -> dict[str, np.ndarray]:
+                   kind: str = "cosine_distance", batch_size: int = 500) -> dict[str, np.ndarray]:
   """{scale: [N, h, w]}: the deviation map (`map_kind(kind)`) of every image."""
   return read(model, state, images, scales, kind=kind, batch_size=batch_size)["maps"]

@@ -17,6 +17,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mscm_jax.errors import Interrupted, UserError, disk_full, is_disk_full
+from mscm_jax.names import renamed_hint
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, optionally with a preset: configs/cifar10_oneclass.py:cpu",
@@ -76,7 +77,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
     _fail(str(e))
   except (AttributeError, KeyError) as e:  # ml_collections: an override of no field
     field = str(e).strip("\"'")
-    _fail(f"--config.{_override_path(argv, field)}: the config has no field {field!r} "
+    path = _override_path(argv, field)
+    _fail(f"--config.{path}: the config has no field {field!r}{renamed_hint(path)} "
           "(see mscm_jax/config.py for the schema)")
   except OSError as e:
     path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "?")

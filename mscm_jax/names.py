@@ -8,7 +8,21 @@ STAGE_NAMES: tuple[str, str, str, str] = ("res1", "res2", "res3", "res4")
 SCALES: tuple[str, ...] = STAGE_NAMES + ("pooled",)
 MEMORY_MODES: tuple[str, ...] = ("replace", "residual", "branch")
 MEMORY_TRAIN: tuple[str, ...] = ("contrastive", "codebook")
-DEVIATIONS: tuple[str, ...] = ("cosine", "similarity", "euclidean", "difference", "feature")
+# The stage-2 detector's input kinds (`stage2.inputs`), each a function of f and r.
+INPUT_KINDS: tuple[str, ...] = ("cosine_distance", "cosine_similarity", "squared_distance",
+                                "difference", "feature")
+# Old names a saved config.json or a command may still hold: each is a one-line error.
+RENAMED_FIELDS: dict[str, str] = {"stage2.deviation": "stage2.inputs"}
+RENAMED_KINDS: dict[str, str] = {"cosine": "cosine_distance", "similarity": "cosine_similarity",
+                                 "euclidean": "squared_distance"}
+
+
+def renamed_hint(field: str) -> str:
+  """' (renamed NEW)' when `field` (dotted, or its last part) is an old name; else ''."""
+  for old, new in RENAMED_FIELDS.items():
+    if field in (old, old.rsplit(".", 1)[-1]):
+      return f" ({old} was renamed {new})"
+  return ""
 # The scores a reader looks at first (evaluate's docstring): tables and plots lead with them.
 HEADLINE: tuple[str, ...] = ("mscm", "deviation", "knn", "pixel_knn")
 # The stage-1 probe's keys in metrics.jsonl and results.json: read on the validation split.

@@ -39,7 +39,7 @@ class Scorer:
     """The frozen pass the scores come from: maps, detector inputs, embedding."""
     c = self.config
     return frozen.read(self.model, self.s1.state, images, tuple(c.memory.scales),
-                       kind=c.stage2.deviation, inputs=stage2.detectors(c),
+                       kind=c.stage2.inputs, inputs=stage2.detectors(c),
                        batch_size=self.batch_size)
 
   def scores_and_read(self, images: np.ndarray) -> tuple[dict[str, np.ndarray], dict]:
@@ -67,10 +67,10 @@ class Scorer:
     return frozen.embed(self.model, self.s1.state, images, self.batch_size)
 
   def deviation_maps(self, images: np.ndarray) -> dict[str, np.ndarray]:
-    """{scale: [N, h, w]} of every memory scale (`frozen.map_kind` of stage2.deviation)."""
+    """{scale: [N, h, w]} of every memory scale (`frozen.map_kind` of stage2.inputs)."""
     c = self.config
     return frozen.deviation_maps(self.model, self.s1.state, images, tuple(c.memory.scales),
-                                 c.stage2.deviation, self.batch_size)
+                                 c.stage2.inputs, self.batch_size)
 
 
 class MemberScorers:
@@ -94,7 +94,7 @@ class MemberScorers:
     first = self.scorers[0]
     c = first.config
     reads = frozen.read_members(first.model, self._variables, images, tuple(c.memory.scales),
-                                self.mesh, len(self), kind=c.stage2.deviation,
+                                self.mesh, len(self), kind=c.stage2.inputs,
                                 inputs=stage2.detectors(c), batch_size=first.batch_size)
     per = stage2.distances_members(first.s2.detector, self._detectors,
                                    [r["inputs"] for r in reads], self.mesh, first.batch_size)

@@ -2,7 +2,7 @@
 
 Per scale s the detector input is the map D_s(h, w) = 1 - cos(f_s(h, w), r_s(h, w))
 between a feature and the prototype retrieved for it (or ||f - r||^2, or f - r itself,
-or several of these: `stage2.deviation="cosine+difference"` gives each scale one
+or several of these: `stage2.inputs="cosine_distance+difference"` gives each scale one
 detector per kind); the map's spatial mean is the training-free `deviation` score. A
 small bias-free CNN per detector maps its input to phi, trained in the Deep SVDD form
 (one-class) or Deep SAD form (unbalanced) towards a centre c fixed from the initial mean
@@ -61,7 +61,7 @@ def detector_inputs(scales: Sequence[str], deviation: str) -> dict[str, tuple[st
 
 
 def detectors(config: ml_collections.ConfigDict) -> dict[str, tuple[str, str]]:
-  return detector_inputs(detector_scales(config), config.stage2.deviation)
+  return detector_inputs(detector_scales(config), config.stage2.inputs)
 
 
 def detector_weights(config: ml_collections.ConfigDict) -> dict[str, float]:
@@ -84,7 +84,7 @@ def deviation_weights(config: ml_collections.ConfigDict) -> dict[str, float]:
 @flax.struct.dataclass
 class DetectorState:
   """The stage-2 pytree orbax saves: one detector and one fixed centre per detector name
-  (the scale, or scale_kind when stage2.deviation joins several kinds)."""
+  (the scale, or scale_kind when stage2.inputs joins several kinds)."""
 
   step: jax.Array  # int32 scalar
   params: Any  # {detector: params}
@@ -437,7 +437,7 @@ def train_members(configs: Sequence[ml_collections.ConfigDict],
   model, scales = frozen.frozen_model(config), tuple(config.memory.scales)
   variables = frozen.stack_variables([s.state for s in s1s], mesh)
   reads = frozen.read_members(model, variables, [s.train_images for s in splits], scales,
-                              mesh, k, kind=config.stage2.deviation, inputs=inputs,
+                              mesh, k, kind=config.stage2.inputs, inputs=inputs,
                               batch_size=config.evaluate.batch_size)
   fit_sets = [(r["inputs"], s.train_is_anomaly) for r, s in zip(reads, splits, strict=True)]
   if config.stage2.rotated_anomalies:
@@ -446,7 +446,7 @@ def train_members(configs: Sequence[ml_collections.ConfigDict],
     logging.info("Stage 2: %d rotated normal images as labelled anomalies%s",
                  len(rotated[0]), " per member" if k > 1 else "")
     extra = frozen.read_members(model, variables, rotated, scales, mesh, k,
-                                kind=config.stage2.deviation, inputs=inputs,
+                                kind=config.stage2.inputs, inputs=inputs,
                                 batch_size=config.evaluate.batch_size)
     fit_sets = [with_anomalies(x, f, e["inputs"])
                 for (x, f), e in zip(fit_sets, extra, strict=True)]

@@ -57,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from mscm_jax.names import HEADLINE, PROBE_KEYS, split_scores, test_scores
+from mscm_jax.names import HEADLINE, PROBE_KEYS, renamed_hint, split_scores, test_scores
 from mscm_jax.runtime.identity import TRAINED
 from mscm_jax.runtime.workdir import FINAL_MARKER, lock_holder, saved_steps, stage_dir
 
@@ -179,6 +179,8 @@ def parse_config(config_arg: str, overrides: Sequence[str]):
   except (flags.Error, UserError, KeyError, AttributeError, TypeError, ValueError,
           OSError) as e:
     text = " ".join(str(e).split())
+    if isinstance(e, (KeyError, AttributeError)):
+      text += "".join(renamed_hint(o.split("=", 1)[0]) for o in overrides)
     raise SweepError(f"--config={config_arg} {' '.join(overrides)}: {text}") from None
 
 

@@ -142,8 +142,10 @@ CONFIG_ROWS = [
     cfg("stage2.deviation_scales=('pooled',)"),
     cfg("stage2.weights=(1.0,2.0)"),  # three stage-2 scales
     cfg("stage2.weights=(1.0,-1.0,1.0)"),
-    cfg("stage2.deviation=foo"),
-    cfg("stage2.deviation=cosine+cosine"),
+    cfg("stage2.inputs=foo"),
+    cfg("stage2.inputs=difference+difference"),
+    cfg("stage2.inputs=cosine", "renamed 'cosine_distance'"),
+    cfg("stage2.deviation=difference", "stage2.deviation was renamed stage2.inputs"),
     cfg("stage2.top_k=-2"),
     cfg("stage2.top_k=9"),
     cfg("stage2.widths=()"),
@@ -537,8 +539,8 @@ _U8 = np.zeros((4, 16, 16, 3), np.uint8)
 STALE_ROWS = [
     InRow("stale:loss.temperature changed", _rerun(**{"loss.temperature": 0.3}),
           ("loss.temperature", "--discard_stale"), StaleStageError),
-    InRow("stale:stage2.deviation changed", _rerun(**{"stage2.deviation": "similarity"}),
-          ("stage2.deviation", "--discard_stale"), StaleStageError),
+    InRow("stale:stage2.inputs changed", _rerun(**{"stage2.inputs": "cosine_similarity"}),
+          ("stage2.inputs", "--discard_stale"), StaleStageError),
     InRow("stale:other data (normal class c1)", _rerun(**{"dataset.normal_class": "c1"}),
           ("normal_classes", "--discard_stale"), StaleStageError),
     InRow("stale:stage1/IDENTITY.json deleted", _rerun_tampered(_unlink("stage1/IDENTITY.json")),

@@ -63,8 +63,8 @@ def test_presets_shrink_the_schedule():
     ("augment.jitter_prob", 1.5, "jitter_prob"),
     ("optim.name", "rmsprop", "optim.name"),
     ("train.batch_size", 1, "batch_size"),
-    ("stage2.deviation", "cosine+angle", "stage2.deviation entry"),
-    ("stage2.deviation", "difference+difference", "twice"),
+    ("stage2.inputs", "cosine_distance+angle", "stage2.inputs entry"),
+    ("stage2.inputs", "difference+difference", "twice"),
     ("stack.workdir_name", "runs", "stack.workdir_name"),  # every class in one workdir
     ("stack.workdir_name", "{class}/s0", "stack.workdir_name"),
     ("stack.workdir_name", "{class}.{seed}", "stack.workdir_name"),
@@ -79,8 +79,8 @@ def test_validation_names_the_bad_field(field, value, match):
 
 def test_detector_input_kinds_join_with_plus():
   c = config_lib.base_config()
-  c.stage2.deviation = "cosine+difference"
-  assert config_lib.validate(c).stage2.deviation == "cosine+difference"
+  c.stage2.inputs = "cosine_distance+difference"
+  assert config_lib.validate(c).stage2.inputs == "cosine_distance+difference"
 
 
 def test_codebook_training_needs_branch_mode():
@@ -102,3 +102,21 @@ def test_fields_the_setting_ignores_are_named():
   assert all("setting='unbalanced'" in line and "\n" not in line for line in lines)
   c.setting = "unbalanced"
   assert config_lib.ignored_fields(c) == []
+
+
+def test_an_old_field_name_is_one_line_that_names_the_new_one(tmp_path):
+  """A workdir's config.json from before a rename, and an old input kind, each refused
+  in one line naming the new name."""
+  import json  # pylint: disable=g-import-not-at-top
+
+  saved = json.loads(config_lib.base_config().to_json_best_effort())
+  saved["stage2"]["deviation"] = saved["stage2"].pop("inputs")
+  path = tmp_path / "config.json"
+  path.write_text(json.dumps(saved))
+  with pytest.raises(ConfigError, match="stage2.deviation, since renamed stage2.inputs") as e:
+    config_lib.load_json(str(path))
+  assert "\n" not in str(e.value)
+  c = config_lib.base_config()
+  c.stage2.inputs = "similarity+difference"
+  with pytest.raises(ConfigError, match="'similarity' was renamed 'cosine_similarity'"):
+    config_lib.validate(c)

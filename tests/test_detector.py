@@ -18,12 +18,12 @@ def test_deviation_input_shapes_and_values():
   np.testing.assert_allclose(deviation_input(f, -f), 2.0, atol=1e-6)  # opposite: maximal
   assert deviation_input(f, 2 * f, "difference").shape == (3, 4, 4, 8)
   r = jnp.asarray(rng.normal(size=(3, 4, 4, 8)), jnp.float32)
-  np.testing.assert_allclose(deviation_input(f, r, "similarity"),
-                             1.0 - deviation_input(f, r, "cosine"), atol=1e-6)
+  np.testing.assert_allclose(deviation_input(f, r, "cosine_similarity"),
+                             1.0 - deviation_input(f, r, "cosine_distance"), atol=1e-6)
   pooled = deviation_input(f[:, 0, 0], f[:, 0, 0] + 1.0)
   assert pooled.shape == (3, 1, 1, 1)
-  np.testing.assert_allclose(deviation_input(f, f + 1.0, "euclidean"), 1.0, rtol=1e-6)
-  np.testing.assert_allclose(deviation_input(f, 3 * f, "euclidean")[..., 0],
+  np.testing.assert_allclose(deviation_input(f, f + 1.0, "squared_distance"), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(deviation_input(f, 3 * f, "squared_distance")[..., 0],
                              np.mean(np.square(2 * f), axis=-1), rtol=1e-5)
   # `feature` ignores the read-out entirely: the no-memory control
   np.testing.assert_array_equal(deviation_input(f, r, "feature"), f)

@@ -39,8 +39,8 @@ def test_read_compiles_once_for_every_state_and_gives_each_its_own_outputs():
   assert not np.allclose(got[0], got[1])
   scales = tuple(c.memory.scales)
   a, b = (frozen.read(model, s, images, scales, batch_size=4) for s in states)
-  assert frozen._reader(model, list(scales), "cosine", None) is frozen._reader(
-      model, scales, "cosine", {})  # one reader per distinct request
+  assert frozen._reader(model, list(scales), "cosine_distance", None) is frozen._reader(
+      model, scales, "cosine_distance", {})  # one reader per distinct request
   assert set(a["maps"]) == set(scales) and a["embedding"].shape == got[0].shape
   np.testing.assert_allclose(a["embedding"], got[0], rtol=1e-5, atol=1e-6)
   assert not np.allclose(a["deviation"][scales[0]], b["deviation"][scales[0]])

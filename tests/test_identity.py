@@ -47,8 +47,8 @@ def _set(c, field, value):
     ("memory.train", "codebook", "stage1"),
     ("augment.hue", 0.0, "stage1"),
     ("seed", 1, "stage1"),
-    ("stage2.deviation", "similarity", "stage2"),  # same tensor shapes as cosine
-    ("stage2.deviation", "difference", "stage2"),  # other shapes: no orbax traceback
+    ("stage2.inputs", "cosine_similarity", "stage2"),  # same tensor shapes as cosine
+    ("stage2.inputs", "difference", "stage2"),  # other shapes: no orbax traceback
     ("stage2.epochs", 5, "stage2"),
 ])
 def test_changed_field_is_refused_and_the_workdir_is_untouched(finished_run, tmp_path, field,
@@ -148,7 +148,7 @@ def test_identity_fields_and_fingerprints(finished_run):
   plan = identity.plan(config, split)
   assert "loss.temperature" in plan["stage1"].config
   assert "train.log_every_steps" not in plan["stage1"].config
-  assert "stage2.deviation" in plan["stage2"].config and not plan["stage2"].data
+  assert "stage2.inputs" in plan["stage2"].config and not plan["stage2"].data
   assert plan["stage2"].reads == plan["stage1"].fingerprint
   assert plan["evaluation"].reads == plan["stage2"].fingerprint
   assert plan["stage1"].data["normal_classes"] == ["c0"]
@@ -197,7 +197,7 @@ def test_a_workdir_in_use_is_refused_and_freed_when_its_holder_dies(finished_run
   assert _snapshot(w) == before
   # Another process holds it, then is killed: its lock dies with it.
   holder = subprocess.Popen(
-      [sys.executable, "-c", "import sys, time; from mscm_jax import workdir\n"
+      [sys.executable, "-c", "import sys, time; from mscm_jax.runtime import workdir\n"
        "with workdir.locked(sys.argv[1]):\n  print('held', flush=True); time.sleep(600)",
        str(w)], stdout=subprocess.PIPE, text=True)
   try:

@@ -117,12 +117,12 @@ def test_changed_stage2_config_reuses_stage1(finished_run, tmp_path):
   config, workdir, _ = finished_run
   c = config.copy_and_resolve_references()
   c.stage2.scales = ("pooled",)
-  c.stage2.deviation = "euclidean"
+  c.stage2.inputs = "squared_distance"
   c.stage2.deviation_scales = ("res3",)
   out = pipeline.run(c, str(tmp_path), stage1_from=str(workdir))
   assert out["stage1"]["steps"] == 6
   assert out["resumed_from"] == {"stage1": 6, "stage2": 0}  # stage 1 loaded, not trained
-  assert out["stage2"]["detectors"] == {"pooled": ["pooled", "euclidean"]}
+  assert out["stage2"]["detectors"] == {"pooled": ["pooled", "squared_distance"]}
   assert out["stage2"]["deviation_scales"] == ["res3"]
   assert "mscm_res3" not in out["test_scores"] and "deviation_res3" in out["test_scores"]
   # one scale: `deviation` is a monotone transform of that scale's score

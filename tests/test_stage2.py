@@ -35,12 +35,12 @@ def test_maps_and_training_free_scores(frozen):
   model, state = frozen
   images = np.random.default_rng(0).integers(0, 256, (7, 16, 16, 3), dtype=np.uint8)
   out = frozen_lib.read(model, state, images, ("res3", "pooled"), batch_size=4,
-                       inputs=stage2.detector_inputs(("res3", "pooled"), "cosine"))
+                       inputs=stage2.detector_inputs(("res3", "pooled"), "cosine_distance"))
   maps = out["inputs"]
   # Equal up to float rounding: each read is its own jit, fused its own way.
   np.testing.assert_allclose(out["maps"]["res3"], maps["res3"][..., 0], rtol=1e-6)
   only = frozen_lib.read(model, state, images, ("res3", "pooled"),
-                        inputs=stage2.detector_inputs(("pooled",), "cosine"))
+                        inputs=stage2.detector_inputs(("pooled",), "cosine_distance"))
   assert set(only["inputs"]) == {"pooled"} and set(only["deviation"]) == {"res3", "pooled"}
   assert maps["res3"].shape == (7, 4, 4, 1) and maps["pooled"].shape == (7, 1, 1, 1)
   assert out["embedding"].shape == (7, 16)
@@ -56,16 +56,18 @@ def test_maps_and_training_free_scores(frozen):
                         inputs=stage2.detector_inputs(("res3",), "difference"))
   assert diff["inputs"]["res3"].shape == (7, 4, 4, 16)
   np.testing.assert_allclose(diff["deviation"]["res3"], out["deviation"]["res3"], rtol=1e-5)
-  both = frozen_lib.read(model, state, images, ("res3",), kind="cosine+difference",
-                        inputs=stage2.detector_inputs(("res3",), "cosine+difference"))
-  assert set(both["inputs"]) == {"res3_cosine", "res3_difference"}
-  np.testing.assert_allclose(both["inputs"]["res3_cosine"], maps["res3"], rtol=1e-6)
+  both = frozen_lib.read(model, state, images, ("res3",), kind="cosine_distance+difference",
+                        inputs=stage2.detector_inputs(("res3",), "cosine_distance+difference"))
+  assert set(both["inputs"]) == {"res3_cosine_distance", "res3_difference"}
+  np.testing.assert_allclose(both["inputs"]["res3_cosine_distance"], maps["res3"], rtol=1e-6)
   np.testing.assert_allclose(both["inputs"]["res3_difference"], diff["inputs"]["res3"],
                              rtol=1e-6, atol=1e-7)
   np.testing.assert_allclose(both["maps"]["res3"], out["maps"]["res3"], rtol=1e-6)
-  assert frozen_lib.map_kind("similarity+difference") == "cosine"  # higher = more deviant
-  assert frozen_lib.map_kind("difference+euclidean") == "euclidean"
-  euclid = frozen_lib.deviation_maps(model, state, images, ("res3",), kind="euclidean")["res3"]
+  # higher = more deviant
+  assert frozen_lib.map_kind("cosine_similarity+difference") == "cosine_distance"
+  assert frozen_lib.map_kind("difference+squared_distance") == "squared_distance"
+  euclid = frozen_lib.deviation_maps(model, state, images, ("res3",),
+                                     kind="squared_distance")["res3"]
   f, r = ref["features"]["res3"], ref["readout"]["res3"]
   np.testing.assert_allclose(euclid[:2], np.mean(np.square(f - r), axis=-1), rtol=1e-4)
 
@@ -263,13 +265,13 @@ def test_top_k_one_retrieves_the_nearest_prototype(frozen):
 
 def test_joined_kinds_train_one_detector_per_scale_and_kind(tmp_path):
   c = _config(**{"stage2.epochs": 1, "stage2.batch_size": 8,
-                 "stage2.deviation": "similarity+difference", "stage2.weights": (1.0, 3.0)})
-  assert stage2.detectors(c) == {"res3_similarity": ("res3", "similarity"),
+                 "stage2.inputs": "cosine_similarity+difference", "stage2.weights": (1.0, 3.0)})
+  assert stage2.detectors(c) == {"res3_cosine_similarity": ("res3", "cosine_similarity"),
                                  "res3_difference": ("res3", "difference"),
-                                 "pooled_similarity": ("pooled", "similarity"),
+                                 "pooled_cosine_similarity": ("pooled", "cosine_similarity"),
                                  "pooled_difference": ("pooled", "difference")}
   weights = stage2.detector_weights(c)  # each detector takes its scale's weight
-  assert weights["res3_difference"] == 1.0 and weights["pooled_similarity"] == 3.0
+  assert weights["res3_difference"] == 1.0 and weights["pooled_cosine_similarity"] == 3.0
   split = _split()
   mesh = sharding.make_mesh(1)
   parts = stage1.components(c, split.n_train, split.train_images.shape[1:], mesh)
@@ -280,12 +282,12 @@ def test_joined_kinds_train_one_detector_per_scale_and_kind(tmp_path):
   assert set(s2.norm["deviation"]) == {"res3", "pooled"}
   scores, out = Scorer(c, s1, s2).scores_and_read(split.test_images)
   assert out["inputs"]["res3_difference"].shape[-1] > 1
-  assert out["inputs"]["res3_similarity"].shape[-1] == 1
+  assert out["inputs"]["res3_cosine_similarity"].shape[-1] == 1
   per = {name: scores[f"mscm_{name}"] for name in stage2.detectors(c)}
   np.testing.assert_allclose(scores["mscm"], stage2.combine(per, s2.norm["mscm"], weights))
   # the training-free score and the heat maps stay 1 - cos (higher = more deviant)
-  np.testing.assert_allclose(out["maps"]["res3"], 1 - out["inputs"]["res3_similarity"][..., 0],
-                             atol=1e-6)
+  np.testing.assert_allclose(out["maps"]["res3"],
+                             1 - out["inputs"]["res3_cosine_similarity"][..., 0], atol=1e-6)
   loaded = stage2.load_finished(c, str(tmp_path), split.train_images.shape[1:], mesh)
   again = Scorer(c, s1, loaded).scores(split.test_images)
   np.testing.assert_array_equal(again["mscm"], scores["mscm"])

@@ -20,15 +20,16 @@ from mscm_jax.models.conv import Conv
 Dtype = Any
 
 
-def deviation_input(f: jax.Array, r: jax.Array, kind: str = "cosine") -> jax.Array:
+def deviation_input(f: jax.Array, r: jax.Array, kind: str = "cosine_distance") -> jax.Array:
   """The detector's input for one scale: [B, h, w, 1] deviation map or [B, h, w, C] f - r.
 
-  'cosine' compares on the unit sphere (1 - cos); 'similarity' is cos itself, the same
-  map upside down; 'euclidean' is the mean squared difference over channels;
+  'cosine_distance' compares on the unit sphere (1 - cos); 'cosine_similarity' is cos
+  itself, the same map upside down; 'squared_distance' is the mean squared difference over
+  channels;
   'difference' is the tensor f - r itself; 'feature' is f alone, without the memory (the
   ablation that says what the read-out adds).
 
-  Why 'similarity': the detector is bias-free and positively homogeneous, so phi(0) = 0.
+  Why 'cosine_similarity': the detector is bias-free and positively homogeneous, so phi(0) = 0.
   fed 1 - cos, the most typical (lowest-deviation) inputs sit near 0, far from the
   centre, and score as anomalous; fed cos, typical inputs are the large ones and the
   "too typical" side is bounded by cos <= 1 (measured in experiments/detector_sweep.py).
@@ -37,18 +38,19 @@ def deviation_input(f: jax.Array, r: jax.Array, kind: str = "cosine") -> jax.Arr
   """
   if f.ndim == 2:
     f, r = f[:, None, None, :], r[:, None, None, :]
-  if kind == "cosine":
+  if kind == "cosine_distance":
     return cosine_deviation(f, r)[..., None]
-  if kind == "similarity":
+  if kind == "cosine_similarity":
     return 1.0 - cosine_deviation(f, r)[..., None]
-  if kind == "euclidean":  # no unit sphere: norms count too
+  if kind == "squared_distance":  # no unit sphere: norms count too
     d = f.astype(jnp.float32) - r.astype(jnp.float32)
     return jnp.mean(jnp.square(d), axis=-1, keepdims=True)
   if kind == "difference":
     return (f - r).astype(jnp.float32)
   if kind == "feature":  # no read-out at all: the control that measures what r adds
     return f.astype(jnp.float32)
-  raise ValueError(f"deviation kind {kind!r} is not 'cosine', 'similarity', 'euclidean', "
+  raise ValueError(f"detector input kind {kind!r} is not 'cosine_distance', "
+                   "'cosine_similarity', 'squared_distance', "
                    "'difference' or 'feature'")
 
 
