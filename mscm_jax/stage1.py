@@ -247,10 +247,9 @@ def make_train_step(config: ml_collections.ConfigDict, model: AnoMem, tx,
   batch over `data`; a member's loss sees its global batch, so NT-Xent negatives and
   BatchNorm statistics span its devices (XLA inserts the collectives).
   """
-  mesh = sharding.member_mesh(mesh)
-  body = make_step_body(config, model, tx, schedule, data_size, mesh)
-  return sharding.jit_members_step(body, mesh, config.stack.within_group,
-                                   conv.compiler_options())
+  return sharding.jit_members_step(
+      lambda m: make_step_body(config, model, tx, schedule, data_size, m), mesh,
+      config.stack.within_group, conv.compiler_options())
 
 
 # ------------------------------------------------------------------------------ probe

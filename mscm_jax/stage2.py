@@ -224,10 +224,9 @@ def make_train_step(config: ml_collections.ConfigDict, detector: DistanceDetecto
   the member axis of states and fit sets [K, N, ...] (`sharding.over_members`, by
   `stack.within_group`); states split over `model` and donated, each member's batch over
   `data`."""
-  mesh = sharding.member_mesh(mesh)
-  body = make_step_body(config, detector, tx, schedule, n_fit, mesh)
-  return sharding.jit_members_step(body, mesh, config.stack.within_group,
-                                   conv.compiler_options())
+  return sharding.jit_members_step(
+      lambda m: make_step_body(config, detector, tx, schedule, n_fit, m), mesh,
+      config.stack.within_group, conv.compiler_options())
 
 
 @functools.lru_cache(maxsize=16)

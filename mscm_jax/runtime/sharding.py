@@ -70,12 +70,13 @@ def over_members(body, mesh: Mesh, within_group: str = "vmap"):
   return fn
 
 
-def jit_members_step(body, mesh: Mesh, within_group: str, compiler_options: dict):
-  """A training step `body(state, data, flags)` of one member, jitted over K stacked
-  members (`over_members`): states split over `model` and donated, each member's rows
-  over `data`."""
+def jit_members_step(make_body, mesh: Mesh, within_group: str, compiler_options: dict):
+  """A training step `make_body(mesh)(state, data, flags)` of one member, jitted over K
+  stacked members (`over_members`) on `member_mesh(mesh)`: states split over `model` and
+  donated, each member's rows over `data`."""
+  mesh = member_mesh(mesh)
   ms, ds = model_sharding(mesh), stacked_data_sharding(mesh)
-  return jax.jit(over_members(body, mesh, within_group), in_shardings=(ms, ds, ds),
+  return jax.jit(over_members(make_body(mesh), mesh, within_group), in_shardings=(ms, ds, ds),
                  out_shardings=(ms, ms), donate_argnums=(0,), compiler_options=compiler_options)
 
 
