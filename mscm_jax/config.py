@@ -204,8 +204,9 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str | None) -> ml_collect
     raise ConfigError(f"unknown preset {preset!r}; choose one of {PRESETS[1:]}")
   if preset in ("cpu", "cpu_long"):
     # `cpu`: about 10 minutes for one CIFAR class on 2 CPU cores, the whole command;
-    # `cpu_long`: the same model for about 75 minutes of stage 1, standing in for the full
-    # schedule on a machine without an accelerator. The choices below were made before
+    # `cpu_long`: the same model for 7.5x the steps (about 45 minutes of stage 1 alone on 2
+    # cores), standing in for the full schedule on a machine without an accelerator
+    # (experiments/results/cpu_long.md). The choices below were made before
     # the validation split existed, partly on test-split readings: they are provisional
     # until re-read on the validation split (docs/method.md section 9).
     c.model.stage_sizes = (1, 1, 1, 1)
