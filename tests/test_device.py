@@ -98,3 +98,15 @@ def test_map_batches_keeps_order_counts_each_row_once_and_compiles_one_shape(n, 
   assert traces == [(batch_size, 2, 3)]
   with pytest.raises(ValueError, match="batch_size"):
     device.map_batches(fn, images, 0)
+
+
+def test_one_member_of_a_stacked_run_is_read_as_one_group_without_padding():
+  """A member's state, unstacked from a 2 x 4 (model, data) mesh, reads as K = 1 on all 8
+  devices: no padding copy of it is computed alongside."""
+  mesh = sharding.make_model_mesh(2)
+  members = [{"w": np.full(4, i + 1.0, np.float32)} for i in range(2)]
+  second = sharding.unstack(sharding.stack(members, mesh), mesh, 2)[1]
+  stacked, one = sharding.as_one_member(second)
+  assert dict(one.shape) == {"model": 1, "data": 8}
+  assert stacked["w"].shape == (1, 4)
+  np.testing.assert_array_equal(stacked["w"][0], 2.0)

@@ -135,11 +135,12 @@ def member_mesh(mesh: Mesh) -> Mesh:
 
 def as_one_member(tree: Any) -> tuple[Any, Mesh]:
   """One state (replicated over its mesh, or on one device) as a stack of K = 1 members on
-  a (model, data) mesh of the same devices: a single run goes through the stacked code."""
+  a (model, data) mesh of the same devices, all in one group (a model axis of 1, even
+  for the member of a stacked run: no padding copies): a single run goes through the
+  stacked code."""
   mesh = mesh_of(tree)
-  if mesh is None:
-    mesh = Mesh(np.asarray(jax.devices()[:1]), (DATA_AXIS,))
-  mesh = member_mesh(mesh)
+  devices = mesh.devices.ravel() if mesh is not None else np.asarray(jax.devices()[:1])
+  mesh = member_mesh(Mesh(devices, (DATA_AXIS,)))
   return stack([tree], mesh), mesh
 
 
