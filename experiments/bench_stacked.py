@@ -52,8 +52,8 @@ def _stage1(c, k, mesh, model_mesh, images):
 def _detector_inputs(c, n, seed):
   """Random detector inputs of the preset's shapes ({detector: [n, h, w, c]})."""
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
   from mscm_jax import frozen, stage2  # pylint: disable=g-import-not-at-top
   from mscm_jax.models.detector import deviation_input  # pylint: disable=g-import-not-at-top
@@ -95,8 +95,9 @@ def _stage2(c, k, mesh, model_mesh):
 
 def _evaluation(c, k, mesh, model_mesh, test):
   import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from mscm_jax import scoring, stage1, stage2  # pylint: disable=g-import-not-at-top
+  from mscm_jax import frozen, scoring, stage1, stage2  # pylint: disable=g-import-not-at-top
   from mscm_jax.runtime import sharding  # pylint: disable=g-import-not-at-top
 
   def scorer(m, seed):
@@ -112,7 +113,11 @@ def _evaluation(c, k, mesh, model_mesh, test):
     names = stage2.detectors(c)
     norm = {"mscm": {n: [0.0, 1.0] for n in names},
             "deviation": {s: [0.0, 1.0] for s in stage2.deviation_weights(c)}}
-    return scoring.Scorer(c, s1, stage2.Stage2Result(state, detector, 0, norm, 0.0))
+    bank = np.stack([frozen.embed(frozen.frozen_model(c), s1.state,
+                                  np.rot90(test[:256], r, axes=(1, 2)))
+                     for r in range(c.shift.rotations)])
+    return scoring.Scorer(c, s1, stage2.Stage2Result(state, detector, 0, norm, 0.0,
+                                                     bank=bank, detector_spread=[0.0, 1.0]))
 
   alone = [scorer(mesh, i) for i in range(k)]
   t0 = time.time()

@@ -42,7 +42,8 @@ def table(root: str, split: str = "validation") -> str:
   """One row per run: headline AUROCs on `split`, the probes (always on the validation
   split), seconds per stage."""
   lines = ["| run | class | seed | " + " | ".join(HEADLINE) + " | probe | probe untrained | "
-           "probe gain | seconds: data / stage 1 / stage 2 / evaluation |", "|" + "---|" * 11]
+           "probe gain | seconds: data / stage 1 / stage 2 / evaluation |",
+           "|" + "---|" * (len(HEADLINE) + 7)]
   for name, r in _results(root).items():
     a = {k: v["auroc"] for k, v in split_scores(r, split).items()}
     if not a:
@@ -52,7 +53,7 @@ def table(root: str, split: str = "validation") -> str:
     gain = f"{probe - untrained:+.3f}" if probe is not None and untrained is not None else "-"
     sec = r.get("seconds", {})
     lines.append(f"| {name} | {r['normal_classes'][0]} | {r['seed']} | "
-                 + " | ".join(f"{a[k]:.3f}" for k in HEADLINE) + " | "
+                 + " | ".join(f"{a[k]:.3f}" if k in a else "-" for k in HEADLINE) + " | "
                  + " | ".join(f"{v:.3f}" if v is not None else "-" for v in (probe, untrained))
                  + f" | {gain} | "
                  + " / ".join(f"{sec.get(k, 0):.0f}" for k in
@@ -77,11 +78,11 @@ def all_scores(root: str, split: str = "validation") -> str:
 
 def subsets(root: str, score: str = "deviation", drop_one: bool = False,
             split: str = "validation") -> str:
-  """The AUROC of `score` (`deviation` over its scales, `mscm` over its detectors) on
-  `split` when only some of its members are summed, equal-weighted as the defaults are,
-  from the split's saved scores and the spreads in results.json: every subset, or with
-  `drop_one` the whole set and each set of all members but one (which member costs the
-  combination)."""
+  """The AUROC of `score` (`deviation` over its scales, `mscm` over its detectors: the
+  run's `detector` score) on `split` when only some of its members are summed,
+  equal-weighted as the defaults are, from the split's saved scores and the spreads in
+  results.json: every subset, or with `drop_one` the whole set and each set of all members
+  but one (which member costs the combination)."""
   rows, label = {}, {}
   for name, r in _results(root).items():
     path = os.path.join(root, name, NPZ[split])

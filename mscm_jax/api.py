@@ -68,6 +68,10 @@ class AnoMemDetector:
     s1, self.image_shape = stage1.load_finished(self.config, self.workdir, mesh, repair=False)
     s2 = stage2.load_finished(self.config, self.workdir, self.image_shape, mesh,
                               repair=False)
+    if s2.bank is None:
+      raise UserError(f"{self.workdir}/{stage2.STAGE} has no k-NN bank (its stage 2 finished "
+                      "before mscm_jax kept one): run the training on this workdir once more "
+                      "(python -m mscm_jax.main, or fit) to add it")
     self._scorer = Scorer(self.config, s1, s2)
 
   def fit(self, images: Any, is_anomaly: Any = None, *,
@@ -109,8 +113,10 @@ class AnoMemDetector:
     return self.scores(images)["mscm"]
 
   def scores(self, images: Any) -> dict[str, np.ndarray]:
-    """{'mscm', 'mscm_<detector>', 'deviation', 'deviation_<scale>': [N]} for every image
-    (a detector is named by its scale, or scale_kind when stage2.inputs joins kinds)."""
+    """{'mscm', 'detector', 'mscm_<detector>', 'deviation', 'deviation_<scale>', 'knn',
+    and with shift.rotations > 1 'knn_rot' (and 'rotation' with the rotation head): [N]}
+    for every image (`scoring`'s docstring defines each; a detector is named by its scale,
+    or scale_kind when stage2.inputs joins kinds)."""
     x = self._check(images)
     return self._scorer.scores(x)
 

@@ -154,6 +154,11 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.evaluate = ml_collections.ConfigDict()
   c.evaluate.knn_k = 5  # neighbours of the `knn` and `pixel_knn` scores
+  # `mscm` = `detector` + knn_weight x the k-NN score (`knn_rot` with rotations), both in
+  # units of their spread on normal training images; 0 = the paper's detector score alone.
+  # 1: validation AUROC 0.741 (0) -> 0.771 on the :cpu grid's 20 runs, 0.5 level with it,
+  # 0.25-1.5 within 0.004 (experiments/results/mscm_knn.md).
+  c.evaluate.knn_weight = 1.0
   c.evaluate.batch_size = 500  # images per forward pass of the frozen model
   c.evaluate.report = True  # PNGs in workdir/report/
 
@@ -494,6 +499,8 @@ def validate(c: ml_collections.ConfigDict,
 
   e = c.evaluate
   _check_int("evaluate.knn_k", e.knn_k, 1)
+  if not isinstance(e.knn_weight, (int, float)) or e.knn_weight < 0:
+    raise ConfigError(f"evaluate.knn_weight={e.knn_weight!r} must be a number >= 0")
   _check_int("evaluate.batch_size", e.batch_size, 1)
   _check_int("preview.num_images", c.preview.num_images, 1)
   _check_int("stack.model_axis", c.stack.model_axis, 0)

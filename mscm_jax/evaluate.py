@@ -1,17 +1,9 @@
 """Evaluation: every score side by side on the whole test split, exact metrics, results.json.
 
-Scores (higher = more anomalous):
-  mscm          the stage-2 detectors, sum_s w_s (d_s - mean_s) / std_s (method.md section 3)
-  mscm_<d>      one detector's distance ||phi - c||^2 (d: its scale, or scale_kind)
-  deviation     training-free: the mean deviation maps of stage2.deviation_scales, combined
-                the same way (each scale's spread on held-out normal data, equal weights)
-  deviation_<s> one scale's mean deviation (1 - cos(f, r) averaged over positions), every scale
-  knn           k-NN cosine distance of the final embedding to the normal training set
-  pixel_knn     the same on raw, mean-centred pixels: the floor a learned score must clear
-  knn_rot       with shift.rotations = R > 1: `knn` of each rotation of the image against
-                the same rotation of the training set, averaged over the R rotations (CSI)
-  rotation      with the rotation head: its negative log-likelihood of each rotation's
-                true index, averaged over the R rotations (GEOM / CSI's shift score)
+Scores (higher = more anomalous): those of `scoring.Scorer` (its module docstring lists
+them: `mscm`, `detector`, `deviation`, `knn`, `knn_rot`, `rotation` and their parts), and
+  pixel_knn     k-NN cosine distance of the raw, mean-centred pixels to the normal training
+                set: the floor a learned score must clear
 """
 
 from __future__ import annotations
@@ -27,44 +19,9 @@ import numpy as np
 from absl import logging
 
 from mscm_jax import knn, metrics, stage2
-from mscm_jax.runtime import distributed
 from mscm_jax.data import protocols
 from mscm_jax.names import HEADLINE, test_scores
-from mscm_jax.scoring import MemberScorers, Scorer
-
-
-
-def _add_rotation_scores(config: ml_collections.ConfigDict, split: protocols.ADSplit,
-                         scorer: Scorer, out: dict[str, Any], bank: np.ndarray,
-                         embeddings: list[np.ndarray]) -> None:
-  """`knn_rot` and `rotation` (module docstring) into `out`'s test and validation scores;
-  nothing without shift.rotations > 1. `bank` and `embeddings` (test, then validation) are
-  the unrotated embeddings the evaluation has read already: rotation 0 reuses them."""
-  rotations = config.shift.rotations
-  if rotations < 2:
-    return
-  params = scorer.s1.state.params
-  head = ({k: distributed.to_host(v).astype(np.float64)
-           for k, v in params["rotation_head"].items()} if "rotation_head" in params else None)
-  parts = [(out["scores"], split.test_images)]
-  if out["validation"] is not None:
-    parts.append((out["validation"], split.val_images))
-  normal = split.train_images[~split.train_is_anomaly]
-  k = min(config.evaluate.knn_k, len(normal))
-  for scores, _ in parts:
-    scores["knn_rot"] = 0.0
-    if head is not None:
-      scores["rotation"] = 0.0
-  for r in range(rotations):
-    bank_r = bank if r == 0 else scorer.embedding(np.rot90(normal, r, axes=(1, 2)))
-    for (scores, images), emb in zip(parts, embeddings, strict=True):
-      q = emb if r == 0 else scorer.embedding(np.rot90(images, r, axes=(1, 2)))
-      scores["knn_rot"] = scores["knn_rot"] + knn.knn_scores(bank_r, q, k=k) / rotations
-      if head is not None:
-        logits = q.astype(np.float64) @ head["kernel"] + head["bias"]
-        logits -= logits.max(axis=1, keepdims=True)
-        nll = np.log(np.exp(logits).sum(axis=1)) - logits[:, r]
-        scores["rotation"] = scores["rotation"] + nll / rotations
+from mscm_jax.scoring import MemberScorers
 
 
 def compute_scores(configs: Sequence[ml_collections.ConfigDict],
@@ -80,31 +37,22 @@ def compute_scores(configs: Sequence[ml_collections.ConfigDict],
                                            and np.array_equal(s.test_images, first))
                for s in splits)
   tests = scorers.scores_and_read(first if shared else [s.test_images for s in splits])
-  banks = scorers.embedding([s.train_images[~s.train_is_anomaly] for s in splits])
-  outs = [{"scores": _with_knn(c, split, scores, test, bank, split.test_images),
+  outs = [{"scores": _with_pixel_knn(c, split, scores, split.test_images),
            "maps": test["maps"], "validation": None}
-          for c, split, (scores, test), bank in zip(configs, splits, tests, banks, strict=True)]
-  embeddings = [[test["embedding"]] for _, test in tests]
+          for c, split, (scores, test) in zip(configs, splits, tests, strict=True)]
   if all(s.has_validation for s in splits):  # each member's own held-out images
     vals = scorers.scores_and_read([s.val_images for s in splits])
-    for out, c, split, (scores, val), bank, emb in zip(outs, configs, splits, vals, banks,
-                                                       embeddings, strict=True):
-      out["validation"] = _with_knn(c, split, scores, val, bank, split.val_images)
-      emb.append(val["embedding"])
-  for out, c, split, scorer, bank, emb in zip(outs, configs, splits, scorers.scorers, banks,
-                                              embeddings, strict=True):
-    _add_rotation_scores(c, split, scorer, out, bank, emb)  # member by member: 3 more reads
+    for out, c, split, (scores, _) in zip(outs, configs, splits, vals, strict=True):
+      out["validation"] = _with_pixel_knn(c, split, scores, split.val_images)
   return outs
 
 
-def _with_knn(config, split, scores, read, bank, images) -> dict[str, np.ndarray]:
-  """`scores` with the k-NN scores of `images` added: the embedding's (`read`'s) against
-  `bank` (the normal training images'), and the raw pixels'."""
-  k = config.evaluate.knn_k
+def _with_pixel_knn(config, split, scores, images) -> dict[str, np.ndarray]:
+  """`scores` with `pixel_knn` of `images` against the normal training images added."""
   normal = ~split.train_is_anomaly
-  scores["knn"] = knn.knn_scores(bank, read["embedding"], k=min(k, len(bank)))
   scores["pixel_knn"] = knn.knn_scores(split.train_images[normal], images,
-                                       k=min(k, int(normal.sum())), center=True)
+                                       k=min(config.evaluate.knn_k, int(normal.sum())),
+                                       center=True)
   return scores
 
 

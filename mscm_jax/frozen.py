@@ -104,6 +104,21 @@ def embed_members(model: AnoMem, states: Any, images: np.ndarray | list[np.ndarr
   return member_outputs(model, states, images, _embedding, mesh, k, batch_size)
 
 
+def embed_turned(model: AnoMem, states: Any, images: np.ndarray | list[np.ndarray],
+                 turns: Sequence[int], mesh: Mesh, k: int, batch_size: int = 500
+                 ) -> list[np.ndarray]:
+  """Per member [len(turns), N, D]: `embed_members` of the images turned by each
+  quarter-turn count in `turns` (CSI's shifted copies, `shift.rotations`)."""
+
+  def turned(r):
+    if isinstance(images, list):
+      return [np.rot90(x, r, axes=(1, 2)) for x in images]
+    return np.rot90(images, r, axes=(1, 2))
+
+  per_turn = [embed_members(model, states, turned(r), mesh, k, batch_size) for r in turns]
+  return [np.stack([p[i] for p in per_turn]) for i in range(k)]
+
+
 def map_kind(inputs: str) -> str:
   """The map behind the training-free score and the heat maps, higher = more deviant:
   'squared_distance' when the detector reads it (`stage2.inputs`), else 1 - cos (also for

@@ -42,3 +42,15 @@ def knn_scores(train_features: np.ndarray, test_features: np.ndarray, k: int = 5
   bank = l2_normalize(jnp.asarray(train))
   return device.map_batches(lambda q: _knn_distance(q, bank, k), test,
                             min(chunk, len(test))).astype(np.float64)
+
+
+def leave_one_out_scores(features: np.ndarray, k: int = 5) -> np.ndarray:
+  """`knn_scores` of every row of `features` against all the other rows: what a held-out
+  image of the same distribution would score, with no image held out. Sets the spread of a
+  k-NN score over the normal training set (`scoring.Scorer`)."""
+  n = len(features)
+  if not 1 <= k < n:
+    raise ValueError(f"k={k} needs 1 <= k < {n} features (one is the row itself)")
+  # each row's nearest neighbour is itself, at cosine similarity 1: take it back out
+  with_self = knn_scores(features, features, k=k + 1)
+  return 1.0 - ((k + 1) * (1.0 - with_self) - 1.0) / k

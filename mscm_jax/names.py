@@ -24,7 +24,7 @@ def renamed_hint(field: str) -> str:
       return f" ({old} was renamed {new})"
   return ""
 # The scores a reader looks at first (evaluate's docstring): tables and plots lead with them.
-HEADLINE: tuple[str, ...] = ("mscm", "deviation", "knn", "pixel_knn")
+HEADLINE: tuple[str, ...] = ("mscm", "detector", "deviation", "knn", "pixel_knn")
 # The stage-1 probe's keys in metrics.jsonl and results.json: read on the validation split.
 PROBE_KEYS: tuple[str, str] = ("validation_probe_knn_auroc",
                                "validation_probe_untrained_knn_auroc")

@@ -181,9 +181,11 @@ def _warn_ignored(config: ml_collections.ConfigDict) -> None:
 def _warn_clamped(config: ml_collections.ConfigDict, split: protocols.ADSplit) -> None:
   """A warning when the k-NN scores' k exceeds the normal training images (clamped)."""
   n_normal = int((~split.train_is_anomaly).sum())
-  if config.evaluate.knn_k > n_normal:
-    logging.warning("evaluate.knn_k=%d is more than the %d normal training images: the "
-                    "k-NN scores use k=%d", config.evaluate.knn_k, n_normal, n_normal)
+  if config.evaluate.knn_k >= n_normal:
+    logging.warning("evaluate.knn_k=%d is not below the %d normal training images: `knn` "
+                    "uses k=%d (each training image's own spread leaves it out), "
+                    "`pixel_knn` k=%d", config.evaluate.knn_k, n_normal, n_normal - 1,
+                    min(config.evaluate.knn_k, n_normal))
 
 
 def _run_classes(config, names, chosen, configs, workdirs, discard_stale

@@ -1,31 +1,52 @@
 """The method's scores of any images from a finished stage 1 and stage 2.
 
 One object, shared by the evaluation and the Python API, so that both compute `mscm`,
-`deviation` and their parts by the same definition. Like big_vision's evaluators, the
-evaluation is handed a `Scorer`; it never touches the trainers.
+`detector`, `deviation`, the k-NN scores and their parts by the same definition. Like
+big_vision's evaluators, the evaluation is handed a `Scorer`; it never touches the trainers.
+
+  mscm          `detector` + evaluate.knn_weight x the k-NN score (`knn_rot` when
+                shift.rotations > 1, else `knn`), each in units of its spread on normal
+                training images: `detector`'s on stage 2's holdout, the k-NN score's over
+                the bank, each image against the others (method.md section 3)
+  detector      the stage-2 detectors, sum_d w_d (dist_d - mean_d) / std_d: the paper's score
+  mscm_<d>      one detector's distance ||phi - c||^2 (d: its scale, or scale_kind)
+  deviation     training-free: the mean deviation maps of stage2.deviation_scales, combined
+                the same way (each scale's spread on held-out normal data, equal weights)
+  deviation_<s> one scale's mean deviation (1 - cos(f, r) averaged over positions)
+  knn           k-NN cosine distance of the final embedding to the normal training set
+  knn_rot       with shift.rotations = R > 1: `knn` of each rotation of the image against
+                the same rotation of the training set, averaged over the R rotations (CSI)
+  rotation      with the rotation head: its negative log-likelihood of each rotation's
+                true index, averaged over the R rotations (GEOM / CSI's shift score)
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from mscm_jax import frozen, stage1, stage2
-from mscm_jax.runtime import sharding
+from mscm_jax import frozen, knn, stage1, stage2
+from mscm_jax.runtime import distributed
 from mscm_jax.models import AnoMem
 
 
 @dataclasses.dataclass
 class Scorer:
-  """`scores(images)`: {'mscm', 'mscm_<detector>', 'deviation', 'deviation_<scale>': [N]}."""
+  """`scores(images)`: {name: [N]} of every score in the module docstring."""
 
   config: ml_collections.ConfigDict
   s1: stage1.Stage1Result
   s2: stage2.Stage2Result
+
+  def __post_init__(self):
+    if self.s2.bank is None or self.s2.detector_spread is None:
+      raise ValueError("a Scorer needs stage 2's `scoring_extras` (Stage2Result.bank and "
+                       ".detector_spread)")
 
   @property
   def model(self) -> AnoMem:
@@ -42,20 +63,55 @@ class Scorer:
                        kind=c.stage2.inputs, inputs=stage2.detectors(c),
                        batch_size=self.batch_size)
 
+  @property
+  def rotations(self) -> int:
+    return self.config.shift.rotations
+
+  @property
+  def knn_k(self) -> int:
+    return min(self.config.evaluate.knn_k, self.s2.bank.shape[1] - 1)
+
+  @functools.cached_property
+  def knn_spread(self) -> tuple[float, float]:
+    """(mean, std) of the k-NN term of `mscm` on the normal training images, each scored
+    against the others (`knn.leave_one_out_scores`): a held-out image's spread, without
+    holding any out of the bank."""
+    term = np.mean([knn.leave_one_out_scores(b, self.knn_k) for b in self.s2.bank], axis=0)
+    return float(term.mean()), float(max(term.std(), 1e-12))
+
   def scores_and_read(self, images: np.ndarray) -> tuple[dict[str, np.ndarray], dict]:
     out = self.read(images)
     return self.combine(stage2.distances(self.s2.detector, self.s2.state, out["inputs"],
-                                         self.batch_size), out), out
+                                         self.batch_size), out,
+                        [out["embedding"]] + [self.embedding(np.rot90(images, r, axes=(1, 2)))
+                                              for r in range(1, self.rotations)]), out
 
-  def combine(self, per_detector: dict[str, np.ndarray], out: dict[str, Any]
-              ) -> dict[str, np.ndarray]:
-    """Every score from the detectors' distances and the frozen read's deviations."""
+  def combine(self, per_detector: dict[str, np.ndarray], out: dict[str, Any],
+              turned: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Every score from the detectors' distances, the frozen read's deviations and the
+    embeddings of the images turned by 0, ..., R - 1 quarter-turns (`turned`)."""
     c, s2 = self.config, self.s2
     scores = {
-        "mscm": stage2.combine(per_detector, s2.norm["mscm"], stage2.detector_weights(c)),
+        "detector": stage2.combine(per_detector, s2.norm["mscm"], stage2.detector_weights(c)),
         "deviation": stage2.combine(out["deviation"], s2.norm["deviation"],
                                     stage2.deviation_weights(c)),
+        "knn": knn.knn_scores(s2.bank[0], turned[0], k=self.knn_k),
     }
+    term = scores["knn"]
+    if self.rotations > 1:
+      term = scores["knn_rot"] = np.mean(
+          [knn.knn_scores(b, q, k=self.knn_k) for b, q in zip(s2.bank, turned, strict=True)],
+          axis=0)
+      params = self.s1.state.params
+      if "rotation_head" in params:
+        head = {k: distributed.to_host(v).astype(np.float64)
+                for k, v in params["rotation_head"].items()}
+        scores["rotation"] = np.mean([_rotation_nll(q, head, r) for r, q in enumerate(turned)],
+                                     axis=0)
+    (d_mean, d_std), (k_mean, k_std) = s2.detector_spread, self.knn_spread
+    weight = c.evaluate.knn_weight
+    scores["mscm"] = ((scores["detector"] - d_mean) / d_std
+                      + (weight * (term - k_mean) / k_std if weight else 0.0))
     scores.update({f"mscm_{name}": v for name, v in per_detector.items()})
     scores.update({f"deviation_{s}": v for s, v in out["deviation"].items()})
     return scores
@@ -81,9 +137,7 @@ class MemberScorers:
   def __init__(self, scorers: list[Scorer], mesh: Mesh):
     self.scorers, self.mesh = scorers, mesh
     self._variables = frozen.stack_variables([s.s1.state for s in scorers], mesh)
-    # What the distances read (parameters, centres, input scales), not the optimiser.
-    self._detectors = sharding.stack([s.s2.state.replace(opt_state=None) for s in scorers],
-                                     mesh)
+    self._detectors = stage2.detector_states([s.s2 for s in scorers], mesh)
 
   def __len__(self) -> int:
     return len(self.scorers)
@@ -98,9 +152,24 @@ class MemberScorers:
                                 inputs=stage2.detectors(c), batch_size=first.batch_size)
     per = stage2.distances_members(first.s2.detector, self._detectors,
                                    [r["inputs"] for r in reads], self.mesh, first.batch_size)
-    return [(s.combine(p, r), r) for s, p, r in zip(self.scorers, per, reads, strict=True)]
+    turned = [[r["embedding"]] for r in reads]
+    if first.rotations > 1:
+      more = frozen.embed_turned(first.model, self._variables, images,
+                                 range(1, first.rotations), self.mesh, len(self),
+                                 first.batch_size)
+      turned = [[t[0], *m] for t, m in zip(turned, more, strict=True)]
+    return [(s.combine(p, r, t), r)
+            for s, p, r, t in zip(self.scorers, per, reads, turned, strict=True)]
 
   def embedding(self, images: np.ndarray | list[np.ndarray]) -> list[np.ndarray]:
     first = self.scorers[0]
     return frozen.embed_members(first.model, self._variables, images, self.mesh, len(self),
                                 first.batch_size)
+
+
+def _rotation_nll(embedding: np.ndarray, head: dict[str, np.ndarray], turns: int
+                  ) -> np.ndarray:
+  """[N] the rotation head's negative log-likelihood that `embedding` is turned `turns`."""
+  logits = embedding.astype(np.float64) @ head["kernel"] + head["bias"]
+  logits -= logits.max(axis=1, keepdims=True)
+  return np.log(np.exp(logits).sum(axis=1)) - logits[:, turns]

@@ -31,7 +31,7 @@ import optax
 from absl import logging
 
 from mscm_jax import frozen, losses, stage1
-from mscm_jax.runtime import checkpoints, loop, sharding
+from mscm_jax.runtime import checkpoints, distributed, loop, sharding
 from mscm_jax import config as config_lib
 from mscm_jax.data import device, protocols
 from mscm_jax.errors import CheckpointError, ConfigError, UserError
@@ -39,6 +39,7 @@ from mscm_jax.models import conv
 from mscm_jax.models.detector import DistanceDetector, deviation_input
 
 STAGE = "stage2"
+EXTRAS = "scoring.npz"  # in workdir/stage2/: `Stage2Result.bank` and `.detector_spread`
 _CENTER_EPS = 0.1  # Deep SVDD: centre coordinates this close to 0 are pushed out to +-eps
 
 
@@ -258,8 +259,10 @@ def distances_members(detector: DistanceDetector, states: DetectorState,
 
 
 def spread(values: dict[str, np.ndarray]) -> dict[str, list[float]]:
-  """{name: [mean, std]} of scores on normal data: what each score is divided by."""
-  return {s: [float(np.mean(v)), float(max(np.std(v), 1e-12))] for s, v in values.items()}
+  """{name: [mean, std]} of scores on normal data: what each score is divided by. One row
+  has no spread: its std is taken as 1, not 0 (which would blow the score up)."""
+  return {s: [float(np.mean(v)), float(max(np.std(v), 1e-12)) if len(v) > 1 else 1.0]
+          for s, v in values.items()}
 
 
 def combine(per_scale: dict[str, np.ndarray], norm: dict[str, Sequence[float]],
@@ -301,6 +304,13 @@ def _fit_rows(config: ml_collections.ConfigDict, is_anomaly: np.ndarray
   """Bool [N] each: the holdout (sets the spread), the fit rows, the normal fit rows."""
   hold = holdout_rows(is_anomaly, config.stage2.holdout_fraction, config.seed)
   return hold, ~hold, ~hold & ~is_anomaly
+
+
+def _reference_rows(config: ml_collections.ConfigDict, is_anomaly: np.ndarray) -> np.ndarray:
+  """Bool [N]: the rows whose distances set the detectors' spreads: the holdout, or the
+  normal fit rows when there is none."""
+  hold, _, normal = _fit_rows(config, np.asarray(is_anomaly, bool))
+  return hold if hold.any() else normal
 
 
 def rotated_fit_images(config: ml_collections.ConfigDict, images: np.ndarray,
@@ -378,7 +388,7 @@ def fit_members(configs: Sequence[ml_collections.ConfigDict],
                          checkpoint_every=s2.checkpoint_every_steps,
                          items_per_step=s2.batch_size * k, steps_per_epoch=per_epoch,
                          stop_after=stop_after, unit="maps", advice=nan_advice(config))
-  refs = [hold if hold.any() else normal for hold, _, normal in rows]
+  refs = [_reference_rows(c, f) for c, f in zip(configs, flags, strict=True)]
   norms = distances_members(detector, res.state,
                             [{s: m[ref] for s, m in x.items()}
                              for x, ref in zip(inputs, refs, strict=True)],
@@ -398,6 +408,12 @@ class Stage2Result:
   norm: dict[str, dict[str, list[float]]]  # {'mscm': {detector: [mean, std]}, 'deviation'}
   seconds: float
   resumed_from: int = 0  # as `stage1.Stage1Result.resumed_from`
+  # float32 [R, N, D]: the frozen embedding of the normal training images turned by each
+  # of the R = shift.rotations quarter-turns, the bank that `knn` and `knn_rot` read
+  bank: np.ndarray | None = None
+  # [mean, std] of the combined detectors (`scoring`'s `detector`) on the holdout: the
+  # unit `mscm` adds other scores in
+  detector_spread: list[float] | None = None
 
 
 def train(config: ml_collections.ConfigDict, split: protocols.ADSplit, workdir: str, mesh,
@@ -423,7 +439,7 @@ def train_members(configs: Sequence[ml_collections.ConfigDict],
                                  stop_after=stop_after))
   if apart is not None:
     return apart
-  loaded = _load_all(configs, splits, workdirs, mesh)
+  loaded = _load_all(configs, splits, workdirs, mesh, s1s)
   if loaded is not None:
     return loaded
   if len(configs) > 1 and len({stage1.stack_key(c) for c in configs}) != 1:
@@ -451,15 +467,56 @@ def train_members(configs: Sequence[ml_collections.ConfigDict],
                 for (x, f), e in zip(fit_sets, extra, strict=True)]
   fits = fit_members(configs, [x for x, _ in fit_sets], [f for _, f in fit_sets], workdirs,
                      mesh, stop_after=stop_after)
-  return [_finish(c, split, w, read, res, t_start)
-          for c, split, w, read, res in zip(configs, splits, workdirs, reads, fits,
-                                            strict=True)]
+  extras = scoring_extras(configs, splits, variables, detector_states(fits, mesh),
+                          [f.norm for f in fits], mesh)
+  return [_finish(c, split, w, read, res, extra, t_start)
+          for c, split, w, read, res, extra in zip(configs, splits, workdirs, reads, fits,
+                                                   extras, strict=True)]
 
 
-def _load_all(configs, splits, workdirs, mesh) -> list[Stage2Result] | None:
+def detector_states(results: Sequence[FitResult | Stage2Result], mesh) -> DetectorState:
+  """The K members' detector states stacked over `model`: what the distances read
+  (parameters, centres, input scales), not the optimiser."""
+  return sharding.stack([r.state.replace(opt_state=None) for r in results], mesh)
+
+
+def scoring_extras(configs: Sequence[ml_collections.ConfigDict],
+                   splits: Sequence[protocols.ADSplit], variables: Any,
+                   states: DetectorState, norms: Sequence[dict[str, list[float]]], mesh
+                   ) -> list[tuple[np.ndarray, list[float]]]:
+  """Per member, what the scores need beyond the detectors: (`Stage2Result.bank`,
+  `Stage2Result.detector_spread`), from the stacked frozen stage 1 (`variables`), the
+  stacked detectors (`states`) and their spreads (`norms`)."""
+  config, k = configs[0], len(configs)
+  model, batch = frozen.frozen_model(config), config.evaluate.batch_size
+  banks = frozen.embed_turned(model, variables,
+                              [s.train_images[~s.train_is_anomaly] for s in splits],
+                              range(config.shift.rotations), mesh, k, batch)
+  refs = [s.train_images[_reference_rows(c, s.train_is_anomaly)]
+          for c, s in zip(configs, splits, strict=True)]
+  reads = frozen.read_members(model, variables, refs, tuple(config.memory.scales), mesh, k,
+                              kind=config.stage2.inputs, inputs=detectors(config),
+                              batch_size=batch)
+  per = distances_members(build_detector(config), states, [r["inputs"] for r in reads], mesh,
+                          batch)
+  spreads = [spread({"d": combine(p, n, detector_weights(c))})["d"]
+             for p, n, c in zip(per, norms, configs, strict=True)]
+  return list(zip(banks, spreads, strict=True))
+
+
+def _save_extras(workdir: str, bank: np.ndarray, detector_spread: list[float]) -> None:
+  if distributed.is_writer():
+    path = os.path.join(workdir, STAGE, EXTRAS)
+    with open(path + ".tmp", "wb") as f:  # atomic, as the checkpoints
+      np.savez(f, bank=bank, detector_spread=np.asarray(detector_spread))
+    os.replace(path + ".tmp", path)
+
+
+def _load_all(configs, splits, workdirs, mesh, s1s) -> list[Stage2Result] | None:
   """Every member's finished stage 2, loaded without reading any image; None when one is
   unfinished, or its final checkpoint is damaged (the training then resumes from the
-  newest intact one)."""
+  newest intact one). Missing `scoring_extras` (a stage 2 finished before they were kept)
+  are made from the frozen stage 1 and saved."""
   if not all(checkpoints.finished_info(os.path.join(w, STAGE)) for w in workdirs):
     return None
   try:
@@ -470,18 +527,30 @@ def _load_all(configs, splits, workdirs, mesh) -> list[Stage2Result] | None:
     return None
   logging.info("Stage 2 already finished: loaded from %s",
                ", ".join(os.path.join(w, STAGE) for w in workdirs))
+  if any(r.bank is None for r in out):
+    extras = scoring_extras(configs, splits,
+                            frozen.stack_variables([s.state for s in s1s], mesh),
+                            detector_states(out, mesh), [r.norm["mscm"] for r in out], mesh)
+    for r, w, (bank, detector_spread) in zip(out, workdirs, extras, strict=True):
+      if r.bank is None:
+        r.bank, r.detector_spread = bank, detector_spread
+        _save_extras(w, bank, detector_spread)
+    distributed.sync("scoring extras saved")
   return out
 
 
 def _finish(config: ml_collections.ConfigDict, split: protocols.ADSplit, workdir: str,
-            read: dict[str, Any], res: FitResult, t_start: float) -> Stage2Result:
-  """The spreads of both scores; FINISHED.json once the schedule is complete."""
+            read: dict[str, Any], res: FitResult, extras: tuple[np.ndarray, list[float]],
+            t_start: float) -> Stage2Result:
+  """The spreads of both scores; the `scoring_extras` and FINISHED.json once the schedule
+  is complete."""
   norm = {"mscm": res.norm,
           # appended anomalies (`with_anomalies`) are never reference rows
           "deviation": spread({s: v[res.reference[:split.n_train]]
                                for s, v in read["deviation"].items()})}
   total, _ = num_steps(config, res.n_fit)
   if res.steps >= total:
+    _save_extras(workdir, *extras)
     checkpoints.mark_finished(os.path.join(workdir, STAGE),
                               {"step": res.steps, "norm": norm, "n_fit": res.n_fit,
                                "n_holdout": int(holdout_rows(
@@ -489,7 +558,7 @@ def _finish(config: ml_collections.ConfigDict, split: protocols.ADSplit, workdir
                                    config.seed).sum()),
                                "maps_per_second": res.rate})
   return Stage2Result(res.state, res.detector, res.steps, norm, time.time() - t_start,
-                      res.start)
+                      res.start, *extras)
 
 
 def load_finished(config: ml_collections.ConfigDict, workdir: str, image_shape: Sequence[int],
@@ -515,4 +584,10 @@ def load_finished(config: ml_collections.ConfigDict, workdir: str, image_shape: 
   template = sharding.unstack(init_members([config], detector, tx, [dummy], mesh), mesh, 1)[0]
   state = checkpoints.restore_final(os.path.join(workdir, STAGE), template, info["step"],
                                     repair=repair)
-  return Stage2Result(state, detector, int(state.step), info["norm"], 0.0, int(state.step))
+  extras = (None, None)
+  path = os.path.join(workdir, STAGE, EXTRAS)
+  if os.path.exists(path):
+    with np.load(path) as f:
+      extras = (f["bank"], [float(x) for x in f["detector_spread"]])
+  return Stage2Result(state, detector, int(state.step), info["norm"], 0.0, int(state.step),
+                      *extras)

@@ -624,7 +624,10 @@ def _side_by_side(groups: dict[tuple[str, str], tuple[list[str], dict[str, dict[
     md += [f"### {dataset}" + (f", variant {variant}" if variant else "")
            + ": the settings side by side", "",
            "AUROC on the test split, mean ± spread over seeds; — = no finished cell.", ""]
-    for score in HEADLINE:
+    runs_all = [r for by_class in by_setting.values() for runs in by_class.values()
+                for r in runs.values()]
+    # a score no cell has (one added since the grid ran) gets no table of dashes
+    for score in [s for s in HEADLINE if any(_values(r, s) is not None for r in runs_all)]:
       md += [f"`{score}`", "", "| class | " + " | ".join(settings) + " |",
              "|" + "---|" * (len(settings) + 1)]
       for c in classes:

@@ -20,8 +20,9 @@ def test_subsets_recombine_as_the_pipeline_does(finished_run, split):
   scores = results[f"{split}_scores"]
   mscm = class_runs.subsets(root, "mscm", drop_one=True, split=split)
   detectors = sorted(results["stage2"]["norm"]["mscm"])
-  # The whole set is the run's own `mscm`; the row with one member dropped is there for each.
-  assert _row(mscm, "all")[0] == pytest.approx(scores["mscm"]["auroc"], abs=TABLE)
+  # The whole set is the run's own `detector`; the row with one member dropped is there for
+  # each.
+  assert _row(mscm, "all")[0] == pytest.approx(scores["detector"]["auroc"], abs=TABLE)
   for d in detectors:
     assert 0.0 <= _row(mscm, f"all but {d}")[0] <= 1.0
   assert len(detectors) > 1 and len(mscm.splitlines()) == 2 + len(detectors) + 1
@@ -39,8 +40,8 @@ def test_tables_read_the_split_asked_for(finished_run):
   root = str(workdir.parent)
   for split in ("validation", "test"):
     line = next(l for l in class_runs.table(root, split).splitlines() if l.startswith("| w |"))
-    cells = [c.strip() for c in line.strip("|").split("|")]  # run, class, seed, 4 scores, ...
+    cells = [c.strip() for c in line.strip("|").split("|")]  # run, class, seed, 5 scores, ...
     assert float(cells[3]) == pytest.approx(results[f"{split}_scores"]["mscm"]["auroc"],
                                             abs=TABLE)
-    assert float(cells[7]) == pytest.approx(results["stage1"]["validation_probe_knn_auroc"],
+    assert float(cells[8]) == pytest.approx(results["stage1"]["validation_probe_knn_auroc"],
                                             abs=TABLE)

@@ -37,3 +37,18 @@ def test_training_points_score_zero_and_outliers_high():
 def test_k_out_of_range():
   with pytest.raises(ValueError, match="k=11"):
     knn.knn_scores(np.ones((10, 2)), np.ones((2, 2)), k=11)
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_leave_one_out_scores_each_row_against_the_others(k):
+  rng = np.random.default_rng(2)
+  x = rng.normal(size=(25, 6))
+  x[3] = x[7]  # an exact duplicate keeps its twin as a neighbour
+  want = [_reference(np.delete(x, i, axis=0), x[i:i + 1], k)[0] for i in range(len(x))]
+  np.testing.assert_allclose(knn.leave_one_out_scores(x, k), want, atol=1e-5)
+  assert knn.leave_one_out_scores(x, 1)[3] < 1e-5
+
+
+def test_leave_one_out_needs_k_below_the_rows():
+  with pytest.raises(ValueError, match="k=3"):
+    knn.leave_one_out_scores(np.ones((3, 2)), k=3)

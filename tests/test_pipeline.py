@@ -75,7 +75,8 @@ def test_rerun_returns_at_once(finished_run):
 def test_summary_table_lists_headline_scores_first(finished_run):
   _, _, results = finished_run
   lines = evaluate.summary_table(results).splitlines()
-  assert [l.split()[0] for l in lines[2:6]] == ["mscm", "deviation", "knn", "pixel_knn"]
+  assert [l.split()[0] for l in lines[2:7]] == ["mscm", "detector", "deviation", "knn",
+                                               "pixel_knn"]
 
 
 def test_per_anomaly_class_aurocs_in_results_and_scores(finished_run):
@@ -127,7 +128,7 @@ def test_changed_stage2_config_reuses_stage1(finished_run, tmp_path):
   assert "mscm_res3" not in out["test_scores"] and "deviation_res3" in out["test_scores"]
   # one scale: `deviation` is a monotone transform of that scale's score
   assert out["test_scores"]["deviation"] == out["test_scores"]["deviation_res3"]
-  assert out["test_scores"]["mscm"] == out["test_scores"]["mscm_pooled"]
+  assert out["test_scores"]["detector"] == out["test_scores"]["mscm_pooled"]
 
 
 def test_stop_after_stage2_leaves_no_results(tmp_path):

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mscm_jax import evaluate, frozen as frozen_lib, metrics, stage1, stage2
+from mscm_jax import evaluate, frozen as frozen_lib, knn, metrics, stage1, stage2
 from mscm_jax.runtime import checkpoints, sharding
 from mscm_jax.scoring import Scorer
 from mscm_jax import config as config_lib
@@ -263,6 +263,16 @@ def test_top_k_one_retrieves_the_nearest_prototype(frozen):
   np.testing.assert_array_equal(np.argmax(a, -1), np.argmax(soft, -1))
 
 
+def _on_untrained_stage1(c, tmp_path):
+  """(split, mesh, stage 1, stage 2): stage 2 trained on the initial stage-1 network."""
+  split = _split()
+  mesh = sharding.make_mesh(1)
+  parts = stage1.components(c, split.n_train, split.train_images.shape[1:], mesh)
+  s1 = stage1.Stage1Result(parts.init_fn(jax.random.PRNGKey(0)), parts.model, 0, None,
+                           None, 0.0)
+  return split, mesh, s1, stage2.train(c, split, str(tmp_path), mesh, s1)
+
+
 def test_joined_kinds_train_one_detector_per_scale_and_kind(tmp_path):
   c = _config(**{"stage2.epochs": 1, "stage2.batch_size": 8,
                  "stage2.inputs": "cosine_similarity+difference", "stage2.weights": (1.0, 3.0)})
@@ -272,25 +282,57 @@ def test_joined_kinds_train_one_detector_per_scale_and_kind(tmp_path):
                                  "pooled_difference": ("pooled", "difference")}
   weights = stage2.detector_weights(c)  # each detector takes its scale's weight
   assert weights["res3_difference"] == 1.0 and weights["pooled_cosine_similarity"] == 3.0
-  split = _split()
-  mesh = sharding.make_mesh(1)
-  parts = stage1.components(c, split.n_train, split.train_images.shape[1:], mesh)
-  s1 = stage1.Stage1Result(parts.init_fn(jax.random.PRNGKey(0)), parts.model, 0, None,
-                           None, 0.0)
-  s2 = stage2.train(c, split, str(tmp_path), mesh, s1)
+  split, mesh, s1, s2 = _on_untrained_stage1(c, tmp_path)
   assert set(s2.norm["mscm"]) == set(stage2.detectors(c))
   assert set(s2.norm["deviation"]) == {"res3", "pooled"}
   scores, out = Scorer(c, s1, s2).scores_and_read(split.test_images)
   assert out["inputs"]["res3_difference"].shape[-1] > 1
   assert out["inputs"]["res3_cosine_similarity"].shape[-1] == 1
   per = {name: scores[f"mscm_{name}"] for name in stage2.detectors(c)}
-  np.testing.assert_allclose(scores["mscm"], stage2.combine(per, s2.norm["mscm"], weights))
+  np.testing.assert_allclose(scores["detector"], stage2.combine(per, s2.norm["mscm"], weights))
   # the training-free score and the heat maps stay 1 - cos (higher = more deviant)
   np.testing.assert_allclose(out["maps"]["res3"],
                              1 - out["inputs"]["res3_cosine_similarity"][..., 0], atol=1e-6)
   loaded = stage2.load_finished(c, str(tmp_path), split.train_images.shape[1:], mesh)
+  np.testing.assert_array_equal(loaded.bank, s2.bank)
+  assert loaded.detector_spread == s2.detector_spread
   again = Scorer(c, s1, loaded).scores(split.test_images)
   np.testing.assert_array_equal(again["mscm"], scores["mscm"])
+
+
+def test_mscm_adds_the_knn_score_to_the_detectors_each_in_units_of_its_spread(tmp_path):
+  c = _config(**{"stage2.epochs": 1, "stage2.batch_size": 8, "shift.rotations": 2,
+                 "evaluate.knn_weight": 0.5})
+  split, _, s1, s2 = _on_untrained_stage1(c, tmp_path)
+  normal = split.train_images[~split.train_is_anomaly]
+  scorer = Scorer(c, s1, s2)
+  # the bank: the frozen embedding of the normal training images, turned 0 and 1 times
+  assert s2.bank.shape[:2] == (2, len(normal))
+  np.testing.assert_allclose(s2.bank[1], scorer.embedding(np.rot90(normal, 1, axes=(1, 2))),
+                             atol=1e-5)
+  scores = scorer.scores(split.test_images)
+  k = c.evaluate.knn_k
+  turned = [scorer.embedding(np.rot90(split.test_images, r, axes=(1, 2))) for r in (0, 1)]
+  np.testing.assert_allclose(scores["knn"], knn.knn_scores(s2.bank[0], turned[0], k=k),
+                             atol=1e-6)
+  knn_rot = np.mean([knn.knn_scores(b, q, k=k) for b, q in zip(s2.bank, turned)], axis=0)
+  np.testing.assert_allclose(scores["knn_rot"], knn_rot, atol=1e-6)
+  # the spread: each normal training image's knn_rot against the other training images
+  loo = np.mean([[knn.knn_scores(np.delete(b, i, axis=0), b[i:i + 1], k=k)[0]
+                  for i in range(len(b))] for b in s2.bank], axis=0)
+  np.testing.assert_allclose(scorer.knn_spread, (loo.mean(), loo.std()), rtol=1e-5)
+  # the detectors' spread: their combined score on stage 2's holdout images
+  held = split.train_images[stage2.holdout_rows(split.train_is_anomaly,
+                                                c.stage2.holdout_fraction, c.seed)]
+  on_holdout = scorer.scores(held)["detector"]
+  np.testing.assert_allclose(s2.detector_spread, (on_holdout.mean(), on_holdout.std()),
+                             rtol=1e-4)
+  (d_mean, d_std) = s2.detector_spread
+  np.testing.assert_allclose(scores["mscm"], (scores["detector"] - d_mean) / d_std
+                             + 0.5 * (knn_rot - loo.mean()) / loo.std(), rtol=1e-5, atol=1e-5)
+  c.evaluate.knn_weight = 0.0  # the paper's score alone, in its units
+  np.testing.assert_allclose(Scorer(c, s1, s2).scores(split.test_images)["mscm"],
+                             (scores["detector"] - d_mean) / d_std, rtol=1e-6, atol=1e-9)
 
 
 # ------------------------------------------------- the shifted distribution as anomalies

@@ -1,0 +1,137 @@
+r"""`mscm` = `detector` + w x the k-NN score, rescored on finished runs (evaluate.knn_weight).
+
+No training: each workdir's finished stage 1 and stage 2 are loaded (a config saved before
+the stage-2 renames of names.py is translated first), the k-NN bank and the detectors'
+spread are made from them (`stage2.scoring_extras`), and the library's evaluation scores
+both splits (`evaluate.compute_scores`). One JSON line per run: validation AUROC of `detector` (the
+run's own `mscm` before the k-NN term, recorded beside it as a check), `knn`, `knn_rot`
+and `mscm` at every weight; test AUROC of the weights the table reports (0: the paper's
+score, and the default). Choices are read on the validation split only.
+
+  TFDS_DATA_DIR=../shared/tfds python experiments/knn_weight.py \
+      --out=experiments/results/mscm_knn.jsonl WORKDIR [WORKDIR ...]
+  python experiments/knn_weight.py --out=experiments/results/mscm_knn.jsonl --table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+
+import numpy as np
+
+from mscm_jax import config as config_lib
+from mscm_jax import evaluate, frozen, metrics, pipeline, scoring, stage1, stage2
+from mscm_jax.names import RENAMED_FIELDS, RENAMED_KINDS
+from mscm_jax.runtime import sharding
+
+WEIGHTS = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
+REPORTED = (0.0, 1.0)  # test AUROC: the paper's score and the default
+
+
+def saved_config(workdir: str):
+  """The run's config.json with renamed fields and input kinds translated."""
+  with open(os.path.join(workdir, "config.json")) as f:
+    raw = json.load(f)
+  for old, new in RENAMED_FIELDS.items():
+    (osec, oname), (nsec, nname) = old.split("."), new.split(".")
+    if oname in raw.get(osec, {}):
+      raw[nsec][nname] = raw[osec].pop(oname)
+  raw["stage2"]["inputs"] = "+".join(RENAMED_KINDS.get(k, k)
+                                     for k in raw["stage2"]["inputs"].split("+"))
+  with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+    json.dump(raw, f)
+  try:
+    return config_lib.load_json(f.name)
+  finally:
+    os.unlink(f.name)
+
+
+def rescore(workdir: str) -> dict:
+  t = time.time()
+  c = saved_config(workdir)
+  c.evaluate.report = False
+  mesh = sharding.make_mesh(c.train.num_devices)
+  split = pipeline.load_split(c)
+  s1, shape = stage1.load_finished(c, workdir, mesh, repair=False)
+  s2 = stage2.load_finished(c, workdir, shape, mesh, repair=False)
+  one = sharding.member_mesh(mesh)
+  (s2.bank, s2.detector_spread), = stage2.scoring_extras(
+      [c], [split], frozen.stack_variables([s1.state], one),
+      stage2.detector_states([s2], one), [s2.norm["mscm"]], one)
+  scorer = scoring.Scorer(c, s1, s2)
+  out, = evaluate.compute_scores([c], [split], scoring.MemberScorers([scorer], one))
+  (mean, std), (d_mean, d_std) = scorer.knn_spread, s2.detector_spread
+  term = "knn_rot" if c.shift.rotations > 1 else "knn"
+  with open(os.path.join(workdir, "results.json")) as f:
+    saved = json.load(f)["validation_scores"]["mscm"]["auroc"]
+  record = {"run": workdir, "class": c.dataset.normal_class, "seed": c.seed,
+            "epochs": c.train.epochs, "term": term,
+            "knn_spread": [mean, std], "detector_spread": [d_mean, d_std],
+            "saved_validation_mscm": saved}
+  for part, scores, labels in (("validation", out["validation"], split.val_is_anomaly),
+                               ("test", out["scores"], split.test_is_anomaly)):
+    aurocs = {n: metrics.auroc(scores[n], labels)
+              for n in ("detector", "knn", "knn_rot", "rotation", "pixel_knn") if n in scores}
+    for w in WEIGHTS if part == "validation" else REPORTED:
+      aurocs[f"mscm@{w:g}"] = metrics.auroc(
+          (scores["detector"] - d_mean) / d_std + w * (scores[term] - mean) / std, labels)
+    record[part] = aurocs
+  record["seconds"] = round(time.time() - t, 1)
+  return record
+
+
+def table(records: list[dict]) -> str:
+  """Per stage-1 budget (epochs): validation AUROC at every weight, then the test split's."""
+  lines = []
+  for epochs in sorted({r["epochs"] for r in records}):
+    runs = sorted((r for r in records if r["epochs"] == epochs),
+                  key=lambda r: (r["class"], r["seed"]))
+    lines += [f"### Stage 1 of {epochs} epochs, {len(runs)} runs", ""]
+    for part, head in (("validation", ["detector", "knn", "knn_rot"]
+                        + [f"mscm@{w:g}" for w in WEIGHTS]),
+                       ("test", ["detector", "knn", "knn_rot", "pixel_knn"]
+                        + [f"mscm@{w:g}" for w in REPORTED])):
+      lines += [f"{part.capitalize()} split AUROC" + (
+          " (read once, for the table: nothing was chosen on it)" if part == "test" else "")
+                + ":", "", "| run | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
+      lines += [f"| {r['class']} s{r['seed']} | "
+                + " | ".join(f"{r[part][h]:.3f}" for h in head) + " |" for r in runs]
+      if len(runs) > 1:
+        lines.append(f"| **mean of {len(runs)}** | " + " | ".join(
+            f"**{np.mean([r[part][h] for r in runs]):.3f}**" for h in head) + " |")
+      lines.append("")
+  return "\n".join(lines)
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("workdirs", nargs="*")
+  p.add_argument("--out", required=True, help="JSON lines, one per run (appended)")
+  p.add_argument("--table", action="store_true", help="print the markdown table of --out")
+  args = p.parse_args()
+  records: list[dict] = []
+  if os.path.exists(args.out):
+    with open(args.out) as f:
+      records = [json.loads(line) for line in f if line.strip()]
+  done = {r["run"] for r in records}
+  if args.table:
+    print(table(records))
+    return
+  for w in args.workdirs:
+    if os.path.abspath(w) in done:
+      continue
+    record = rescore(os.path.abspath(w))
+    with open(args.out, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    v = record["validation"]
+    print(f"{w}: validation detector {v['detector']:.3f} (saved mscm "
+          f"{record['saved_validation_mscm']:.3f}) {record['term']} {v[record['term']]:.3f} "
+          f"mscm@1 {v['mscm@1']:.3f} ({record['seconds']} s)", flush=True)
+
+
+if __name__ == "__main__":
+  main()
