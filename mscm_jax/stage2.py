@@ -468,7 +468,7 @@ def train_members(configs: Sequence[ml_collections.ConfigDict],
   fits = fit_members(configs, [x for x, _ in fit_sets], [f for _, f in fit_sets], workdirs,
                      mesh, stop_after=stop_after)
   extras = scoring_extras(configs, splits, variables, detector_states(fits, mesh),
-                          [f.norm for f in fits], mesh)
+                          [f.norm for f in fits], mesh, reads)
   return [_finish(c, split, w, read, res, extra, t_start)
           for c, split, w, read, res, extra in zip(configs, splits, workdirs, reads, fits,
                                                    extras, strict=True)]
@@ -482,23 +482,36 @@ def detector_states(results: Sequence[FitResult | Stage2Result], mesh) -> Detect
 
 def scoring_extras(configs: Sequence[ml_collections.ConfigDict],
                    splits: Sequence[protocols.ADSplit], variables: Any,
-                   states: DetectorState, norms: Sequence[dict[str, list[float]]], mesh
+                   states: DetectorState, norms: Sequence[dict[str, list[float]]], mesh,
+                   reads: Sequence[dict[str, Any]] | None = None
                    ) -> list[tuple[np.ndarray, list[float]]]:
   """Per member, what the scores need beyond the detectors: (`Stage2Result.bank`,
   `Stage2Result.detector_spread`), from the stacked frozen stage 1 (`variables`), the
-  stacked detectors (`states`) and their spreads (`norms`)."""
+  stacked detectors (`states`) and their spreads (`norms`). `reads`: the frozen reads
+  of the members' training images when the caller has them (`frozen.read_members`), so
+  that no image goes through the encoder twice unturned."""
   config, k = configs[0], len(configs)
   model, batch = frozen.frozen_model(config), config.evaluate.batch_size
-  banks = frozen.embed_turned(model, variables,
-                              [s.train_images[~s.train_is_anomaly] for s in splits],
-                              range(config.shift.rotations), mesh, k, batch)
-  refs = [s.train_images[_reference_rows(c, s.train_is_anomaly)]
-          for c, s in zip(configs, splits, strict=True)]
-  reads = frozen.read_members(model, variables, refs, tuple(config.memory.scales), mesh, k,
-                              kind=config.stage2.inputs, inputs=detectors(config),
-                              batch_size=batch)
-  per = distances_members(build_detector(config), states, [r["inputs"] for r in reads], mesh,
-                          batch)
+  normal = [~s.train_is_anomaly for s in splits]
+  refs = [_reference_rows(c, s.train_is_anomaly) for c, s in zip(configs, splits, strict=True)]
+  if reads is None:  # read the normal and reference rows only, and index within them
+    kept = [n | r for n, r in zip(normal, refs, strict=True)]
+    reads = frozen.read_members(model, variables,
+                                [s.train_images[m] for s, m in zip(splits, kept, strict=True)],
+                                tuple(config.memory.scales), mesh, k,
+                                kind=config.stage2.inputs, inputs=detectors(config),
+                                batch_size=batch)
+    normal = [n[m] for n, m in zip(normal, kept, strict=True)]
+    refs = [r[m] for r, m in zip(refs, kept, strict=True)]
+  banks = [e[None] for e in (r["embedding"][n] for r, n in zip(reads, normal, strict=True))]
+  if config.shift.rotations > 1:
+    turned = frozen.embed_turned(model, variables,
+                                 [s.train_images[~s.train_is_anomaly] for s in splits],
+                                 range(1, config.shift.rotations), mesh, k, batch)
+    banks = [np.concatenate([b, t]) for b, t in zip(banks, turned, strict=True)]
+  per = distances_members(build_detector(config), states,
+                          [{d: x[ref] for d, x in r["inputs"].items()}
+                           for r, ref in zip(reads, refs, strict=True)], mesh, batch)
   spreads = [spread({"d": combine(p, n, detector_weights(c))})["d"]
              for p, n, c in zip(per, norms, configs, strict=True)]
   return list(zip(banks, spreads, strict=True))

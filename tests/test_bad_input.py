@@ -163,6 +163,7 @@ CONFIG_ROWS = [
     cfg("stage2.log_every_steps=0"),
     cfg("stage2.checkpoint_every_steps=0"),
     cfg("evaluate.knn_k=0"),
+    cfg("evaluate.knn_weight=-1"),
     cfg("evaluate.batch_size=0"),
     cfg("preview.num_images=0"),
     cfg("stack.model_axis=-1"),
