@@ -284,6 +284,7 @@ class FitResult:
   reference: np.ndarray  # bool [N]: the rows that set the spread (the holdout)
   n_fit: int
   start: int = 0  # the step this call began from (`loop.MembersResult.start`)
+  reference_distances: dict[str, np.ndarray] | None = None  # {detector: [R]} behind `norm`
 
 
 def nan_advice(config: ml_collections.ConfigDict):
@@ -395,7 +396,7 @@ def fit_members(configs: Sequence[ml_collections.ConfigDict],
                             mesh, config.evaluate.batch_size)
   return [FitResult(state, detector, res.step,
                     res.rate if finished is None else finished.get("maps_per_second"),
-                    spread(norm), ref, n_fit, res.start)
+                    spread(norm), ref, n_fit, res.start, norm)
           for state, finished, norm, ref in zip(members.split(res.state), res.finished, norms,
                                                 refs, strict=True)]
 
@@ -467,8 +468,8 @@ def train_members(configs: Sequence[ml_collections.ConfigDict],
                 for (x, f), e in zip(fit_sets, extra, strict=True)]
   fits = fit_members(configs, [x for x, _ in fit_sets], [f for _, f in fit_sets], workdirs,
                      mesh, stop_after=stop_after)
-  extras = scoring_extras(configs, splits, variables, detector_states(fits, mesh),
-                          [f.norm for f in fits], mesh, reads)
+  extras = scoring_extras(configs, splits, variables, None, [f.norm for f in fits], mesh,
+                          reads, [f.reference_distances for f in fits])
   return [_finish(c, split, w, read, res, extra, t_start)
           for c, split, w, read, res, extra in zip(configs, splits, workdirs, reads, fits,
                                                    extras, strict=True)]
@@ -482,14 +483,16 @@ def detector_states(results: Sequence[FitResult | Stage2Result], mesh) -> Detect
 
 def scoring_extras(configs: Sequence[ml_collections.ConfigDict],
                    splits: Sequence[protocols.ADSplit], variables: Any,
-                   states: DetectorState, norms: Sequence[dict[str, list[float]]], mesh,
-                   reads: Sequence[dict[str, Any]] | None = None
+                   states: DetectorState | None, norms: Sequence[dict[str, list[float]]],
+                   mesh, reads: Sequence[dict[str, Any]] | None = None,
+                   distances: Sequence[dict[str, np.ndarray]] | None = None
                    ) -> list[tuple[np.ndarray, list[float]]]:
   """Per member, what the scores need beyond the detectors: (`Stage2Result.bank`,
   `Stage2Result.detector_spread`), from the stacked frozen stage 1 (`variables`), the
-  stacked detectors (`states`) and their spreads (`norms`). `reads`: the frozen reads
-  of the members' training images when the caller has them (`frozen.read_members`), so
-  that no image goes through the encoder twice unturned."""
+  stacked detectors (`states`) and their spreads (`norms`). What the caller has already
+  is not computed again: `reads`, the frozen reads of the members' training images
+  (`frozen.read_members`), and `distances`, the detectors' distances on the reference
+  rows (`FitResult.reference_distances`; then `states` may be None)."""
   config, k = configs[0], len(configs)
   model, batch = frozen.frozen_model(config), config.evaluate.batch_size
   normal = [~s.train_is_anomaly for s in splits]
@@ -509,11 +512,12 @@ def scoring_extras(configs: Sequence[ml_collections.ConfigDict],
                                  [s.train_images[~s.train_is_anomaly] for s in splits],
                                  range(1, config.shift.rotations), mesh, k, batch)
     banks = [np.concatenate([b, t]) for b, t in zip(banks, turned, strict=True)]
-  per = distances_members(build_detector(config), states,
-                          [{d: x[ref] for d, x in r["inputs"].items()}
-                           for r, ref in zip(reads, refs, strict=True)], mesh, batch)
+  if distances is None:
+    distances = distances_members(build_detector(config), states,
+                                  [{d: x[ref] for d, x in r["inputs"].items()}
+                                   for r, ref in zip(reads, refs, strict=True)], mesh, batch)
   spreads = [spread({"d": combine(p, n, detector_weights(c))})["d"]
-             for p, n, c in zip(per, norms, configs, strict=True)]
+             for p, n, c in zip(distances, norms, configs, strict=True)]
   return list(zip(banks, spreads, strict=True))
 
 
