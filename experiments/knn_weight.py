@@ -2,7 +2,7 @@ r"""`mscm` = `detector` + w x the k-NN score, rescored on finished runs (evaluat
 
 No training: each workdir's finished stage 1 and stage 2 are loaded (a config saved before
 the stage-2 renames of names.py is translated first), the k-NN bank and the detectors'
-spread are made from them (`stage2.scoring_extras`), and the library's evaluation scores
+spread are made from them (`stage2.complete_extras`), and the library's evaluation scores
 both splits (`evaluate.compute_scores`). One JSON line per run: validation AUROC of `detector` (the
 run's own `mscm` before the k-NN term, recorded beside it as a check), `knn`, `knn_rot`
 and `mscm` at every weight; test AUROC of the weights the table reports (0: the paper's
@@ -24,7 +24,7 @@ import time
 import numpy as np
 
 from mscm_jax import config as config_lib
-from mscm_jax import evaluate, frozen, metrics, pipeline, scoring, stage1, stage2
+from mscm_jax import evaluate, metrics, pipeline, scoring, stage1, stage2
 from mscm_jax.names import RENAMED_FIELDS, RENAMED_KINDS
 from mscm_jax.runtime import sharding
 
@@ -59,9 +59,7 @@ def rescore(workdir: str) -> dict:
   s1, shape = stage1.load_finished(c, workdir, mesh, repair=False)
   s2 = stage2.load_finished(c, workdir, shape, mesh, repair=False)
   one = sharding.member_mesh(mesh)
-  (s2.bank, s2.detector_spread), = stage2.scoring_extras(
-      [c], [split], frozen.stack_variables([s1.state], one),
-      stage2.detector_states([s2], one), [s2.norm["mscm"]], one)
+  stage2.complete_extras([c], [split], [s1], [s2], one)
   scorer = scoring.Scorer(c, s1, s2)
   out, = evaluate.compute_scores([c], [split], scoring.MemberScorers([scorer], one))
   (mean, std), (d_mean, d_std) = scorer.knn_spread, s2.detector_spread

@@ -77,7 +77,7 @@ class Scorer:
     against the others (`knn.leave_one_out_scores`): a held-out image's spread, without
     holding any out of the bank."""
     term = np.mean([knn.leave_one_out_scores(b, self.knn_k) for b in self.s2.bank], axis=0)
-    return float(term.mean()), float(max(term.std(), 1e-12))
+    return tuple(stage2.spread({"k": term})["k"])
 
   def scores_and_read(self, images: np.ndarray) -> tuple[dict[str, np.ndarray], dict]:
     out = self.read(images)

@@ -452,9 +452,7 @@ def train_members(configs: Sequence[ml_collections.ConfigDict],
                ", ".join(f"{s} {kind}" for s, kind in inputs.values()))
   model, scales = frozen.frozen_model(config), tuple(config.memory.scales)
   variables = frozen.stack_variables([s.state for s in s1s], mesh)
-  reads = frozen.read_members(model, variables, [s.train_images for s in splits], scales,
-                              mesh, k, kind=config.stage2.inputs, inputs=inputs,
-                              batch_size=config.evaluate.batch_size)
+  reads = _read_training(config, splits, variables, mesh)
   fit_sets = [(r["inputs"], s.train_is_anomaly) for r, s in zip(reads, splits, strict=True)]
   if config.stage2.rotated_anomalies:
     rotated = [rotated_fit_images(c, s.train_images, s.train_is_anomaly)
@@ -468,8 +466,8 @@ def train_members(configs: Sequence[ml_collections.ConfigDict],
                 for (x, f), e in zip(fit_sets, extra, strict=True)]
   fits = fit_members(configs, [x for x, _ in fit_sets], [f for _, f in fit_sets], workdirs,
                      mesh, stop_after=stop_after)
-  extras = scoring_extras(configs, splits, variables, None, [f.norm for f in fits], mesh,
-                          reads, [f.reference_distances for f in fits])
+  extras = scoring_extras(configs, splits, variables, reads,
+                          [f.reference_distances for f in fits], [f.norm for f in fits], mesh)
   return [_finish(c, split, w, read, res, extra, t_start)
           for c, split, w, read, res, extra in zip(configs, splits, workdirs, reads, fits,
                                                    extras, strict=True)]
@@ -481,41 +479,33 @@ def detector_states(results: Sequence[FitResult | Stage2Result], mesh) -> Detect
   return sharding.stack([r.state.replace(opt_state=None) for r in results], mesh)
 
 
+def _read_training(config: ml_collections.ConfigDict, splits: Sequence[protocols.ADSplit],
+                   variables: Any, mesh) -> list[dict[str, Any]]:
+  """The frozen read (`frozen.read_members`) of each member's training images."""
+  return frozen.read_members(frozen.frozen_model(config), variables,
+                             [s.train_images for s in splits], tuple(config.memory.scales),
+                             mesh, len(splits), kind=config.stage2.inputs,
+                             inputs=detectors(config), batch_size=config.evaluate.batch_size)
+
+
 def scoring_extras(configs: Sequence[ml_collections.ConfigDict],
                    splits: Sequence[protocols.ADSplit], variables: Any,
-                   states: DetectorState | None, norms: Sequence[dict[str, list[float]]],
-                   mesh, reads: Sequence[dict[str, Any]] | None = None,
-                   distances: Sequence[dict[str, np.ndarray]] | None = None
+                   reads: Sequence[dict[str, Any]], distances: Sequence[dict[str, np.ndarray]],
+                   norms: Sequence[dict[str, list[float]]], mesh
                    ) -> list[tuple[np.ndarray, list[float]]]:
   """Per member, what the scores need beyond the detectors: (`Stage2Result.bank`,
-  `Stage2Result.detector_spread`), from the stacked frozen stage 1 (`variables`), the
-  stacked detectors (`states`) and their spreads (`norms`). What the caller has already
-  is not computed again: `reads`, the frozen reads of the members' training images
-  (`frozen.read_members`), and `distances`, the detectors' distances on the reference
-  rows (`FitResult.reference_distances`; then `states` may be None)."""
+  `Stage2Result.detector_spread`), from the frozen reads of its training images (`reads`,
+  `_read_training`), the detectors' distances on the reference rows (`distances`) and
+  their spreads (`norms`); the turned bank from the stacked frozen stage 1 (`variables`)."""
   config, k = configs[0], len(configs)
-  model, batch = frozen.frozen_model(config), config.evaluate.batch_size
-  normal = [~s.train_is_anomaly for s in splits]
-  refs = [_reference_rows(c, s.train_is_anomaly) for c, s in zip(configs, splits, strict=True)]
-  if reads is None:  # read the normal and reference rows only, and index within them
-    kept = [n | r for n, r in zip(normal, refs, strict=True)]
-    reads = frozen.read_members(model, variables,
-                                [s.train_images[m] for s, m in zip(splits, kept, strict=True)],
-                                tuple(config.memory.scales), mesh, k,
-                                kind=config.stage2.inputs, inputs=detectors(config),
-                                batch_size=batch)
-    normal = [n[m] for n, m in zip(normal, kept, strict=True)]
-    refs = [r[m] for r, m in zip(refs, kept, strict=True)]
-  banks = [e[None] for e in (r["embedding"][n] for r, n in zip(reads, normal, strict=True))]
+  normals = [~s.train_is_anomaly for s in splits]
+  banks = [r["embedding"][n][None] for r, n in zip(reads, normals, strict=True)]
   if config.shift.rotations > 1:
-    turned = frozen.embed_turned(model, variables,
-                                 [s.train_images[~s.train_is_anomaly] for s in splits],
-                                 range(1, config.shift.rotations), mesh, k, batch)
+    turned = frozen.embed_turned(frozen.frozen_model(config), variables,
+                                 [s.train_images[n] for s, n in zip(splits, normals)],
+                                 range(1, config.shift.rotations), mesh, k,
+                                 config.evaluate.batch_size)
     banks = [np.concatenate([b, t]) for b, t in zip(banks, turned, strict=True)]
-  if distances is None:
-    distances = distances_members(build_detector(config), states,
-                                  [{d: x[ref] for d, x in r["inputs"].items()}
-                                   for r, ref in zip(reads, refs, strict=True)], mesh, batch)
   spreads = [spread({"d": combine(p, n, detector_weights(c))})["d"]
              for p, n, c in zip(distances, norms, configs, strict=True)]
   return list(zip(banks, spreads, strict=True))
@@ -544,16 +534,36 @@ def _load_all(configs, splits, workdirs, mesh, s1s) -> list[Stage2Result] | None
     return None
   logging.info("Stage 2 already finished: loaded from %s",
                ", ".join(os.path.join(w, STAGE) for w in workdirs))
-  if any(r.bank is None for r in out):
-    extras = scoring_extras(configs, splits,
-                            frozen.stack_variables([s.state for s in s1s], mesh),
-                            detector_states(out, mesh), [r.norm["mscm"] for r in out], mesh)
-    for r, w, (bank, detector_spread) in zip(out, workdirs, extras, strict=True):
-      if r.bank is None:
-        r.bank, r.detector_spread = bank, detector_spread
-        _save_extras(w, bank, detector_spread)
+  missing = [r.bank is None for r in out]
+  if any(missing):
+    complete_extras(configs, splits, s1s, out, mesh)
+    for r, w, m in zip(out, workdirs, missing, strict=True):
+      if m:
+        _save_extras(w, r.bank, r.detector_spread)
     distributed.sync("scoring extras saved")
   return out
+
+
+def complete_extras(configs: Sequence[ml_collections.ConfigDict],
+                    splits: Sequence[protocols.ADSplit], s1s: Sequence[stage1.Stage1Result],
+                    results: Sequence[Stage2Result], mesh) -> None:
+  """Sets the `scoring_extras` of finished stage-2 results that lack them (a stage 2
+  finished before they were kept), from the frozen stage 1 and the training images."""
+  if all(r.bank is not None for r in results):
+    return
+  config = configs[0]
+  variables = frozen.stack_variables([s.state for s in s1s], mesh)
+  reads = _read_training(config, splits, variables, mesh)
+  distances = distances_members(
+      results[0].detector, detector_states(results, mesh),
+      [{d: x[_reference_rows(c, s.train_is_anomaly)] for d, x in r["inputs"].items()}
+       for c, s, r in zip(configs, splits, reads, strict=True)],
+      mesh, config.evaluate.batch_size)
+  extras = scoring_extras(configs, splits, variables, reads, distances,
+                          [r.norm["mscm"] for r in results], mesh)
+  for r, (bank, detector_spread) in zip(results, extras, strict=True):
+    if r.bank is None:
+      r.bank, r.detector_spread = bank, detector_spread
 
 
 def _finish(config: ml_collections.ConfigDict, split: protocols.ADSplit, workdir: str,
