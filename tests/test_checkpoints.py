@@ -138,13 +138,10 @@ def test_nan_names_the_term_and_the_step_range_and_saves_nothing(tmp_path):
   for step in steps:  # every checkpoint that was written holds finite parameters
     parts = stage1.components(c, split.n_train, split.train_images.shape[1:],
                               sharding.make_mesh(1))
-    mngr = checkpoints.manager(str(tmp_path / "stage1"))
     template = parts.init_fn(jax.random.PRNGKey(0))
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                                           sharding=x.sharding), template)
-    import orbax.checkpoint as ocp
-    state = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
-    mngr.close()
+    state, restored = checkpoints.restore_latest(str(tmp_path / "stage1"), template,
+                                                 max_step=step, repair=False)
+    assert restored == step
     assert bool(checkpoints.all_finite(state.params)), step
 
 

@@ -140,27 +140,29 @@ def _writing(workdir: pathlib.Path) -> bool:
 
 def _plan(events: list[tuple[float, tuple]], stage1_done: float, end: float,
           seed: int = 0) -> list[dict[str, Any]]:
-  """N_KILLS moments of the uninterrupted run, drawn one per slice: N_KILLS - 1 equal
-  slices of (3 s, stage 1 finished), then one of (stage 1 finished, `end`), so that the
-  last attempt killed has stage 1 behind it.
+  """N_KILLS moments of the uninterrupted run: one in the start-up (2-6 s, before the first
+  logged step), N_KILLS - 2 drawn one per equal slice of (first logged step, stage 1
+  finished), and one in (stage 1 finished, `end`), so that the last attempt killed has
+  stage 1 behind it.
 
   Each moment is replayed in a rerun as "`delay` seconds after the rerun gets past the
-  same place" (or after the start, for one before the first logged step), since a rerun
-  resumes from its last checkpoint and so reaches each place at its own time. One kill
-  waits for the first checkpoint write after its place instead.
+  same place" (after the start, for the start-up one), since a rerun resumes from its last
+  checkpoint and so reaches each place at its own time; and since the uninterrupted run
+  may have compiled what the reruns find in the compilation cache, its start-up is no
+  measure of theirs. One kill waits for the first checkpoint write after its place instead.
   """
   rng = np.random.default_rng(seed)
-  width = (stage1_done - 3.0) / (N_KILLS - 1)
-  slices = [(3.0 + width * i, 3.0 + width * (i + 1)) for i in range(N_KILLS - 1)]
-  plan = []
+  first = events[0][0]
+  plan = [{"tau": None, "place": None, "delay": rng.uniform(2.0, min(first, 6.0)),
+           "mode": "time"}]
+  width = (stage1_done - first) / (N_KILLS - 2)
+  slices = [(first + width * i, first + width * (i + 1)) for i in range(N_KILLS - 2)]
   for lo, hi in [*slices, (stage1_done, end)]:
     tau = rng.uniform(lo, hi)
-    before = [(t, k) for t, k in events if t <= tau]
-    t_at, place = before[-1] if before else (0.0, None)
+    t_at, place = [(t, k) for t, k in events if t <= tau][-1]
     plan.append({"tau": round(tau, 2), "place": place, "delay": tau - t_at, "mode": "time"})
   in_stage1 = [p for p in plan if p["place"] and p["place"][0] == 0 and p["place"][2] == 0]
-  if in_stage1:
-    in_stage1[0]["mode"] = "write"
+  in_stage1[0]["mode"] = "write"
   return plan
 
 

@@ -33,11 +33,27 @@ __all__ = ["FINAL_MARKER", "all_finite", "drop_after", "finished_info", "manager
            "restore_final", "restore_latest", "save", "state_checksum"]
 
 
+def _handler() -> ocp.PyTreeCheckpointHandler:
+  """orbax's pytree handler, without replica-parallel writes of replicated arrays.
+
+  Replica-parallel saving slices each replicated array into one piece per device, a
+  dispatch per leaf and device: for states of this size it costs more than it shares
+  (a save 0.55 s against 0.22 s on 8 emulated devices), and orbax already turns it off on
+  GPUs. Each array is then written once, from its first replica. The files are those of
+  `StandardSave`.
+  """
+  registry = ocp.type_handlers.create_type_handler_registry(
+      (jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False)),
+      (np.ndarray, ocp.type_handlers.NumpyHandler()),
+      *((t, ocp.type_handlers.ScalarHandler()) for t in (int, float, np.number)))
+  return ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
+
+
 def manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
   directory = os.path.abspath(directory)
   os.makedirs(directory, exist_ok=True)
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
-  return ocp.CheckpointManager(directory, options=options)
+  return ocp.CheckpointManager(directory, options=options, item_handlers=_handler())
 
 
 def state_checksum(state: Any) -> str:
@@ -88,7 +104,7 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any) -> None:
   try:
     if distributed.is_writer():
       write_json(os.path.join(directory, CHECKSUMS), sums)
-    mngr.save(int(step), args=ocp.args.StandardSave(state), force=True)
+    mngr.save(int(step), args=ocp.args.PyTreeSave(state), force=True)
     mngr.wait_until_finished()
   except Exception as e:  # pylint: disable=broad-except
     if not is_disk_full(e):
@@ -118,7 +134,8 @@ def restore_latest(directory: str, template: Any, max_step: int | None = None, *
     damaged = []
     for step in steps:
       try:
-        state = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+        state = mngr.restore(step, args=ocp.args.PyTreeRestore(
+            abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract)))
         if sums is not None and sums.get(str(step)) != state_checksum(state):
           raise ValueError("checksum mismatch" if str(step) in sums else "no checksum")
       except Exception as e:  # pylint: disable=broad-except
