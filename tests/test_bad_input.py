@@ -357,6 +357,8 @@ def cli_results(trees) -> dict[str, CliResult]:
     return {k: f.result() for k, f in futures.items()}
 
 
+# One worker runs every row (`--dist loadgroup`): the module fixture then runs them once.
+@pytest.mark.xdist_group("cli_rows")
 @pytest.mark.parametrize("row", CLI_ROWS, ids=[r.id for r in CLI_ROWS])
 def test_cli_row(row: CliRow, cli_results, trees):
   res = cli_results[row.id]
@@ -372,6 +374,7 @@ def test_cli_row(row: CliRow, cli_results, trees):
   assert not problems, f"{res.argv}\n{problems}\nstderr:\n{res.stderr[-2000:]}"
 
 
+@pytest.mark.xdist_group("cli_rows")
 def test_file_workdir_is_left_alone(cli_results, trees):
   assert cli_results["workdir:a file"].returncode == 2
   assert pathlib.Path(trees["file"]).read_text() == "not a directory\n"

@@ -72,7 +72,7 @@ def test_a_signal_in_training_saves_and_the_same_command_resumes(folder_tree, tm
   workdir = tmp_path / "k"
   args = ["--config=configs/folder_oneclass.py:smoke", f"--config.dataset.data_dir={folder_tree}",
           "--config.dataset.normal_class=apple", "--config.dataset.image_size=16",
-          "--config.memory.scales=('res4',)", "--config.train.epochs=400",
+          "--config.memory.scales=('res4',)", "--config.train.epochs=120",
           "--config.train.checkpoint_every_steps=1000", "--config.stop_after=stage1",
           f"--workdir={workdir}"]
   proc = subprocess.Popen([sys.executable, "-m", "mscm_jax.main", *args], cwd=ROOT,
@@ -88,15 +88,15 @@ def test_a_signal_in_training_saves_and_the_same_command_resumes(folder_tree, tm
   assert proc.returncode == 75, err  # pre-empted: its own status, not a config error
   assert f"{name} at step" in err and "Traceback" not in err
   saved = int(err.split(f"{name} at step ")[1].split(":")[0])
-  assert 3 <= saved < 400 and (workdir / "stage1" / str(saved)).is_dir()
+  assert 3 <= saved < 120 and (workdir / "stage1" / str(saved)).is_dir()
 
   r = _main(*args)
   assert r.returncode == 0, r.stderr
   assert f"resumes from step {saved}" in r.stderr
   steps = [json.loads(l)["step"] for l in metrics.read_text().splitlines()
            if "probe_knn_auroc" not in l]
-  assert steps == list(range(1, 401))  # one uninterrupted-looking record
-  assert json.loads((workdir / "stage1" / "FINISHED.json").read_text())["step"] == 400
+  assert steps == list(range(1, 121))  # one uninterrupted-looking record
+  assert json.loads((workdir / "stage1" / "FINISHED.json").read_text())["step"] == 120
 
 
 def test_a_signal_outside_the_loops_is_one_line_and_keeps_the_stages(folder_tree, tmp_path):

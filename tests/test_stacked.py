@@ -150,20 +150,20 @@ def test_run_classes_writes_workdirs_that_separate_runs_accept(tmp_path):
   from conftest import smoke_config, write_folder_tree  # pylint: disable=g-import-not-at-top
   from mscm_jax import pipeline  # pylint: disable=g-import-not-at-top
 
-  write_folder_tree(tmp_path / "tree", {"train": {"a": 16, "b": 16, "c": 16},
-                                        "test": {"a": 8, "b": 8, "c": 8}})
+  write_folder_tree(tmp_path / "tree", {"train": {"a": 16, "b": 16},
+                                        "test": {"a": 8, "b": 8}})
   config = smoke_config(tmp_path / "tree", **{"stack.classes": "all", "train.epochs": 2,
                                               "stage2.epochs": 2})
   root = tmp_path / "all"
   results = pipeline.run_classes(config, str(root))
-  assert sorted(results) == ["a", "b", "c"]
+  assert sorted(results) == ["a", "b"]
   for name, res in results.items():
     assert res["normal_classes"] == [name] and set(res["test_scores"]) >= {"mscm", "knn"}
     assert (root / name / "results.json").exists() and (root / name / "report").is_dir()
-  # Run alone, class b gives the same results (tolerance as above, on 8 x 16 test pairs).
+  # Run alone, class b gives the same results (tolerance as above, on 8 x 8 test pairs).
   alone = pipeline.run(pipeline.class_config(config, "b"), str(tmp_path / "b_alone"))
   for score, m in alone["test_scores"].items():
-    assert abs(results["b"]["test_scores"][score]["auroc"] - m["auroc"]) <= 4 / 128, score
+    assert abs(results["b"]["test_scores"][score]["auroc"] - m["auroc"]) <= 2 / 64, score
   # The class's workdir is an ordinary run's: rerun alone, it returns its results at once.
   again = pipeline.run(pipeline.class_config(config, "b"), str(root / "b"))
   assert again["identity"] == results["b"]["identity"]
