@@ -31,7 +31,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from mscm_jax import frozen, knn, stage1, stage2
-from mscm_jax.runtime import distributed
+from mscm_jax.runtime import distributed, sharding
 from mscm_jax.models import AnoMem
 
 
@@ -56,13 +56,6 @@ class Scorer:
   def batch_size(self) -> int:
     return self.config.evaluate.batch_size
 
-  def read(self, images: np.ndarray) -> dict[str, Any]:
-    """The frozen pass the scores come from: maps, detector inputs, embedding."""
-    c = self.config
-    return frozen.read(self.model, self.s1.state, images, tuple(c.memory.scales),
-                       kind=c.stage2.inputs, inputs=stage2.detectors(c),
-                       batch_size=self.batch_size)
-
   @property
   def rotations(self) -> int:
     return self.config.shift.rotations
@@ -79,12 +72,22 @@ class Scorer:
     term = np.mean([knn.leave_one_out_scores(b, self.knn_k) for b in self.s2.bank], axis=0)
     return tuple(stage2.spread({"k": term})["k"])
 
+  @functools.cached_property
+  def rotation_head(self) -> dict[str, np.ndarray] | None:
+    """The rotation head's kernel and bias on the host, float64; None without one."""
+    head = self.s1.state.params.get("rotation_head")
+    if self.rotations < 2 or head is None:
+      return None
+    return {k: distributed.to_host(v).astype(np.float64) for k, v in head.items()}
+
+  @functools.cached_property
+  def _as_member(self) -> MemberScorers:
+    # One code path: a scorer of its own is the stacked scorers' K = 1 case.
+    return MemberScorers([self], sharding.one_member_mesh(self.s1.state))
+
   def scores_and_read(self, images: np.ndarray) -> tuple[dict[str, np.ndarray], dict]:
-    out = self.read(images)
-    return self.combine(stage2.distances(self.s2.detector, self.s2.state, out["inputs"],
-                                         self.batch_size), out,
-                        [out["embedding"]] + [self.embedding(np.rot90(images, r, axes=(1, 2)))
-                                              for r in range(1, self.rotations)]), out
+    """(every score, the frozen read they came from: maps, detector inputs, embedding)."""
+    return self._as_member.scores_and_read(images)[0]
 
   def combine(self, per_detector: dict[str, np.ndarray], out: dict[str, Any],
               turned: list[np.ndarray]) -> dict[str, np.ndarray]:
@@ -102,12 +105,9 @@ class Scorer:
       term = scores["knn_rot"] = np.mean(
           [knn.knn_scores(b, q, k=self.knn_k) for b, q in zip(s2.bank, turned, strict=True)],
           axis=0)
-      params = self.s1.state.params
-      if "rotation_head" in params:
-        head = {k: distributed.to_host(v).astype(np.float64)
-                for k, v in params["rotation_head"].items()}
-        scores["rotation"] = np.mean([_rotation_nll(q, head, r) for r, q in enumerate(turned)],
-                                     axis=0)
+      if self.rotation_head is not None:
+        scores["rotation"] = np.mean(
+            [_rotation_nll(q, self.rotation_head, r) for r, q in enumerate(turned)], axis=0)
     (d_mean, d_std), (k_mean, k_std) = s2.detector_spread, self.knn_spread
     weight = c.evaluate.knn_weight
     scores["mscm"] = ((scores["detector"] - d_mean) / d_std

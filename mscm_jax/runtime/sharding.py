@@ -133,14 +133,19 @@ def member_mesh(mesh: Mesh) -> Mesh:
   return Mesh(mesh.devices.reshape(1, -1), (MODEL_AXIS, DATA_AXIS))
 
 
-def as_one_member(tree: Any) -> tuple[Any, Mesh]:
-  """One state (replicated over its mesh, or on one device) as a stack of K = 1 members on
-  a (model, data) mesh of the same devices, all in one group (a model axis of 1, even
-  for the member of a stacked run: no padding copies): a single run goes through the
-  stacked code."""
+def one_member_mesh(tree: Any) -> Mesh:
+  """The (model, data) mesh on which one state (replicated over its mesh, or on one
+  device) runs as K = 1 stacked members: the same devices, all in one group (a model
+  axis of 1, even for the member of a stacked run: no padding copies)."""
   mesh = mesh_of(tree)
   devices = mesh.devices.ravel() if mesh is not None else np.asarray(jax.devices()[:1])
-  mesh = member_mesh(Mesh(devices, (DATA_AXIS,)))
+  return member_mesh(Mesh(devices, (DATA_AXIS,)))
+
+
+def as_one_member(tree: Any) -> tuple[Any, Mesh]:
+  """One state as a stack of K = 1 members on `one_member_mesh`: a single run goes
+  through the stacked code."""
+  mesh = one_member_mesh(tree)
   return stack([tree], mesh), mesh
 
 
