@@ -9,7 +9,8 @@ Unseen anomaly types: `--config.anomaly_classes="('cat','dog')"` draws the label
 anomalies from those classes only; the test still holds every class.
 
 Stage 2 trains Deep SAD (labelled anomalies pushed away from the centres); add
-`--config.stage2.classifier=True` for the extra BCE head.
+`--config.stage2.classifier=True` for the paper's extra BCE head, whose logit is then
+reported as the `classifier` score.
 
 Expected result: 4,500 normal + 250 labelled anomalies for training (5 % of the class's
 5,000 images; 500 normal images validate, against 2,000 other-class training images never

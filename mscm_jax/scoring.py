@@ -18,6 +18,8 @@ big_vision's evaluators, the evaluation is handed a `Scorer`; it never touches t
                 the same rotation of the training set, averaged over the R rotations (CSI)
   rotation      with the rotation head: its negative log-likelihood of each rotation's
                 true index, averaged over the R rotations (GEOM / CSI's shift score)
+  classifier    with stage2.classifier (unbalanced setting): the detectors' classifier heads'
+                anomaly logit (trained with BCE on the labelled anomalies), averaged
 """
 
 from __future__ import annotations
@@ -90,9 +92,11 @@ class Scorer:
     return self._as_member.scores_and_read(images)[0]
 
   def combine(self, per_detector: dict[str, np.ndarray], out: dict[str, Any],
-              turned: list[np.ndarray]) -> dict[str, np.ndarray]:
-    """Every score from the detectors' distances, the frozen read's deviations and the
-    embeddings of the images turned by 0, ..., R - 1 quarter-turns (`turned`)."""
+              turned: list[np.ndarray], logits: dict[str, np.ndarray] | None = None
+              ) -> dict[str, np.ndarray]:
+    """Every score from the detectors' distances, the frozen read's deviations, the
+    embeddings of the images turned by 0, ..., R - 1 quarter-turns (`turned`) and the
+    classifier heads' logits (when stage 2 has them)."""
     c, s2 = self.config, self.s2
     scores = {
         "detector": stage2.combine(per_detector, s2.norm["mscm"], stage2.detector_weights(c)),
@@ -108,6 +112,8 @@ class Scorer:
       if self.rotation_head is not None:
         scores["rotation"] = np.mean(
             [_rotation_nll(q, self.rotation_head, r) for r, q in enumerate(turned)], axis=0)
+    if logits:
+      scores["classifier"] = np.mean(list(logits.values()), axis=0)
     (d_mean, d_std), (k_mean, k_std) = s2.detector_spread, self.knn_spread
     weight = c.evaluate.knn_weight
     scores["mscm"] = ((scores["detector"] - d_mean) / d_std
@@ -152,14 +158,18 @@ class MemberScorers:
                                 inputs=stage2.detectors(c), batch_size=first.batch_size)
     per = stage2.distances_members(first.s2.detector, self._detectors,
                                    [r["inputs"] for r in reads], self.mesh, first.batch_size)
+    logits = [None] * len(self)
+    if first.s2.detector.classifier:
+      logits = stage2.logits_members(first.s2.detector, self._detectors,
+                                     [r["inputs"] for r in reads], self.mesh, first.batch_size)
     turned = [[r["embedding"]] for r in reads]
     if first.rotations > 1:
       more = frozen.embed_turned(first.model, self._variables, images,
                                  range(1, first.rotations), self.mesh, len(self),
                                  first.batch_size)
       turned = [[t[0], *m] for t, m in zip(turned, more, strict=True)]
-    return [(s.combine(p, r, t), r)
-            for s, p, r, t in zip(self.scorers, per, reads, turned, strict=True)]
+    return [(s.combine(p, r, t, g), r)
+            for s, p, r, t, g in zip(self.scorers, per, reads, turned, logits, strict=True)]
 
   def embedding(self, images: np.ndarray | list[np.ndarray]) -> list[np.ndarray]:
     first = self.scorers[0]

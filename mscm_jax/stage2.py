@@ -241,6 +241,15 @@ def _distance_fn(detector: DistanceDetector) -> Callable:
   return fn
 
 
+@functools.lru_cache(maxsize=16)
+def _logit_fn(detector: DistanceDetector) -> Callable:
+  def fn(state: DetectorState, maps):
+    return {s: o["logit"]
+            for s, o in phi(detector, state.params, maps, state.input_scale).items()}
+
+  return fn
+
+
 def distances(detector: DistanceDetector, state: DetectorState,
               maps: dict[str, np.ndarray], batch_size: int = 500) -> dict[str, np.ndarray]:
   """{detector: ||phi - c||^2 per image}: each detector's score, float64."""
@@ -252,9 +261,21 @@ def distances_members(detector: DistanceDetector, states: DetectorState,
                       maps: list[dict[str, np.ndarray]], mesh, batch_size: int = 500
                       ) -> list[dict[str, np.ndarray]]:
   """`distances` of K stacked detector states, each on its own maps, as one program."""
+  return _map_members(_distance_fn(detector), states, maps, mesh, batch_size)
+
+
+def logits_members(detector: DistanceDetector, states: DetectorState,
+                   maps: list[dict[str, np.ndarray]], mesh, batch_size: int = 500
+                   ) -> list[dict[str, np.ndarray]]:
+  """{detector: the classifier head's anomaly logit per image} of K stacked detector
+  states (a detector built with `classifier`: stage2.classifier, unbalanced setting)."""
+  return _map_members(_logit_fn(detector), states, maps, mesh, batch_size)
+
+
+def _map_members(fn: Callable, states: DetectorState, maps: list[dict[str, np.ndarray]],
+                 mesh, batch_size: int) -> list[dict[str, np.ndarray]]:
   n = max(len(next(iter(m.values()))) for m in maps)
-  out = device.map_members(_distance_fn(detector), states, maps, min(batch_size, n), mesh,
-                           len(maps))
+  out = device.map_members(fn, states, maps, min(batch_size, n), mesh, len(maps))
   return [{s: v.astype(np.float64) for s, v in o.items()} for o in out]
 
 

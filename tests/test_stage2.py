@@ -188,6 +188,23 @@ def test_deep_sad_pushes_labelled_anomalies_away():
   assert ratio["unbalanced"] > 5 * ratio["oneclass"], ratio
 
 
+def test_classifier_head_learns_the_labelled_anomalies():
+  """The unbalanced setting's BCE head: its logit ranks planted anomalies first. (At
+  init it ranks them last here: the hot maps' larger features meet a negative kernel;
+  measured test AUROC 0.65-0.67 after 80-240 steps at 3e-3 to 1e-2, 0.994 at 3e-2.)"""
+  rng = np.random.default_rng(2)
+  maps = np.concatenate([_toy_maps(96, rng), _toy_maps(32, rng, hot=True)])
+  flags = np.r_[np.zeros(96, bool), np.ones(32, bool)]
+  test = np.concatenate([_toy_maps(40, rng), _toy_maps(40, rng, hot=True)])
+  labels = np.r_[np.zeros(40), np.ones(40)]
+  c = _config(setting="unbalanced", **{"stage2.batch_size": 32, "stage2.epochs": 20,
+                                       "stage2.learning_rate": 3e-2, "stage2.classifier": True})
+  detector, state, _, _ = _train_detector(c, maps, flags, sharding.make_mesh(1), 80)
+  states, one = sharding.as_one_member(state)
+  logit, = stage2.logits_members(detector, states, [{"res3": test}], one, batch_size=40)
+  assert metrics.auroc(logit["res3"], labels) > 0.95
+
+
 def test_sharded_step_equals_single_device():
   c = _config(**{"stage2.batch_size": 16})
   maps = _toy_maps(48, np.random.default_rng(3))
