@@ -90,7 +90,7 @@ def cache_run(name: str, workdir: str, cache: str) -> None:
   normal = ~split.train_is_anomaly
   arrays = {}
   for part, images in (("train", split.train_images[normal]), ("val", split.val_images)):
-    out = frozen.outputs(model, s1.state, images, select, c.evaluate.batch_size)
+    out = frozen.outputs(model, s1.state, images, select, c.frozen.batch_size)
     arrays.update({f"{part}_{k}": np.asarray(v) for k, v in out.items()})
   labels = split.val_is_anomaly.astype(np.int8)
   pixel = knn.knn_scores(split.train_images[normal], split.val_images,

@@ -125,7 +125,7 @@ def stage2_step(config, steps: int) -> dict:
   s1 = parts.init_fn(jax.random.PRNGKey(0))
   inputs = frozen.read(frozen.frozen_model(config), s1, images, tuple(config.memory.scales),
                        kind=config.stage2.inputs, inputs=stage2.detectors(config),
-                       batch_size=config.evaluate.batch_size)["inputs"]
+                       batch_size=config.frozen.batch_size)["inputs"]
   detector = stage2.build_detector(config)
   total, _ = stage2.num_steps(config, n)
   tx, schedule = stage2.build_optimizer(config, total)

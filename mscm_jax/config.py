@@ -159,8 +159,12 @@ def base_config() -> ml_collections.ConfigDict:
   # 1: validation AUROC 0.741 (0) -> 0.771 on the :cpu grid's 20 runs, 0.5 level with it,
   # 0.25-1.5 within 0.004 (experiments/results/mscm_knn.md).
   c.evaluate.knn_weight = 1.0
-  c.evaluate.batch_size = 500  # images per forward pass of the frozen model
   c.evaluate.report = True  # PNGs in workdir/report/
+
+  # Images per forward pass of the frozen stage-1 model, wherever it is read: stage 2's
+  # training read, the evaluation, the Python API.
+  c.frozen = ml_collections.ConfigDict()
+  c.frozen.batch_size = 500
 
   # "data": load, split and preview only; "stage1"/"stage2": stop after it; "": everything.
   c.stop_after = ""
@@ -274,7 +278,7 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str | None) -> ml_collect
     c.stage2.batch_size = 16
     c.stage2.epochs = 2
     c.stage2.log_every_steps = 1
-    c.evaluate.batch_size = 64
+    c.frozen.batch_size = 64
   return c
 
 
@@ -302,8 +306,12 @@ def load_json(path: str) -> ml_collections.ConfigDict:
         flat[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
 
   walk(raw, "")
+  from mscm_jax.runtime.identity import OPERATIONAL  # pylint: disable=g-import-not-at-top
+
   for old, new in RENAMED_FIELDS.items():
-    if old in flat:
+    if old in flat and new in OPERATIONAL:
+      flat[new] = flat.pop(old)
+    elif old in flat:
       raise ConfigError(f"{path} holds {old}, since renamed {new}: this run was made by an "
                         "older mscm_jax; retrain it in a new workdir (or with --discard_stale)")
   c = base_config()
@@ -501,7 +509,7 @@ def validate(c: ml_collections.ConfigDict,
   _check_int("evaluate.knn_k", e.knn_k, 1)
   if not isinstance(e.knn_weight, (int, float)) or e.knn_weight < 0:
     raise ConfigError(f"evaluate.knn_weight={e.knn_weight!r} must be a number >= 0")
-  _check_int("evaluate.batch_size", e.batch_size, 1)
+  _check_int("frozen.batch_size", c.frozen.batch_size, 1)
   _check_int("preview.num_images", c.preview.num_images, 1)
   _check_int("stack.model_axis", c.stack.model_axis, 0)
   _check_choice("stack.within_group", c.stack.within_group, WITHIN_GROUP)

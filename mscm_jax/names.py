@@ -11,8 +11,11 @@ MEMORY_TRAIN: tuple[str, ...] = ("contrastive", "codebook")
 # The stage-2 detector's input kinds (`stage2.inputs`), each a function of f and r.
 INPUT_KINDS: tuple[str, ...] = ("cosine_distance", "cosine_similarity", "squared_distance",
                                 "difference", "feature")
-# Old names a saved config.json or a command may still hold: each is a one-line error.
-RENAMED_FIELDS: dict[str, str] = {"stage2.deviation": "stage2.inputs"}
+# Old names a saved config.json or a command may still hold. On a command line each is a
+# one-line error naming the new one; a saved config.json's is read under the new name when
+# the field is operational (`identity.OPERATIONAL`: it changes no result), else refused.
+RENAMED_FIELDS: dict[str, str] = {"stage2.deviation": "stage2.inputs",
+                                  "evaluate.batch_size": "frozen.batch_size"}
 RENAMED_KINDS: dict[str, str] = {"cosine": "cosine_distance", "similarity": "cosine_similarity",
                                  "euclidean": "squared_distance"}
 

@@ -56,7 +56,7 @@ class Scorer:
 
   @property
   def batch_size(self) -> int:
-    return self.config.evaluate.batch_size
+    return self.config.frozen.batch_size
 
   @property
   def rotations(self) -> int:

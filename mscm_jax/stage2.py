@@ -171,7 +171,7 @@ def init_members(configs: Sequence[ml_collections.ConfigDict], detector: Distanc
   """Fresh detectors of K members, stacked over `model`; c_s = mean phi_s of each
   member's normal fit maps under its initial weights, all K in one program."""
   fresh = [_fresh_params(c, detector, m) for c, m in zip(configs, normal_maps, strict=True)]
-  batch = min(configs[0].evaluate.batch_size,
+  batch = min(configs[0].frozen.batch_size,
               max(len(next(iter(m.values()))) for m in normal_maps))
   outs = device.map_members(_phi_fn(detector), sharding.stack(fresh, mesh), normal_maps,
                             batch, mesh, len(configs))
@@ -414,7 +414,7 @@ def fit_members(configs: Sequence[ml_collections.ConfigDict],
   norms = distances_members(detector, res.state,
                             [{s: m[ref] for s, m in x.items()}
                              for x, ref in zip(inputs, refs, strict=True)],
-                            mesh, config.evaluate.batch_size)
+                            mesh, config.frozen.batch_size)
   return [FitResult(state, detector, res.step,
                     res.rate if finished is None else finished.get("maps_per_second"),
                     spread(norm), ref, n_fit, res.start, norm)
@@ -482,7 +482,7 @@ def train_members(configs: Sequence[ml_collections.ConfigDict],
                  len(rotated[0]), " per member" if k > 1 else "")
     extra = frozen.read_members(model, variables, rotated, scales, mesh, k,
                                 kind=config.stage2.inputs, inputs=inputs,
-                                batch_size=config.evaluate.batch_size)
+                                batch_size=config.frozen.batch_size)
     fit_sets = [with_anomalies(x, f, e["inputs"])
                 for (x, f), e in zip(fit_sets, extra, strict=True)]
   fits = fit_members(configs, [x for x, _ in fit_sets], [f for _, f in fit_sets], workdirs,
@@ -506,7 +506,7 @@ def _read_training(config: ml_collections.ConfigDict, splits: Sequence[protocols
   return frozen.read_members(frozen.frozen_model(config), variables,
                              [s.train_images for s in splits], tuple(config.memory.scales),
                              mesh, len(splits), kind=config.stage2.inputs,
-                             inputs=detectors(config), batch_size=config.evaluate.batch_size)
+                             inputs=detectors(config), batch_size=config.frozen.batch_size)
 
 
 def scoring_extras(configs: Sequence[ml_collections.ConfigDict],
@@ -525,7 +525,7 @@ def scoring_extras(configs: Sequence[ml_collections.ConfigDict],
     turned = frozen.embed_turned(frozen.frozen_model(config), variables,
                                  [s.train_images[n] for s, n in zip(splits, normals)],
                                  range(1, config.shift.rotations), mesh, k,
-                                 config.evaluate.batch_size)
+                                 config.frozen.batch_size)
     banks = [np.concatenate([b, t]) for b, t in zip(banks, turned, strict=True)]
   spreads = [spread({"d": combine(p, n, detector_weights(c))})["d"]
              for p, n, c in zip(distances, norms, configs, strict=True)]
@@ -579,7 +579,7 @@ def complete_extras(configs: Sequence[ml_collections.ConfigDict],
       results[0].detector, detector_states(results, mesh),
       [{d: x[_reference_rows(c, s.train_is_anomaly)] for d, x in r["inputs"].items()}
        for c, s, r in zip(configs, splits, reads, strict=True)],
-      mesh, config.evaluate.batch_size)
+      mesh, config.frozen.batch_size)
   extras = scoring_extras(configs, splits, variables, reads, distances,
                           [r.norm["mscm"] for r in results], mesh)
   for r, (bank, detector_spread) in zip(results, extras, strict=True):

@@ -120,3 +120,18 @@ def test_an_old_field_name_is_one_line_that_names_the_new_one(tmp_path):
   c.stage2.inputs = "similarity+difference"
   with pytest.raises(ConfigError, match="'similarity' was renamed 'cosine_similarity'"):
     config_lib.validate(c)
+
+
+def test_a_renamed_operational_field_is_read_under_its_new_name(tmp_path):
+  """A saved config with evaluate.batch_size (now frozen.batch_size, which changes no
+  result) still loads, so its workdir is not refused for it; on the command line the old
+  name is an error (test_bad_input)."""
+  import json  # pylint: disable=g-import-not-at-top
+
+  saved = json.loads(config_lib.base_config().to_json_best_effort())
+  saved["evaluate"]["batch_size"] = 77
+  del saved["frozen"]
+  path = tmp_path / "config.json"
+  path.write_text(json.dumps(saved))
+  c = config_lib.load_json(str(path))
+  assert c.frozen.batch_size == 77 and "batch_size" not in c.evaluate

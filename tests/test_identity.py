@@ -76,7 +76,7 @@ def test_operational_fields_do_not_make_a_stage_stale(finished_run, tmp_path):
   c, w, results = _copy(finished_run, tmp_path)
   c.train.log_every_steps = 7
   c.train.checkpoint_every_steps = 9
-  c.evaluate.batch_size = 13
+  c.frozen.batch_size = 13
   c.dataset.normal_class = "c0,"  # the same class, spelt otherwise: names are compared
   again = pipeline.run(c, str(w))
   assert again == json.loads(json.dumps(results))

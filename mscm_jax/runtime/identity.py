@@ -10,9 +10,9 @@ identity recorded beside its checkpoints equals the one this run's config and da
 
 Operational fields change how a run is carried out, not what it computes, and are left
 out, so that a pre-empted job may resume on another machine or with another logging
-cadence: logging and checkpoint intervals, the device count, the evaluation batch size,
+cadence: logging and checkpoint intervals, the device count, the frozen model's batch size,
 the data directory and download switch, previews, report pictures and `stop_after`. The
-device count and the evaluation batch size can change float rounding (the order of
+device count and the frozen model's batch size can change float rounding (the order of
 reductions), not the method: runs with the same identity agree bitwise on the same
 device count, and within float tolerance across device counts.
 """
@@ -42,7 +42,7 @@ OPERATIONAL = frozenset({
     "train.log_every_steps", "train.checkpoint_every_steps", "train.num_devices",
     "train.probe_every_steps",
     "stage2.log_every_steps", "stage2.checkpoint_every_steps",
-    "evaluate.batch_size", "evaluate.report",
+    "frozen.batch_size", "evaluate.report",
 })
 
 
