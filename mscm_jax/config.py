@@ -82,6 +82,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.stage_sizes = (2, 2, 2, 2)  # ResNet-18
   c.model.widths = (64, 128, 256, 512)
+  # Hidden and output widths of every projection head: the final embedding's and each
+  # memory scale's (the per-scale contrastive heads) alike.
   c.model.head_dims = (512, 128)
   c.model.dtype = "float32"  # compute dtype; parameters stay float32
 
