@@ -166,12 +166,18 @@ def test_deep_svdd_separates_planted_patches():
   assert metrics.auroc(d, np.r_[np.zeros(40), np.ones(40)]) > 0.95
 
 
-def test_deep_sad_pushes_labelled_anomalies_away():
+def _labelled_planted_maps():
+  """(fit maps, their anomaly flags, test maps, test labels): 96 normal + 32 hot fit maps,
+  40 + 40 test maps."""
   rng = np.random.default_rng(2)
   maps = np.concatenate([_toy_maps(96, rng), _toy_maps(32, rng, hot=True)])
   flags = np.r_[np.zeros(96, bool), np.ones(32, bool)]
   test = np.concatenate([_toy_maps(40, rng), _toy_maps(40, rng, hot=True)])
-  labels = np.r_[np.zeros(40), np.ones(40)]
+  return maps, flags, test, np.r_[np.zeros(40), np.ones(40)]
+
+
+def test_deep_sad_pushes_labelled_anomalies_away():
+  maps, flags, test, labels = _labelled_planted_maps()
   mesh = sharding.make_mesh(1)
   ratio = {}
   for setting in ("oneclass", "unbalanced"):
@@ -192,11 +198,7 @@ def test_classifier_head_learns_the_labelled_anomalies():
   """The unbalanced setting's BCE head: its logit ranks planted anomalies first. (At
   init it ranks them last here: the hot maps' larger features meet a negative kernel;
   measured test AUROC 0.65-0.67 after 80-240 steps at 3e-3 to 1e-2, 0.994 at 3e-2.)"""
-  rng = np.random.default_rng(2)
-  maps = np.concatenate([_toy_maps(96, rng), _toy_maps(32, rng, hot=True)])
-  flags = np.r_[np.zeros(96, bool), np.ones(32, bool)]
-  test = np.concatenate([_toy_maps(40, rng), _toy_maps(40, rng, hot=True)])
-  labels = np.r_[np.zeros(40), np.ones(40)]
+  maps, flags, test, labels = _labelled_planted_maps()
   c = _config(setting="unbalanced", **{"stage2.batch_size": 32, "stage2.epochs": 20,
                                        "stage2.learning_rate": 3e-2, "stage2.classifier": True})
   detector, state, _, _ = _train_detector(c, maps, flags, sharding.make_mesh(1), 80)
