@@ -29,7 +29,7 @@ from flax import linen as nn
 
 from mscm_jax.models.heads import ProjectionHead
 from mscm_jax.models.memory import HopfieldMemory
-from mscm_jax.models.resnet import ResNetStage, Stem, normalize_images
+from mscm_jax.models.resnet import ResNetStage, Stem, check_stages, normalize_images
 from mscm_jax.names import MEMORY_MODES, MEMORY_TRAIN, SCALES, STAGE_NAMES
 
 __all__ = [
@@ -113,11 +113,7 @@ class AnoMem(nn.Module):
     bad = [s for s in self.memory_scales if s not in SCALES]
     if bad or len(set(self.memory_scales)) != len(self.memory_scales):
       raise ValueError(f"memory_scales={self.memory_scales} must be distinct names from {SCALES}")
-    if len(self.stage_sizes) != 4 or len(self.widths) != 4:
-      raise ValueError(
-        "stage_sizes and widths need 4 entries (res1..res4), got "
-        f"{self.stage_sizes} and {self.widths}"
-      )
+    check_stages(self.stage_sizes, self.widths)
     super().__post_init__()
 
   def _memory(

@@ -116,6 +116,13 @@ class Stem(nn.Module):
     return nn.relu(_batch_norm(train, self.dtype, "bn")(x))
 
 
+def check_stages(stage_sizes: tuple[int, ...], widths: tuple[int, ...]) -> None:
+  """One block count and one width for each of res1..res4."""
+  if len(stage_sizes) != 4 or len(widths) != 4:
+    raise ValueError("stage_sizes and widths need 4 entries (res1..res4), got "
+                     f"{stage_sizes} and {widths}")
+
+
 class ResNet(nn.Module):
   """Plain encoder: {'res1'..'res4': [B,h,w,C] stage outputs, 'pooled': [B,C]}.
 
@@ -129,11 +136,7 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> dict[str, jax.Array]:
-    if len(self.stage_sizes) != 4 or len(self.widths) != 4:
-      raise ValueError(
-        "stage_sizes and widths need 4 entries (res1..res4), got "
-        f"{self.stage_sizes} and {self.widths}"
-      )
+    check_stages(self.stage_sizes, self.widths)
     h = Stem(self.widths[0], self.dtype, name="stem")(normalize_images(x, self.dtype), train)
     out: dict[str, jax.Array] = {}
     for i, name in enumerate(STAGE_NAMES):
