@@ -73,10 +73,7 @@ def parse_run(name: str) -> dict[str, int | str] | None:
 
 
 def _override(config, overrides):
-  c = config.copy_and_resolve_references()
-  for k, v in overrides.items():
-    section, _, name = k.rpartition(".")
-    c[section][name] = v
+  c = config_lib.set_fields(config.copy_and_resolve_references(), overrides)
   c.stop_after = ""
   c.evaluate.report = False
   return config_lib.validate(c)

@@ -208,6 +208,14 @@ def stack_workdir(c: ml_collections.ConfigDict, name: str) -> str:
   return out
 
 
+def set_fields(c: ml_collections.ConfigDict, fields: dict[str, Any]) -> ml_collections.ConfigDict:
+  """Sets dotted fields in place (`{"stage2.epochs": 3, "seed": 1}`) and returns `c`."""
+  for dotted, value in fields.items():
+    section, _, name = dotted.rpartition(".")
+    (c[section] if section else c)[name] = value
+  return c
+
+
 def apply_preset(c: ml_collections.ConfigDict, preset: str | None) -> ml_collections.ConfigDict:
   """Shrinks the paper-scale schedule for a CPU (`cpu`, `cpu_long`) or for tests (`smoke`)."""
   preset = (preset or "").strip()

@@ -84,9 +84,7 @@ def smoke_config(data_dir, **overrides):
   c.dataset.data_dir = str(data_dir)
   c.dataset.image_size = 16
   c.memory.scales = ("res3", "pooled")
-  for k, v in overrides.items():
-    section, _, name = k.rpartition(".")
-    (c[section] if section else c)[name] = v
+  config_lib.set_fields(c, overrides)
   return c
 
 

@@ -457,11 +457,7 @@ class Ctx:
     return str(w)
 
   def changed(self, **overrides: Any):
-    c = self.config.copy_and_resolve_references()
-    for k, v in overrides.items():
-      section, _, name = k.rpartition(".")
-      (c[section] if section else c)[name] = v
-    return c
+    return config_lib.set_fields(self.config.copy_and_resolve_references(), overrides)
 
 
 @dataclasses.dataclass(frozen=True)

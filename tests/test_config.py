@@ -70,9 +70,7 @@ def test_presets_shrink_the_schedule():
     ("stack.workdir_name", "{class}.{seed}", "stack.workdir_name"),
 ])
 def test_validation_names_the_bad_field(field, value, match):
-  c = config_lib.base_config()
-  section, _, name = field.rpartition(".")
-  (c[section] if section else c)[name] = value
+  c = config_lib.set_fields(config_lib.base_config(), {field: value})
   with pytest.raises(ConfigError, match=match):
     config_lib.validate(c)
 

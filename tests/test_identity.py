@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from mscm_jax import pipeline
+from mscm_jax import config as config_lib, pipeline
 from mscm_jax.runtime import identity
 from mscm_jax.runtime import workdir as workdir_lib
 from mscm_jax.api import AnoMemDetector
@@ -34,11 +34,6 @@ def _snapshot(workdir) -> dict[str, tuple[int, int]]:
   return out
 
 
-def _set(c, field, value):
-  section, _, name = field.rpartition(".")
-  (c[section] if section else c)[name] = value
-
-
 @pytest.mark.parametrize("field, value, stage", [
     ("loss.temperature", 0.3, "stage1"),
     ("optim.learning_rate", 0.2, "stage1"),
@@ -54,7 +49,7 @@ def _set(c, field, value):
 def test_changed_field_is_refused_and_the_workdir_is_untouched(finished_run, tmp_path, field,
                                                                value, stage):
   c, w, _ = _copy(finished_run, tmp_path)
-  _set(c, field, value)
+  config_lib.set_fields(c, {field: value})
   before = _snapshot(w)
   with pytest.raises(StaleStageError) as e:
     pipeline.run(c, str(w))

@@ -48,10 +48,7 @@ def _config(normal: int, **overrides):
   c.train.epochs = 2  # 16 images / 8 per batch x 2 epochs = 4 steps
   c.train.log_every_steps = 1
   c.dataset.normal_class = normal
-  for k, v in overrides.items():
-    section, _, name = k.rpartition(".")
-    (c[section] if section else c)[name] = v
-  return config_lib.validate(c)
+  return config_lib.validate(config_lib.set_fields(c, overrides))
 
 
 def _losses(workdir) -> dict[int, float]:

@@ -21,10 +21,7 @@ def _config(**overrides):
   c.memory.scales = ("res3", "pooled")
   c.train.batch_size = 16
   c.train.log_every_steps = 1
-  for k, v in overrides.items():
-    section, _, name = k.rpartition(".")
-    (c[section] if section else c)[name] = v
-  return config_lib.validate(c)
+  return config_lib.validate(config_lib.set_fields(c, overrides))
 
 
 def _split(n_train=32, seed=0, unbalanced=False, validation=0.0):

@@ -18,10 +18,7 @@ from mscm_jax.models import cosine_deviation
 def _config(**overrides):
   c = config_lib.apply_preset(config_lib.base_config(), "smoke")
   c.memory.scales = ("res3", "pooled")
-  for k, v in overrides.items():
-    section, _, name = k.rpartition(".")
-    (c[section] if section else c)[name] = v
-  return config_lib.validate(c)
+  return config_lib.validate(config_lib.set_fields(c, overrides))
 
 
 @pytest.fixture(scope="module")
