@@ -170,6 +170,16 @@ def test_run_classes_writes_workdirs_that_separate_runs_accept(tmp_path):
                          str(tmp_path / "dog"))
 
 
+def _untrained_stage1s(configs, splits, mesh) -> list[stage1.Stage1Result]:
+  """Each member's stage 1 at its initialisation: stage 2's tests need no trained one."""
+  out = []
+  for c, split in zip(configs, splits, strict=True):
+    parts = stage1.components(c, split.n_train, split.train_images.shape[1:], mesh)
+    out.append(stage1.Stage1Result(parts.init_fn(jax.random.PRNGKey(c.seed)), parts.model,
+                                   0, None, None, 0.0))
+  return out
+
+
 def _stage_losses(workdir, stage: str) -> dict[int, float]:
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     return {r["step"]: r["loss"] for r in map(json.loads, f)
@@ -211,11 +221,7 @@ def test_stage2_and_evaluation_as_one_program_match_separate_ones(tmp_path):
   splits = [protocols.one_class_split(train, test, (k,)) for k in normals]
   mesh = sharding.make_model_mesh(2)  # 3 members pad to 4: 2 per group of 4 devices
   alone_mesh = sharding.make_mesh()
-  s1s = []
-  for c, split in zip(configs, splits, strict=True):
-    parts = stage1.components(c, split.n_train, split.train_images.shape[1:], mesh)
-    s1s.append(stage1.Stage1Result(parts.init_fn(jax.random.PRNGKey(c.seed)), parts.model,
-                                   0, None, None, 0.0))
+  s1s = _untrained_stage1s(configs, splits, mesh)
   dirs = [str(tmp_path / f"stacked_{k}") for k in normals]
   stacked = stage2.train_members(configs, splits, dirs, mesh, s1s)
   scorers = [scoring.Scorer(c, s1, s2) for c, s1, s2 in zip(configs, s1s, stacked,
@@ -271,11 +277,7 @@ def test_stage2_members_resume_and_load(tmp_path):
                            "stage2.checkpoint_every_steps": 1}) for k in (0, 3)]
   splits = [protocols.one_class_split(train, test, (k,)) for k in (0, 3)]
   mesh = sharding.make_model_mesh(2)
-  s1s = []
-  for c, split in zip(configs, splits, strict=True):
-    parts = stage1.components(c, split.n_train, split.train_images.shape[1:], mesh)
-    s1s.append(stage1.Stage1Result(parts.init_fn(jax.random.PRNGKey(c.seed)), parts.model,
-                                   0, None, None, 0.0))
+  s1s = _untrained_stage1s(configs, splits, mesh)
   full = [str(tmp_path / f"full_{k}") for k in range(2)]
   cut = [str(tmp_path / f"cut_{k}") for k in range(2)]
   ref = stage2.train_members(configs, splits, full, mesh, s1s)
