@@ -39,7 +39,7 @@ def saved_config(workdir: str):
   for old, new in RENAMED_FIELDS.items():
     (osec, oname), (nsec, nname) = old.split("."), new.split(".")
     if oname in raw.get(osec, {}):
-      raw[nsec][nname] = raw[osec].pop(oname)
+      raw.setdefault(nsec, {})[nname] = raw[osec].pop(oname)
   raw["stage2"]["inputs"] = "+".join(RENAMED_KINDS.get(k, k)
                                      for k in raw["stage2"]["inputs"].split("+"))
   with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
