@@ -7,11 +7,16 @@ and they share one compilation cache.
 """
 
 import atexit
+import fcntl
 import importlib.util
+import json
 import os
+import pathlib
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
+from typing import Any
 
 # The suite's sharding tests need the eight emulated CPU devices, so on a GPU or TPU host
 # it runs on the CPU too (the subprocesses it starts inherit this), unless the caller
@@ -50,6 +55,24 @@ def load_experiment(name: str):
   sys.modules[name] = module
   spec.loader.exec_module(module)
   return module
+
+
+def once_per_run(tmp_path_factory, worker_id: str, name: str,
+                 make: Callable[[pathlib.Path], Any]) -> Any:
+  """`make(folder)` (JSON in, JSON out) once per pytest run, shared by the xdist workers:
+  the first to ask makes it in a folder beside theirs, the others wait for it and read
+  it. For what tests only read afterwards."""
+  if worker_id == "master":  # no xdist: the base temp's parent holds other runs too
+    return make(tmp_path_factory.mktemp(name))
+  shared = tmp_path_factory.getbasetemp().parent / name  # this run's, beside popen-gw*
+  with open(f"{shared}.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    done = shared / "made.json"
+    if not done.exists():
+      shared.mkdir(exist_ok=True)
+      value = make(shared)
+      done.write_text(json.dumps(value))
+    return json.loads(done.read_text())
 
 
 def write_folder_tree(root, counts: dict[str, dict[str, int]], size: int = 16,

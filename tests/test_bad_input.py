@@ -8,8 +8,8 @@ the field or path, and leave nothing in the workdir that a rerun would trust
 (config.json, checkpoints, results). Config errors must come before any work: their
 workdir is never even created.
 
-The CLI rows run once, concurrently, in a module fixture; each parametrized test looks
-up its own row's result, so a failure names the row.
+The CLI rows run once per pytest run, concurrently (`conftest.once_per_run`); each
+parametrized test looks up its own row's result, so a failure names the row.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import write_folder_tree
+from conftest import once_per_run, write_folder_tree
 
 from mscm_jax import config as config_lib
 from mscm_jax import pipeline
@@ -329,9 +329,7 @@ def _row_paths(base: dict[str, str], tmp: pathlib.Path, row: CliRow) -> dict[str
   return {**base, "w": str(tmp / "work" / slug / "w")}
 
 
-@pytest.fixture(scope="module")
-def trees(tmp_path_factory) -> dict[str, str]:
-  tmp = tmp_path_factory.mktemp("bad_input")
+def _make_trees(tmp: pathlib.Path) -> dict[str, str]:
   counts = {"train": {"apple": 6, "berry": 5, "cherry": 4},
             "test": {"apple": 3, "berry": 3, "cherry": 2}}
   write_folder_tree(tmp / "tree", counts)
@@ -345,21 +343,36 @@ def trees(tmp_path_factory) -> dict[str, str]:
   (tmp / "afile").write_text("not a directory\n")
   return {"tmp": str(tmp), "tree": str(tmp / "tree"), "notest": str(tmp / "notest"),
           "garbage": str(tmp / "garbage"), "normalsonly": str(tmp / "normalsonly"),
-          "empty": str(tmp / "empty"),
-          "file": str(tmp / "afile")}
+          "empty": str(tmp / "empty"), "file": str(tmp / "afile")}
 
 
-@pytest.fixture(scope="module")
-def cli_results(trees) -> dict[str, CliResult]:
-  """Every CLI row, run once, three at a time (each is mostly interpreter start-up)."""
-  tmp = pathlib.Path(trees["tmp"])
+def _run_rows(tmp: pathlib.Path) -> dict[str, Any]:
+  """The trees, and every CLI row run on them three at a time (each is mostly interpreter
+  start-up), as JSON."""
+  trees = _make_trees(tmp)
   with concurrent.futures.ThreadPoolExecutor(3) as pool:
     futures = {row.id: pool.submit(_run, row, _row_paths(trees, tmp, row)) for row in CLI_ROWS}
-    return {k: f.result() for k, f in futures.items()}
+    results = {k: {**dataclasses.asdict(f.result()), "workdir": str(f.result().workdir)}
+               for k, f in futures.items()}
+  return {"trees": trees, "results": results}
 
 
-# One worker runs every row (`--dist loadgroup`): the module fixture then runs them once.
-@pytest.mark.xdist_group("cli_rows")
+@pytest.fixture(scope="session")
+def cli_runs(tmp_path_factory, worker_id) -> dict[str, Any]:
+  return once_per_run(tmp_path_factory, worker_id, "bad_input_cli", _run_rows)
+
+
+@pytest.fixture(scope="session")
+def trees(cli_runs) -> dict[str, str]:
+  return cli_runs["trees"]
+
+
+@pytest.fixture(scope="session")
+def cli_results(cli_runs) -> dict[str, CliResult]:
+  return {k: CliResult(**{**v, "workdir": pathlib.Path(v["workdir"])})
+          for k, v in cli_runs["results"].items()}
+
+
 @pytest.mark.parametrize("row", CLI_ROWS, ids=[r.id for r in CLI_ROWS])
 def test_cli_row(row: CliRow, cli_results, trees):
   res = cli_results[row.id]
@@ -375,7 +388,6 @@ def test_cli_row(row: CliRow, cli_results, trees):
   assert not problems, f"{res.argv}\n{problems}\nstderr:\n{res.stderr[-2000:]}"
 
 
-@pytest.mark.xdist_group("cli_rows")
 def test_file_workdir_is_left_alone(cli_results, trees):
   assert cli_results["workdir:a file"].returncode == 2
   assert pathlib.Path(trees["file"]).read_text() == "not a directory\n"
