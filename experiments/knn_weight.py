@@ -1,12 +1,13 @@
 r"""`mscm` = `detector` + w x the k-NN score, rescored on finished runs (evaluate.knn_weight).
 
 No training: each workdir's finished stage 1 and stage 2 are loaded (a config saved before
-the stage-2 renames of names.py is translated first), the k-NN bank and the detectors'
-spread are made from them (`stage2.complete_extras`), and the library's evaluation scores
-both splits (`evaluate.compute_scores`). One JSON line per run: validation AUROC of `detector` (the
-run's own `mscm` before the k-NN term, recorded beside it as a check), `knn`, `knn_rot`
-and `mscm` at every weight; test AUROC of the weights the table reports (0: the paper's
-score, and the default). Choices are read on the validation split only.
+the stage-2 renames of names.py is read under the new names, `load_json(old_names=True)`),
+the k-NN bank and the detectors' spread are made from them (`stage2.complete_extras`), and
+the library's evaluation scores both splits (`evaluate.compute_scores`). One JSON line per
+run: validation AUROC of `detector` (the run's own `mscm` before the k-NN term, recorded
+beside it as a check), `knn`, `knn_rot` and `mscm` at every weight; test AUROC of the
+weights the table reports (0: the paper's score, and the default). Choices are read on
+the validation split only.
 
   TFDS_DATA_DIR=../shared/tfds python experiments/knn_weight.py \
       --out=experiments/results/mscm_knn.jsonl WORKDIR [WORKDIR ...]
@@ -18,41 +19,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 import time
 
 import numpy as np
 
 from mscm_jax import config as config_lib
 from mscm_jax import evaluate, metrics, pipeline, scoring, stage1, stage2
-from mscm_jax.names import RENAMED_FIELDS, RENAMED_KINDS
 from mscm_jax.runtime import sharding
 
 WEIGHTS = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
 REPORTED = (0.0, 1.0)  # test AUROC: the paper's score and the default
 
 
-def saved_config(workdir: str):
-  """The run's config.json with renamed fields and input kinds translated."""
-  with open(os.path.join(workdir, "config.json")) as f:
-    raw = json.load(f)
-  for old, new in RENAMED_FIELDS.items():
-    (osec, oname), (nsec, nname) = old.split("."), new.split(".")
-    if oname in raw.get(osec, {}):
-      raw.setdefault(nsec, {})[nname] = raw[osec].pop(oname)
-  raw["stage2"]["inputs"] = "+".join(RENAMED_KINDS.get(k, k)
-                                     for k in raw["stage2"]["inputs"].split("+"))
-  with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-    json.dump(raw, f)
-  try:
-    return config_lib.load_json(f.name)
-  finally:
-    os.unlink(f.name)
-
-
 def rescore(workdir: str) -> dict:
   t = time.time()
-  c = saved_config(workdir)
+  c = config_lib.load_json(os.path.join(workdir, "config.json"), old_names=True)
   c.evaluate.report = False
   mesh = sharding.make_mesh(c.train.num_devices)
   split = pipeline.load_split(c)

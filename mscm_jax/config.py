@@ -13,6 +13,7 @@ from typing import Any
 import ml_collections
 
 from mscm_jax.errors import ConfigError
+from mscm_jax.runtime.identity import OPERATIONAL
 from mscm_jax.names import (INPUT_KINDS, MEMORY_MODES, MEMORY_TRAIN, RENAMED_FIELDS,
                              RENAMED_KINDS, SCALES)
 
@@ -292,11 +293,14 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str | None) -> ml_collect
   return c
 
 
-def load_json(path: str) -> ml_collections.ConfigDict:
+def load_json(path: str, old_names: bool = False) -> ml_collections.ConfigDict:
   """The config a run saved as `workdir/config.json`, over today's defaults.
 
   Fields added since the run keep their defaults; a field the schema no longer has is
-  an error, since the saved run cannot be reproduced faithfully.
+  an error, since the saved run cannot be reproduced faithfully. A renamed field is read
+  under its new name when it is operational; any other refuses the workdir, unless
+  `old_names` (rescoring an old run, never training in it), which also translates renamed
+  detector input kinds.
   """
   import json  # pylint: disable=g-import-not-at-top
 
@@ -316,14 +320,15 @@ def load_json(path: str) -> ml_collections.ConfigDict:
         flat[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
 
   walk(raw, "")
-  from mscm_jax.runtime.identity import OPERATIONAL  # pylint: disable=g-import-not-at-top
-
   for old, new in RENAMED_FIELDS.items():
-    if old in flat and new in OPERATIONAL:
+    if old in flat and (old_names or new in OPERATIONAL):
       flat[new] = flat.pop(old)
     elif old in flat:
       raise ConfigError(f"{path} holds {old}, since renamed {new}: this run was made by an "
                         "older mscm_jax; retrain it in a new workdir (or with --discard_stale)")
+  if old_names and "stage2.inputs" in flat:
+    flat["stage2.inputs"] = "+".join(RENAMED_KINDS.get(k, k)
+                                     for k in flat["stage2.inputs"].split("+"))
   c = base_config()
   try:
     c.update_from_flattened_dict(flat)

@@ -78,7 +78,7 @@ class Scorer:
   def rotation_head(self) -> dict[str, np.ndarray] | None:
     """The rotation head's kernel and bias on the host, float64; None without one."""
     head = self.s1.state.params.get("rotation_head")
-    if self.rotations < 2 or head is None:
+    if head is None:
       return None
     return {k: distributed.to_host(v).astype(np.float64) for k, v in head.items()}
 

@@ -471,18 +471,15 @@ def train_members(configs: Sequence[ml_collections.ConfigDict],
   inputs = detectors(config)
   logging.info("Stage 2%s: detector inputs %s", f" of {k} members" if k > 1 else "",
                ", ".join(f"{s} {kind}" for s, kind in inputs.values()))
-  model, scales = frozen.frozen_model(config), tuple(config.memory.scales)
   variables = frozen.stack_variables([s.state for s in s1s], mesh)
-  reads = _read_training(config, splits, variables, mesh)
+  reads = _read(config, [s.train_images for s in splits], variables, mesh)
   fit_sets = [(r["inputs"], s.train_is_anomaly) for r, s in zip(reads, splits, strict=True)]
   if config.stage2.rotated_anomalies:
     rotated = [rotated_fit_images(c, s.train_images, s.train_is_anomaly)
                for c, s in zip(configs, splits, strict=True)]
     logging.info("Stage 2: %d rotated normal images as labelled anomalies%s",
                  len(rotated[0]), " per member" if k > 1 else "")
-    extra = frozen.read_members(model, variables, rotated, scales, mesh, k,
-                                kind=config.stage2.inputs, inputs=inputs,
-                                batch_size=config.frozen.batch_size)
+    extra = _read(config, rotated, variables, mesh)
     fit_sets = [with_anomalies(x, f, e["inputs"])
                 for (x, f), e in zip(fit_sets, extra, strict=True)]
   fits = fit_members(configs, [x for x, _ in fit_sets], [f for _, f in fit_sets], workdirs,
@@ -500,13 +497,14 @@ def detector_states(results: Sequence[FitResult | Stage2Result], mesh) -> Detect
   return sharding.stack([r.state.replace(opt_state=None) for r in results], mesh)
 
 
-def _read_training(config: ml_collections.ConfigDict, splits: Sequence[protocols.ADSplit],
-                   variables: Any, mesh) -> list[dict[str, Any]]:
-  """The frozen read (`frozen.read_members`) of each member's training images."""
-  return frozen.read_members(frozen.frozen_model(config), variables,
-                             [s.train_images for s in splits], tuple(config.memory.scales),
-                             mesh, len(splits), kind=config.stage2.inputs,
-                             inputs=detectors(config), batch_size=config.frozen.batch_size)
+def _read(config: ml_collections.ConfigDict, images: list[np.ndarray], variables: Any,
+          mesh) -> list[dict[str, Any]]:
+  """The frozen read (`frozen.read_members`) of each member's `images`: what the
+  detectors take in, and the embedding."""
+  return frozen.read_members(frozen.frozen_model(config), variables, images,
+                             tuple(config.memory.scales), mesh, len(images),
+                             kind=config.stage2.inputs, inputs=detectors(config),
+                             batch_size=config.frozen.batch_size)
 
 
 def scoring_extras(configs: Sequence[ml_collections.ConfigDict],
@@ -516,7 +514,7 @@ def scoring_extras(configs: Sequence[ml_collections.ConfigDict],
                    ) -> list[tuple[np.ndarray, list[float]]]:
   """Per member, what the scores need beyond the detectors: (`Stage2Result.bank`,
   `Stage2Result.detector_spread`), from the frozen reads of its training images (`reads`,
-  `_read_training`), the detectors' distances on the reference rows (`distances`) and
+  `_read`), the detectors' distances on the reference rows (`distances`) and
   their spreads (`norms`); the turned bank from the stacked frozen stage 1 (`variables`)."""
   config, k = configs[0], len(configs)
   normals = [~s.train_is_anomaly for s in splits]
@@ -574,7 +572,7 @@ def complete_extras(configs: Sequence[ml_collections.ConfigDict],
     return
   config = configs[0]
   variables = frozen.stack_variables([s.state for s in s1s], mesh)
-  reads = _read_training(config, splits, variables, mesh)
+  reads = _read(config, [s.train_images for s in splits], variables, mesh)
   distances = distances_members(
       results[0].detector, detector_states(results, mesh),
       [{d: x[_reference_rows(c, s.train_is_anomaly)] for d, x in r["inputs"].items()}

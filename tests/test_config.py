@@ -114,6 +114,10 @@ def test_an_old_field_name_is_one_line_that_names_the_new_one(tmp_path):
   with pytest.raises(ConfigError, match="stage2.deviation, since renamed stage2.inputs") as e:
     config_lib.load_json(str(path))
   assert "\n" not in str(e.value)
+  saved["stage2"]["deviation"] = "similarity+difference"  # an old kind under the old name
+  path.write_text(json.dumps(saved))
+  old = config_lib.load_json(str(path), old_names=True)  # rescoring an old run
+  assert old.stage2.inputs == "cosine_similarity+difference"
   c = config_lib.base_config()
   c.stage2.inputs = "similarity+difference"
   with pytest.raises(ConfigError, match="'similarity' was renamed 'cosine_similarity'"):
