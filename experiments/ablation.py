@@ -24,9 +24,9 @@ from __future__ import annotations
 import argparse
 import collections
 import glob
-import json
 import os
 import re
+import sys
 import time
 
 import numpy as np
@@ -34,6 +34,9 @@ import numpy as np
 from mscm_jax import config as config_lib
 from mscm_jax import evaluate, pipeline, stage2
 from mscm_jax.names import PROBE_KEYS, split_scores
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import rows  # noqa: E402  (experiments/rows.py, beside this script)
 
 # Evaluation-time variants: overrides of the saved stage-1 config.
 VARIANTS = {
@@ -104,11 +107,10 @@ def evaluate_run(workdir: str, variants: list[str], out_path: str, done: set) ->
               "seed": m["seed"], "variant": name, "split": "validation",
               "probe": results["stage1"][PROBE_KEYS[0]],
               "seconds": round(time.time() - t, 1), "auroc": aurocs}
-    with open(out_path, "a") as f:
-      f.write(json.dumps(record) + "\n")
-    print(f"{key[0]:<24}{name:<10} mscm {aurocs['mscm']:.3f} deviation "
-          f"{aurocs['deviation']:.3f} knn {aurocs['knn']:.3f} pixel {aurocs['pixel_knn']:.3f}",
-          flush=True)
+    rows.emit(record, out_path,
+              f"{key[0]:<24}{name:<10} mscm {aurocs['mscm']:.3f} deviation "
+              f"{aurocs['deviation']:.3f} knn {aurocs['knn']:.3f} "
+              f"pixel {aurocs['pixel_knn']:.3f}")
 
 
 def table(records: list[dict]) -> str:
@@ -160,15 +162,12 @@ def main() -> None:
   p.add_argument("--table", action="store_true", help="print the markdown table and exit")
   args = p.parse_args()
   out_path = os.path.join(args.root, "ablation.jsonl")
-  records = [json.loads(line) for line in open(out_path)] if os.path.exists(out_path) else []
+  records = rows.read(out_path)
   if args.table:
     print(table(records))
     return
   done = {(r["run"], r["variant"]) for r in records}
-  variants = args.variants.split(",")
-  unknown = [v for v in variants if v not in VARIANTS]
-  if unknown:
-    raise SystemExit(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+  variants = rows.known(args.variants.split(","), VARIANTS)
   for wd in sorted(glob.glob(os.path.join(args.root, args.runs))):
     if parse_run(os.path.basename(wd)) and os.path.exists(
         os.path.join(wd, "stage1", "FINISHED.json")):

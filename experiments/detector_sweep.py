@@ -24,8 +24,8 @@ from __future__ import annotations
 import argparse
 import collections
 import glob
-import json
 import os
+import sys
 import tempfile
 import time
 
@@ -36,6 +36,9 @@ from mscm_jax import config as config_lib
 from mscm_jax import evaluate, frozen, knn, metrics, pipeline, stage1, stage2
 from mscm_jax.runtime import sharding
 from mscm_jax.models.detector import deviation_input
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import rows  # noqa: E402  (experiments/rows.py, beside this script)
 
 ALL = ("res3", "res4", "pooled")
 SPATIAL = ("res3", "res4")
@@ -191,7 +194,7 @@ def main() -> None:
   args = p.parse_intermixed_args()
   os.makedirs(args.cache, exist_ok=True)
   out_path = os.path.join(args.cache, "detector_sweep.jsonl")
-  records = [json.loads(line) for line in open(out_path)] if os.path.exists(out_path) else []
+  records = rows.read(out_path)
   if args.command == "cache":
     for pair in args.runs:
       name, _, workdir = pair.partition("=")
@@ -199,10 +202,7 @@ def main() -> None:
   elif args.command == "table":
     print(table(records))
   else:
-    variants = args.variants.split(",")
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-      raise SystemExit(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    variants = rows.known(args.variants.split(","), VARIANTS)
     done = {(r["run"], r["variant"]) for r in records}
     names = sorted(os.path.basename(p)[:-4]
                    for p in glob.glob(os.path.join(args.cache, f"{args.only}.npz")))
@@ -211,12 +211,11 @@ def main() -> None:
         if (name, variant) in done:
           continue
         rec = train_variant(name, args.cache, variant)
-        with open(out_path, "a") as f:
-          f.write(json.dumps(rec) + "\n")
         a = rec["auroc"]
-        print(f"{name:<10}{variant:<24} all {a['all']:.3f} spatial {a['spatial']:.3f} "
-              f"pixel_knn {rec['pixel_knn']:.3f} knn {rec['knn']:.3f} "
-              f"({rec['seconds']:.0f} s)", flush=True)
+        rows.emit(rec, out_path,
+                  f"{name:<10}{variant:<24} all {a['all']:.3f} spatial {a['spatial']:.3f} "
+                  f"pixel_knn {rec['pixel_knn']:.3f} knn {rec['knn']:.3f} "
+                  f"({rec['seconds']:.0f} s)")
 
 
 if __name__ == "__main__":

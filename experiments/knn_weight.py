@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -26,6 +27,9 @@ import numpy as np
 from mscm_jax import config as config_lib
 from mscm_jax import evaluate, metrics, pipeline, scoring, stage1, stage2
 from mscm_jax.runtime import sharding
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import rows  # noqa: E402  (experiments/rows.py, beside this script)
 
 WEIGHTS = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
 REPORTED = (0.0, 1.0)  # test AUROC: the paper's score and the default
@@ -92,10 +96,7 @@ def main() -> None:
   p.add_argument("--out", required=True, help="JSON lines, one per run (appended)")
   p.add_argument("--table", action="store_true", help="print the markdown table of --out")
   args = p.parse_args()
-  records: list[dict] = []
-  if os.path.exists(args.out):
-    with open(args.out) as f:
-      records = [json.loads(line) for line in f if line.strip()]
+  records = rows.read(args.out)
   done = {r["run"] for r in records}
   if args.table:
     print(table(records))
@@ -104,12 +105,11 @@ def main() -> None:
     if os.path.abspath(w) in done:
       continue
     record = rescore(os.path.abspath(w))
-    with open(args.out, "a") as f:
-      f.write(json.dumps(record) + "\n")
     v = record["validation"]
-    print(f"{w}: validation detector {v['detector']:.3f} (saved mscm "
-          f"{record['saved_validation_mscm']:.3f}) {record['term']} {v[record['term']]:.3f} "
-          f"mscm@1 {v['mscm@1']:.3f} ({record['seconds']} s)", flush=True)
+    rows.emit(record, args.out,
+              f"{w}: validation detector {v['detector']:.3f} (saved mscm "
+              f"{record['saved_validation_mscm']:.3f}) {record['term']} "
+              f"{v[record['term']]:.3f} mscm@1 {v['mscm@1']:.3f} ({record['seconds']} s)")
 
 
 if __name__ == "__main__":

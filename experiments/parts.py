@@ -18,11 +18,15 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
+import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import rows  # noqa: E402  (experiments/rows.py, beside this script)
 
 ADOPTED = "rotated_difference"
 SCALES = ("res3", "res4", "pooled")
@@ -31,12 +35,9 @@ SCALES = ("res3", "res4", "pooled")
 def load(paths: Sequence[str]) -> list[dict[str, Any]]:
   """The validation records of every file, the last one kept where (run, variant) repeats."""
   out: dict[tuple[str, str], dict[str, Any]] = {}
-  for path in paths:
-    with open(path) as f:
-      for line in f:
-        r = json.loads(line)
-        if r.get("split") == "validation":
-          out[(r["run"], r["variant"])] = r
+  for r in (r for path in paths for r in rows.read(path)):
+    if r.get("split") == "validation":
+      out[(r["run"], r["variant"])] = r
   return list(out.values())
 
 

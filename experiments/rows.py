@@ -1,5 +1,5 @@
-"""What the benchmarks here share: a step timed past its compile, the stage-1 program of
-K models timed so, and the row each ends with, printed and appended to a JSONL file."""
+"""What the scripts here share: a step timed past its compile, the stage-1 program of
+K models timed so, and the resumable JSON-lines file each writes a row at a time."""
 
 import json
 import os
@@ -41,8 +41,33 @@ def stage1_members(config, images: list, mesh, steps: int) -> tuple[float, float
   return timed_step(parts.step_fn, state, (data.images, data.is_anomaly), steps)
 
 
-def emit(row: dict[str, Any], path: str) -> None:
-  print(json.dumps(row), flush=True)
+def read(path: str) -> list[dict[str, Any]]:
+  """The rows of a JSON-lines file, [] before its first row: what a rerun skips. A last
+  line cut short by a kill is dropped from the file, so that the next row starts a line."""
+  if not os.path.exists(path):
+    return []
+  with open(path, "rb") as f:
+    text = f.read()
+  whole, _, torn = text.rpartition(b"\n") if not text.endswith(b"\n") else (text, b"", b"")
+  if torn:
+    print(f"{path}: dropping its unfinished last line ({len(torn)} bytes)", flush=True)
+    with open(path, "r+b") as f:
+      f.truncate(len(whole) + 1 if whole else 0)
+  return [json.loads(line) for line in whole.decode().splitlines() if line.strip()]
+
+
+def emit(row: dict[str, Any], path: str, summary: str | None = None) -> None:
+  """Appends `row` to `path` (a line at a time, so an interrupted script loses at most the
+  row it was making) and prints `summary`, or the row itself."""
+  print(json.dumps(row) if summary is None else summary, flush=True)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "a") as f:
     f.write(json.dumps(row) + "\n")
+
+
+def known(names: list[str], choices: dict[str, Any], what: str = "variants") -> list[str]:
+  """`names`, or exit with one line naming the unknown ones and the choices."""
+  unknown = [n for n in names if n not in choices]
+  if unknown:
+    raise SystemExit(f"unknown {what} {unknown}; choose from {list(choices)}")
+  return names

@@ -8,6 +8,7 @@ and they share one compilation cache.
 
 import atexit
 import fcntl
+import hashlib
 import importlib.util
 import json
 import os
@@ -111,20 +112,54 @@ def smoke_config(data_dir, **overrides):
   return c
 
 
+def untrained_stage1(config, split, mesh, seed: int = 0):
+  """A `stage1.Stage1Result` at the network's initialisation: stage 2's tests need no
+  trained stage 1."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from mscm_jax import stage1  # pylint: disable=g-import-not-at-top
+
+  parts = stage1.components(config, split.n_train, split.train_images.shape[1:], mesh)
+  return stage1.Stage1Result(parts.init_fn(jax.random.PRNGKey(seed)), parts.model, 0, None,
+                             None, 0.0)
+
+
+def workdir_digest(root) -> dict[str, tuple[str, int]]:
+  """{relative path: (sha256, mtime_ns)} of every file under root but the lock, which says
+  who holds the workdir now, not what it holds: equal digests mean nothing was written."""
+  from mscm_jax.runtime.workdir import LOCK_FILE  # pylint: disable=g-import-not-at-top
+
+  root = pathlib.Path(root)
+  return {str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(),
+                                     p.stat().st_mtime_ns)
+          for p in sorted(root.rglob("*")) if p.is_file() and p.name != LOCK_FILE}
+
+
+def _finished_config(root):
+  return smoke_config(root / "tree", **{"dataset.normal_class": "c0", "train.epochs": 2,
+                                        "stage2.epochs": 4})
+
+
 @pytest.fixture(scope="session")
-def finished_run(tmp_path_factory):
-  """One whole smoke run (both stages, evaluation) on two synthetic classes.
+def finished_run(tmp_path_factory, worker_id):
+  """(config, workdir, results) of one whole smoke run (both stages, evaluation) on two
+  synthetic classes, made once per pytest run and shared by the xdist workers.
 
-  Normal: class 'c0' (noise with a bright red channel); anomalies: 'c1' (bright green). Shared by
-  the pipeline and API tests, so its compile time is paid once.
+  Normal: class 'c0' (noise with a bright red channel); anomalies: 'c1' (bright green).
+  Tests only read the workdir (copy it to run in it): a worker that finds it changed at the
+  end fails, since another worker may have read it meanwhile.
   """
-  from mscm_jax import pipeline  # pylint: disable=g-import-not-at-top
 
-  root = tmp_path_factory.mktemp("run")
-  write_folder_tree(root / "tree", {"train": {"c0": 53, "c1": 16},
-                                    "test": {"c0": 16, "c1": 16}})
-  config = smoke_config(root / "tree", **{"dataset.normal_class": "c0",
-                                          "train.epochs": 2, "stage2.epochs": 4})
-  workdir = root / "w"
-  results = pipeline.run(config, str(workdir))
-  return config, workdir, results
+  def make(root: pathlib.Path) -> dict[str, Any]:
+    from mscm_jax import pipeline  # pylint: disable=g-import-not-at-top
+
+    write_folder_tree(root / "tree", {"train": {"c0": 53, "c1": 16},
+                                      "test": {"c0": 16, "c1": 16}})
+    results = pipeline.run(_finished_config(root), str(root / "w"))
+    return {"root": str(root), "results": results, "digest": workdir_digest(root / "w")}
+
+  made = once_per_run(tmp_path_factory, worker_id, "finished_run", make)
+  root = pathlib.Path(made["root"])
+  yield _finished_config(root), root / "w", made["results"]
+  assert workdir_digest(root / "w") == {k: tuple(v) for k, v in made["digest"].items()}, (
+      "a test wrote into finished_run's workdir: copy it first")

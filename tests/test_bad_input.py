@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import hashlib
 import os
 import pathlib
 import re
@@ -30,7 +29,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import once_per_run, write_folder_tree
+from conftest import once_per_run, workdir_digest, write_folder_tree
 
 from mscm_jax import config as config_lib
 from mscm_jax import pipeline
@@ -39,7 +38,7 @@ from mscm_jax.api import AnoMemDetector, InputError, NotFittedError
 from mscm_jax.errors import (CheckpointError, ConfigError, DiskFullError, StaleStageError,
                              UserError, is_disk_full)
 from mscm_jax.errors import WorkdirError
-from mscm_jax.runtime.workdir import LOCK_FILE, saved_steps
+from mscm_jax.runtime.workdir import saved_steps
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BASE = ("--config=configs/folder_oneclass.py:smoke", "--config.dataset.data_dir={tree}",
@@ -269,13 +268,6 @@ class CliResult:
   argv: list[str]
 
 
-def _digest(root: pathlib.Path) -> dict[str, str]:
-  """{relative path: sha256} of every file under root but the lock, which says who
-  holds the workdir now (workdir.locked), not what it holds."""
-  return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-          for p in sorted(root.rglob("*")) if p.is_file() and p.name != LOCK_FILE}
-
-
 def trusted_leftovers(workdir: pathlib.Path) -> list[str]:
   """What a rerun would take as made by a run: config.json, results, stage contents."""
   if not workdir.is_dir():
@@ -434,13 +426,13 @@ def test_cli_refuses_a_stale_workdir_in_one_line(finished_run, tmp_path):
   config, src, _ = finished_run
   workdir = tmp_path / "w"
   shutil.copytree(src, workdir)
-  before = _digest(workdir)
+  before = workdir_digest(workdir)
   argv = _finished_argv(config, workdir, "--config.loss.temperature=0.3")
   r = subprocess.run([sys.executable, "-m", "mscm_jax.main", *argv], cwd=ROOT,
                      capture_output=True, text=True, timeout=180)
   problems = one_line_problems(r.returncode, r.stderr, ("loss.temperature", "--discard_stale"))
   assert not problems, f"{problems}\nstderr:\n{r.stderr[-2000:]}"
-  assert _digest(workdir) == before  # config.json, checkpoints, results: all untouched
+  assert workdir_digest(workdir) == before  # config.json, checkpoints, results: all untouched
 
 
 # ------------------------------------------------------------------ in-process rows
@@ -465,7 +457,7 @@ class Ctx:
     if tamper:
       tamper(w)
     if watch:
-      self.watched[w] = _digest(w)
+      self.watched[w] = workdir_digest(w)
     return str(w)
 
   def changed(self, **overrides: Any):
@@ -672,7 +664,7 @@ def test_in_process_row(row: InRow, finished_run, loaded_detector, tmp_path):
   if missing:
     problems.append(f"the message does not name {missing}")
   for w, before in ctx.watched.items():
-    if before and _digest(w) != before:
+    if before and workdir_digest(w) != before:
       problems.append(f"the refused call changed {w}")
     if not before and trusted_leftovers(w):
       problems.append(f"{w} holds {trusted_leftovers(w)}")
@@ -692,10 +684,10 @@ def test_load_trusts_intact_checkpoints_beside_a_garbled_checksum_file(finished_
   w = tmp_path / "w"
   shutil.copytree(src, w)
   (w / "stage1" / "checksums.json").write_text("{not json")
-  before = _digest(w)
+  before = workdir_digest(w)
   images = np.random.default_rng(3).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
   det = AnoMemDetector.load(str(w))  # restored unverified, with a warning; nothing moved
-  assert _digest(w) == before
+  assert workdir_digest(w) == before
   np.testing.assert_array_equal(det.score(images), loaded_detector.score(images))
 
 
@@ -741,13 +733,13 @@ def test_a_full_disk_stops_in_one_line_and_the_rerun_resumes(finished_run, small
                                                         "report"))
   used = sum(p.stat().st_size for p in w.rglob("*") if p.is_file())
   resize(max(used + 256 * 2**10, 1 * 2**20) // 4096 * 4096)  # less than a stage-2 save
-  stage1_before = _digest(w / "stage1")
+  stage1_before = workdir_digest(w / "stage1")
   with pytest.raises(Exception) as err:  # DiskFullError from a save, or ENOSPC elsewhere
     pipeline.run(config, str(w))
   assert is_disk_full(err.value), repr(err.value)
   if isinstance(err.value, DiskFullError):
     assert "\n" not in str(err.value) and "out of disk space" in str(err.value)
-  assert _digest(w / "stage1") == stage1_before  # what was saved is intact
+  assert workdir_digest(w / "stage1") == stage1_before  # what was saved is intact
   resize(64 * 2**20)
   again = pipeline.run(config, str(w))
   assert again["resumed_from"]["stage1"] == again["stage1"]["steps"]  # loaded, not retrained
@@ -761,9 +753,9 @@ def test_a_finished_run_on_a_read_only_mount_shows_its_results(finished_run, sma
   shutil.copytree(src, mnt / "w")
   shutil.copytree(src, mnt / "partial", ignore=shutil.ignore_patterns("results.json"))
   subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
-  before = _digest(mnt / "w")
+  before = workdir_digest(mnt / "w")
   shown = pipeline.run(config, str(mnt / "w"))
-  assert shown["test_scores"] == results["test_scores"] and _digest(mnt / "w") == before
+  assert shown["test_scores"] == results["test_scores"] and workdir_digest(mnt / "w") == before
   with pytest.raises(WorkdirError, match="cannot be written"):  # nothing finished to show
     pipeline.run(config, str(mnt / "partial"))
   with pytest.raises(WorkdirError, match="read-only"):  # finished, but not this evaluation

@@ -7,6 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
+from conftest import workdir_digest
+
 from mscm_jax import config as config_lib, pipeline
 from mscm_jax.runtime import identity
 from mscm_jax.runtime import workdir as workdir_lib
@@ -19,19 +21,6 @@ def _copy(finished_run, tmp_path):
   dst = tmp_path / "w"
   shutil.copytree(workdir, dst)
   return config.copy_and_resolve_references(), dst, results
-
-
-def _snapshot(workdir) -> dict[str, tuple[int, int]]:
-  """{path: (size, mtime_ns)} of every file: a refused run must change none of them
-  (the lock says who holds the workdir, not what it holds)."""
-  out = {}
-  for root, _, files in os.walk(workdir):
-    for name in files:
-      if name == workdir_lib.LOCK_FILE:
-        continue
-      st = os.stat(os.path.join(root, name))
-      out[os.path.relpath(os.path.join(root, name), workdir)] = (st.st_size, st.st_mtime_ns)
-  return out
 
 
 @pytest.mark.parametrize("field, value, stage", [
@@ -50,13 +39,13 @@ def test_changed_field_is_refused_and_the_workdir_is_untouched(finished_run, tmp
                                                                value, stage):
   c, w, _ = _copy(finished_run, tmp_path)
   config_lib.set_fields(c, {field: value})
-  before = _snapshot(w)
+  before = workdir_digest(w)
   with pytest.raises(StaleStageError) as e:
     pipeline.run(c, str(w))
   message = str(e.value)
   assert "\n" not in message and f"{stage} in " in message, message
   assert field in message and "--discard_stale" in message, message
-  assert _snapshot(w) == before  # config.json included: AnoMemDetector.load still works
+  assert workdir_digest(w) == before  # config.json included: AnoMemDetector.load still works
   AnoMemDetector.load(str(w))
 
 
@@ -185,11 +174,11 @@ def test_a_workdir_in_use_is_refused_and_freed_when_its_holder_dies(finished_run
   config, src, _ = finished_run
   w = tmp_path / "w"
   shutil.copytree(src, w)
-  before = _snapshot(w)
+  before = workdir_digest(w)
   with workdir_lib.locked(str(w)):
     with pytest.raises(WorkdirError, match=r"in use by another run \(pid \d+ on .* since"):
       pipeline.run(config, str(w))
-  assert _snapshot(w) == before
+  assert workdir_digest(w) == before
   # Another process holds it, then is killed: its lock dies with it.
   holder = subprocess.Popen(
       [sys.executable, "-c", "import sys, time; from mscm_jax.runtime import workdir\n"

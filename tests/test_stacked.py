@@ -6,6 +6,7 @@ import os
 import jax
 import numpy as np
 import pytest
+from conftest import untrained_stage1
 
 from mscm_jax import config as config_lib, errors, stage1
 from mscm_jax.runtime import checkpoints, sharding
@@ -172,12 +173,8 @@ def test_run_classes_writes_workdirs_that_separate_runs_accept(tmp_path):
 
 def _untrained_stage1s(configs, splits, mesh) -> list[stage1.Stage1Result]:
   """Each member's stage 1 at its initialisation: stage 2's tests need no trained one."""
-  out = []
-  for c, split in zip(configs, splits, strict=True):
-    parts = stage1.components(c, split.n_train, split.train_images.shape[1:], mesh)
-    out.append(stage1.Stage1Result(parts.init_fn(jax.random.PRNGKey(c.seed)), parts.model,
-                                   0, None, None, 0.0))
-  return out
+  return [untrained_stage1(c, split, mesh, c.seed)
+          for c, split in zip(configs, splits, strict=True)]
 
 
 def _stage_losses(workdir, stage: str) -> dict[int, float]:

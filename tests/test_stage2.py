@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import untrained_stage1
 
 from mscm_jax import evaluate, frozen as frozen_lib, knn, metrics, stage1, stage2
 from mscm_jax.runtime import checkpoints, sharding
@@ -240,9 +241,7 @@ def test_train_resume_equals_uninterrupted_and_reloads(tmp_path):
   c = _config(**{"stage2.epochs": 2, "stage2.batch_size": 8, "stage2.checkpoint_every_steps": 3})
   split = _split()
   mesh = sharding.make_mesh(8)
-  parts = stage1.components(c, split.n_train, split.train_images.shape[1:], mesh)
-  s1 = stage1.Stage1Result(parts.init_fn(jax.random.PRNGKey(0)), parts.model, 0, None,
-                           None, 0.0)
+  s1 = untrained_stage1(c, split, mesh)
   straight = stage2.train(c, split, str(tmp_path / "a"), mesh, s1)
   part = stage2.train(c, split, str(tmp_path / "b"), mesh, s1, stop_after=5)
   assert part.steps == 5
@@ -283,9 +282,7 @@ def _on_untrained_stage1(c, tmp_path):
   """(split, mesh, stage 1, stage 2): stage 2 trained on the initial stage-1 network."""
   split = _split()
   mesh = sharding.make_mesh(1)
-  parts = stage1.components(c, split.n_train, split.train_images.shape[1:], mesh)
-  s1 = stage1.Stage1Result(parts.init_fn(jax.random.PRNGKey(0)), parts.model, 0, None,
-                           None, 0.0)
+  s1 = untrained_stage1(c, split, mesh)
   return split, mesh, s1, stage2.train(c, split, str(tmp_path), mesh, s1)
 
 
@@ -396,9 +393,7 @@ def test_rotated_anomalies_train_deep_sad_in_the_oneclass_setting(tmp_path):
     c = _config(**{"shift.rotations": 4, "stage2.rotated_anomalies": rotated,
                    "stage2.epochs": 6, "stage2.batch_size": 16,
                    "stage2.learning_rate": 3e-3, "stage2.log_every_steps": 1})
-    parts = stage1.components(c, split.n_train, split.train_images.shape[1:], mesh)
-    s1 = stage1.Stage1Result(parts.init_fn(jax.random.PRNGKey(0)), parts.model, 0, None,
-                             None, 0.0)
+    s1 = untrained_stage1(c, split, mesh)
     workdir = tmp_path / str(rotated)
     s2 = stage2.train(c, split, str(workdir), mesh, s1)
     info = checkpoints.finished_info(str(workdir / "stage2"))

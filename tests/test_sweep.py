@@ -242,25 +242,23 @@ def test_export_keeps_what_rebuilds_the_table_and_adds_to_it(tmp_path):
       "error: --export: give a folder other than --root")
 
 
-def _sweep_cmd(root, tree, worker):
-  return [sys.executable, "-m", "mscm_jax.sweep", f"--root={root}",
-          "--config=configs/folder_oneclass.py:smoke", "--classes=c0,c1", "--seeds=0,1",
+def _sweep_cmd(tmp_path, worker: str, classes: str = "c0,c1", epochs: int = 1) -> list[str]:
+  """A smoke sweep (seed 0) into tmp_path/sweep over classes of the two-class tree it
+  writes under tmp_path/tree the first time."""
+  tree = tmp_path / "tree"
+  if not tree.exists():
+    write_folder_tree(tree, {"train": {"c0": 12, "c1": 12}, "test": {"c0": 6, "c1": 6}})
+  return [sys.executable, "-m", "mscm_jax.sweep", f"--root={tmp_path / 'sweep'}",
+          "--config=configs/folder_oneclass.py:smoke", f"--classes={classes}", "--seeds=0",
           f"--worker={worker}", "--set", f"dataset.data_dir={tree}", "dataset.image_size=16",
-          "memory.scales=('res3','pooled')", "train.epochs=1", "stage2.epochs=1",
+          "memory.scales=('res3','pooled')", f"train.epochs={epochs}", "stage2.epochs=1",
           "evaluate.report=False"]
 
 
 def test_two_workers_split_a_grid_and_a_rerun_skips_it(tmp_path):
   """The whole grid from nothing by two workers started together, then once more."""
-  write_folder_tree(tmp_path / "tree", {"train": {"c0": 12, "c1": 12},
-                                        "test": {"c0": 6, "c1": 6}})
   root = tmp_path / "sweep"
-
-  def cmd(worker):  # two cells, one for each worker
-    return [a for a in _sweep_cmd(root, tmp_path / "tree", worker) if a != "--seeds=0,1"
-            ] + ["--seeds=0"]
-
-  procs = [subprocess.Popen(cmd(f"w{i}"), cwd=ROOT,
+  procs = [subprocess.Popen(_sweep_cmd(tmp_path, f"w{i}"), cwd=ROOT,  # a cell each
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
            for i in range(2)]
   outs = [p.communicate(timeout=600)[0] for p in procs]
@@ -279,7 +277,7 @@ def test_two_workers_split_a_grid_and_a_rerun_skips_it(tmp_path):
   md = (root / "results.md").read_text()  # the last worker to write saw every cell done
   assert "| c0 | 0 |" in md and "| c1 | 0 |" in md
   assert "**mean of all 2 classes**" in md
-  again = subprocess.run(cmd("w2"), cwd=ROOT,
+  again = subprocess.run(_sweep_cmd(tmp_path, "w2"), cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
   assert again.returncode == 0, again.stderr
   assert "ran 0, skipped 2, held 0, failed 0" in again.stdout
@@ -288,11 +286,9 @@ def test_two_workers_split_a_grid_and_a_rerun_skips_it(tmp_path):
 
 def test_stacked_sweep_runs_a_group_as_one_program_in_the_cells_workdirs(tmp_path):
   """--stack: both classes in one main command; the cells read as separate runs' cells."""
-  write_folder_tree(tmp_path / "tree", {"train": {"c0": 12, "c1": 12},
-                                        "test": {"c0": 6, "c1": 6}})
   root = tmp_path / "sweep"
-  cmd = [a for a in _sweep_cmd(root, tmp_path / "tree", "w0") if a != "--seeds=0,1"]
-  r = subprocess.run([*cmd, "--seeds=0", "--stack"], cwd=ROOT, capture_output=True,
+  cmd = _sweep_cmd(tmp_path, "w0")
+  r = subprocess.run([*cmd, "--stack"], cwd=ROOT, capture_output=True,
                      text=True, timeout=600)
   assert r.returncode == 0, r.stdout + r.stderr
   assert "one program with 1 more" in r.stdout and "ran 2, skipped 0" in r.stdout
@@ -307,8 +303,7 @@ def test_stacked_sweep_runs_a_group_as_one_program_in_the_cells_workdirs(tmp_pat
     results = json.loads((root / cell / "results.json").read_text())
     assert results["normal_classes"] == [cell[:2]] and results["seed"] == 0
   # A plain sweep skips both; the cell's own main command finds its run finished.
-  again = subprocess.run([*cmd, "--seeds=0"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=120)
+  again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert "ran 0, skipped 2, held 0, failed 0" in again.stdout, again.stdout + again.stderr
   [cell], _ = sweep.build_grid("configs/folder_oneclass.py:smoke", ["c1"],
                                [sweep.Setting.parse("oneclass")], [0], {},
@@ -337,12 +332,8 @@ def test_a_killed_workers_run_stops_and_the_next_worker_records_the_cell_once(tm
   waits for whatever still holds the workdir, then resumes the cell and records it."""
   from mscm_jax.runtime.workdir import LOCK_FILE, lock_holder  # pylint: disable=g-import-not-at-top
 
-  write_folder_tree(tmp_path / "tree", {"train": {"c0": 12, "c1": 12},
-                                        "test": {"c0": 6, "c1": 6}})
   root = tmp_path / "sweep"
-  cmd = [a for a in _sweep_cmd(root, tmp_path / "tree", "w0")
-         if a not in ("--classes=c0,c1", "--seeds=0,1", "train.epochs=1")]
-  cmd += ["train.epochs=40", "--classes=c0", "--seeds=0"]  # killed after 2 of 40 steps
+  cmd = _sweep_cmd(tmp_path, "w0", classes="c0", epochs=40)  # killed after 2 of 40 steps
   cell = root / "c0.oneclass.s0"
   first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
