@@ -209,6 +209,12 @@ def stack_workdir(c: ml_collections.ConfigDict, name: str) -> str:
   return out
 
 
+def get_field(c: ml_collections.ConfigDict, dotted: str) -> Any:
+  """The value of a dotted field (`"stage2.epochs"`)."""
+  section, _, name = dotted.rpartition(".")
+  return (c[section] if section else c)[name]
+
+
 def set_fields(c: ml_collections.ConfigDict, fields: dict[str, Any]) -> ml_collections.ConfigDict:
   """Sets dotted fields in place (`{"stage2.epochs": 3, "seed": 1}`) and returns `c`."""
   for dotted, value in fields.items():
@@ -378,18 +384,46 @@ def _check_scales(name: str, scales: Any, allowed: tuple[str, ...]) -> None:
     raise ConfigError(f"{name}={tuple(scales)} names a scale twice")
 
 
+def _oneclass(c) -> bool:
+  return c.setting == "oneclass"
+
+
+# (field, when it has no effect, what it needs): each said once at a run's start when set
+# away from its default, since a silently dropped field reads as a measured null result.
+_IGNORED_WHEN = (
+    ("anomaly_ratio", _oneclass, "labelled anomalies need setting='unbalanced'"),
+    ("anomaly_classes", _oneclass, "labelled anomalies need setting='unbalanced'"),
+    ("stage2.classifier", _oneclass,
+     "its BCE head needs labelled anomalies (setting='unbalanced')"),
+    ("stage2.bce_weight", lambda c: _oneclass(c) or not c.stage2.classifier,
+     "it weighs the BCE head of stage2.classifier=True in setting='unbalanced'"),
+    ("stage2.eta", lambda c: _oneclass(c) and not c.stage2.rotated_anomalies,
+     "it weighs labelled anomalies (setting='unbalanced' or stage2.rotated_anomalies=True)"),
+    ("loss.codebook_weight", lambda c: c.memory.train != "codebook",
+     "it weighs the memories' loss with memory.train='codebook'"),
+    ("loss.alignment_weight", lambda c: c.memory.train == "codebook",
+     "with memory.train='codebook' the codebook term is the alignment (loss.codebook_weight)"),
+    ("loss.scale_weight",
+     lambda c: c.memory.mode != "branch" or c.memory.train != "contrastive",
+     "the per-scale NT-Xent heads exist with memory.mode='branch', memory.train='contrastive'"),
+    ("optim.momentum", lambda c: c.optim.name == "adam",
+     "optim.name='adam' keeps its own moments (momentum is for 'lars' and 'sgd')"),
+    ("validation.anomalies", lambda c: c.validation.fraction == 0,
+     "validation.fraction=0 makes no validation split"),
+    ("stack.model_axis", lambda c: not c.stack.classes, "it lays out the stack.classes runs"),
+    ("stack.within_group", lambda c: not c.stack.classes, "it lays out the stack.classes runs"),
+    ("stack.workdir_name", lambda c: not c.stack.classes, "it names the stack.classes runs"),
+)
+
+
 def ignored_fields(c: ml_collections.ConfigDict) -> list[str]:
-  """One line for each field set away from its default that this config's setting
-  ignores: said at the start of a run, rather than silently dropped."""
+  """One line for each field set away from its default that this config ignores: said
+  at the start of a run, rather than silently dropped."""
   base, out = base_config(), []
-  if c.setting == "oneclass":
-    for name in ("anomaly_ratio", "anomaly_classes"):
-      if c[name] != base[name] and c[name] not in ((), ""):
-        out.append(f"{name}={c[name]!r} has no effect with setting='oneclass' (labelled "
-                   "anomalies need setting='unbalanced')")
-    if c.stage2.classifier:
-      out.append("stage2.classifier=True has no effect with setting='oneclass': its BCE "
-                 "head needs labelled anomalies (setting='unbalanced')")
+  for name, ignored, why in _IGNORED_WHEN:
+    value, default = get_field(c, name), get_field(base, name)
+    if value != default and value not in ((), "") and ignored(c):
+      out.append(f"{name}={value!r} has no effect here: {why}")
   return out
 
 

@@ -26,7 +26,7 @@ def test_the_four_families_exist():
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.stem)
 @pytest.mark.parametrize("preset", ["", "cpu", "cpu_long", "smoke"])
-def test_every_config_and_preset_validates(path, preset):
+def test_every_config_and_preset_validates_and_uses_its_fields(path, preset):
   module = _load(path)
   assert "python -m mscm_jax.main" in module.__doc__  # each config states its command
   c = config_lib.validate(module.get_config(preset))
@@ -35,6 +35,7 @@ def test_every_config_and_preset_validates(path, preset):
                 "loss.temperature", "optim.name", "train.batch_size"):
     section, _, name = field.rpartition(".")
     assert name in (c[section] if section else c), field
+  assert config_lib.ignored_fields(c) == []  # a preset sets no field it ignores
 
 
 def test_presets_shrink_the_schedule():
@@ -88,18 +89,32 @@ def test_codebook_training_needs_branch_mode():
     config_lib.validate(c)
 
 
-def test_fields_the_setting_ignores_are_named():
+def test_fields_the_config_ignores_are_named():
   c = config_lib.base_config()
   assert config_lib.ignored_fields(c) == []
   c.anomaly_ratio = 0.2
   c.anomaly_classes = ("cat",)
   c.stage2.classifier = True
+  c.stage2.eta = 2.0
   lines = config_lib.ignored_fields(c)
   assert [line.split("=")[0] for line in lines] == ["anomaly_ratio", "anomaly_classes",
-                                                    "stage2.classifier"]
+                                                    "stage2.classifier", "stage2.eta"]
   assert all("setting='unbalanced'" in line and "\n" not in line for line in lines)
   c.setting = "unbalanced"
   assert config_lib.ignored_fields(c) == []
+  c.stage2.rotated_anomalies, c.setting = True, "oneclass"  # rotated images are labelled
+  assert [line.split("=")[0] for line in config_lib.ignored_fields(c)] == [
+      "anomaly_ratio", "anomaly_classes", "stage2.classifier"]
+  c = config_lib.set_fields(config_lib.base_config(), {
+      "loss.codebook_weight": 2.0, "optim.name": "adam", "optim.momentum": 0.5,
+      "validation.fraction": 0.0, "validation.anomalies": 10, "stack.model_axis": 2})
+  assert [line.split("=")[0] for line in config_lib.ignored_fields(c)] == [
+      "loss.codebook_weight", "optim.momentum", "validation.anomalies", "stack.model_axis"]
+  c.memory.train, c.memory.mode = "codebook", "branch"  # now it is the codebook's weight...
+  c.loss.alignment_weight = c.loss.scale_weight = 0.5  # ...and these have no effect
+  assert [line.split("=")[0] for line in config_lib.ignored_fields(c)] == [
+      "loss.alignment_weight", "loss.scale_weight", "optim.momentum", "validation.anomalies",
+      "stack.model_axis"]
 
 
 def test_an_old_field_name_is_one_line_that_names_the_new_one(tmp_path):

@@ -22,8 +22,10 @@ def test_overrides_reach_the_run(folder_tree, tmp_path):
   r = _main("--config=configs/folder_oneclass.py:smoke",
             f"--config.dataset.data_dir={folder_tree}", "--config.dataset.normal_class=berry",
             "--config.stop_after=data",
-            "--config.dataset.image_size=12", "--config.seed=7", f"--workdir={workdir}")
+            "--config.dataset.image_size=12", "--config.seed=7", "--config.stage2.eta=2.0",
+            f"--workdir={workdir}")
   assert r.returncode == 0, r.stderr
+  assert "stage2.eta=2.0 has no effect here: it weighs labelled anomalies" in r.stderr
   summary = json.loads((workdir / "run_summary.json").read_text())
   assert summary["normal_classes"] == ["berry"] and summary["seed"] == 7
   assert summary["n_train"] == 5 and summary["n_test"] == 8 and summary["n_test_anomalous"] == 5
