@@ -57,6 +57,7 @@ from typing import Any
 
 import numpy as np
 
+from mscm_jax import errors
 from mscm_jax.names import HEADLINE, PROBE_KEYS, renamed_hint, split_scores, test_scores
 from mscm_jax.runtime.identity import TRAINED
 from mscm_jax.runtime.workdir import FINAL_MARKER, lock_holder, saved_steps, stage_dir
@@ -469,7 +470,8 @@ def work(root: str, cells: Sequence[Cell], worker: str, stale_after: float = 600
   """Runs every cell not finished and not held by another live worker, in grid order;
   with `stack`, the cells of a group (`stack_groups`) that this worker claims together."""
   os.makedirs(os.path.join(root, META), exist_ok=True)
-  outcome: dict[str, list[str]] = {"ran": [], "skipped": [], "held": [], "failed": []}
+  outcome: dict[str, list[str]] = {"ran": [], "skipped": [], "held": [], "failed": [],
+                                   "interrupted": []}
   child: dict[str, Any] = {"proc": None}
   stop = {"signal": None}
 
@@ -508,6 +510,7 @@ def work(root: str, cells: Sequence[Cell], worker: str, stale_after: float = 600
         if stop["signal"] is not None:  # claimed, not run: free for the next run
           for cell, n in part:
             release(root, cell.name, n, {"ran": False, "reason": "stopped"})
+            outcome["interrupted"].append(cell.name)
           continue
         log = _log(root, part[0][0].name, part[0][1])
         names = [c.name for c, _ in part]
@@ -524,8 +527,9 @@ def work(root: str, cells: Sequence[Cell], worker: str, stale_after: float = 600
                     "program": names})
             outcome["ran"].append(cell.name)
             echo(f"{label(cell)}: finished in {seconds:.0f} s{_headline(root, cell.name)}")
-          else:
-            outcome["failed"].append(cell.name)
+          else:  # an interrupted run (75) saved its checkpoints: the next run resumes it
+            outcome["interrupted" if rc == errors.Interrupted.exit_code else "failed"].append(
+                cell.name)
             echo(f"{label(cell)}: exit status {rc} after {seconds:.0f} s: {_last_error(log)}")
           release(root, cell.name, n, {"ran": True, "rc": rc, "seconds": seconds,
                                        "worker": worker, "program": names})
@@ -834,9 +838,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   except SweepError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  if not args.table and (outcome["failed"]):
+  if args.table:
+    return 0
+  if outcome["failed"]:
     return 1
-  return 0
+  # stopped by a signal, or a run was: saved, and the same command continues (as main's 75)
+  return errors.Interrupted.exit_code if outcome["interrupted"] else 0
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -13,6 +14,7 @@ from conftest import write_folder_tree
 
 from mscm_jax import sweep
 from mscm_jax.names import PROBE_KEYS
+from mscm_jax.runtime.workdir import saved_steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -327,22 +329,35 @@ def test_bad_grid_is_one_line(tmp_path, folder_tree):
   assert len(lines) == 1 and lines[0].startswith("error: --classes: no class 'durian'")
 
 
-def test_a_killed_workers_run_stops_and_the_next_worker_records_the_cell_once(tmp_path):
-  """SIGKILL to a worker: its run gets SIGTERM (it saves, exits 75), and a new worker
-  waits for whatever still holds the workdir, then resumes the cell and records it."""
+def test_a_stopped_or_killed_workers_run_stops_and_the_cell_is_recorded_once(tmp_path):
+  """SIGTERM to a worker: its run saves and exits 75, and so does the worker. SIGKILL to
+  the next: its run gets SIGTERM all the same (the parent-death signal). A third worker
+  waits for whatever still holds the workdir, then resumes the cell and records it once."""
   from mscm_jax.runtime.workdir import LOCK_FILE, lock_holder  # pylint: disable=g-import-not-at-top
 
   root = tmp_path / "sweep"
-  cmd = _sweep_cmd(tmp_path, "w0", classes="c0", epochs=40)  # killed after 2 of 40 steps
+  cmd = _sweep_cmd(tmp_path, "w0", classes="c0", epochs=40)  # stopped after a few of 40 steps
   cell = root / "c0.oneclass.s0"
-  first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
-  deadline = time.time() + 300
-  while not list((cell / "stage1").glob("[0-9]*")):  # training, with a checkpoint saved
-    assert time.time() < deadline and first.poll() is None, "the run never got going"
-    time.sleep(0.5)
-  first.kill()
-  first.wait()
+
+  def start_then_wait_for_a_checkpoint(worker, after):
+    proc = subprocess.Popen([a.replace("--worker=w0", f"--worker={worker}") for a in cmd],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    deadline = time.time() + 300
+    while max(saved_steps(str(cell / "stage1")), default=0) <= after:  # a new checkpoint
+      assert time.time() < deadline and proc.poll() is None, "the run never got going"
+      time.sleep(0.5)
+    return proc
+
+  first = start_then_wait_for_a_checkpoint("w0", 0)
+  first.send_signal(signal.SIGTERM)
+  out = first.communicate(timeout=120)[0]
+  assert first.returncode == 75 and "failed 0, interrupted 1" in out, out
+  assert "exit status 75" in out and "run the same command to resume" in out, out
+  saved = max(saved_steps(str(cell / "stage1")))
+  second = start_then_wait_for_a_checkpoint("w1", saved)
+  second.kill()
+  second.wait()
   deadline = time.time() + 120
   while lock_holder(str(cell)) is not None:  # the orphan got SIGTERM from its parent's death
     assert time.time() < deadline, "the killed worker's run went on unsupervised"
@@ -356,19 +371,19 @@ def test_a_killed_workers_run_stops_and_the_next_worker_records_the_cell_once(tm
        "print('held', flush=True); sys.stdin.readline()"],
       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
   assert holder.stdout.readline().strip() == "held"
-  second = subprocess.Popen([a.replace("--worker=w0", "--worker=w1") for a in cmd], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  third = subprocess.Popen([a.replace("--worker=w0", "--worker=w2") for a in cmd], cwd=ROOT,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   seen = []
-  for line in second.stdout:  # the worker waits for the holder instead of failing on it
+  for line in third.stdout:  # the worker waits for the holder instead of failing on it
     seen.append(line)
     if "waiting for the run of a dead worker" in line:
       break
   holder.communicate("\n", timeout=60)  # the holder lets go
-  out = "".join(seen) + second.communicate(timeout=600)[0]
-  assert second.returncode == 0 and "waiting for the run of a dead worker" in out, out
+  out = "".join(seen) + third.communicate(timeout=600)[0]
+  assert third.returncode == 0 and "waiting for the run of a dead worker" in out, out
   meta = root / ".sweep" / "c0.oneclass.s0"
   ends = [json.loads(p.read_text()) for p in sorted(meta.glob("claim.*.end"))]
-  assert [(e["worker"], e["rc"]) for e in ends] == [("w1", 0)], ends  # recorded once
-  assert json.loads((meta / "done.json").read_text())["worker"] == "w1"
+  assert [(e["worker"], e["rc"]) for e in ends] == [("w0", 75), ("w2", 0)], ends
+  assert json.loads((meta / "done.json").read_text())["worker"] == "w2"  # recorded once
   results = json.loads((cell / "results.json").read_text())
   assert results["resumed_from"]["stage1"] > 0  # the killed worker's steps were kept
