@@ -4,6 +4,10 @@ XLA reads its flags when JAX first initialises its backend, so they are set here
 any test module imports jax. Tests also ask XLA for cheap compilation: on 2 cores compile
 time, not run time, is what a test of a tiny model spends (about half of it is saved),
 and they share one compilation cache.
+
+Tests run on the default backend. Those marked `cpu_devices` need the eight emulated CPU
+devices: where the default backend is something else (a GPU or TPU host), they are skipped
+here and `test_on_cpu_devices.py` runs them in one pytest process on the CPU platform.
 """
 
 import atexit
@@ -13,16 +17,13 @@ import importlib.util
 import json
 import os
 import pathlib
+import re
 import shutil
 import sys
 import tempfile
 from collections.abc import Callable
 from typing import Any
 
-# The suite's sharding tests need the eight emulated CPU devices, so on a GPU or TPU host
-# it runs on the CPU too (the subprocesses it starts inherit this), unless the caller
-# names a platform (JAX_PLATFORMS=cuda: then the tests that assume eight devices fail).
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
   _flags += " --xla_force_host_platform_device_count=8"
@@ -44,6 +45,35 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
+
+
+def cpu_devices_env(n: int = 8) -> dict[str, str]:
+  """Environment overrides for a subprocess on the CPU platform with `n` emulated devices
+  (this process's other XLA flags kept)."""
+  flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "",
+                 os.environ.get("XLA_FLAGS", ""))
+  return {"JAX_PLATFORMS": "cpu",
+          "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={n}".strip()}
+
+
+def on_eight_cpu_devices() -> bool:
+  """Whether this process's default backend is the eight emulated CPU devices."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  return jax.default_backend() == "cpu" and jax.device_count() == 8
+
+
+def pytest_configure(config) -> None:
+  config.addinivalue_line("markers", "cpu_devices: needs the eight emulated CPU devices")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+  marked = [item for item in items if "cpu_devices" in item.keywords]
+  if marked and not on_eight_cpu_devices():
+    skip = pytest.mark.skip(reason="needs the eight emulated CPU devices: "
+                                   "test_on_cpu_devices.py runs it on the CPU platform")
+    for item in marked:
+      item.add_marker(skip)
 
 
 def load_experiment(name: str):

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import once_per_run, workdir_digest, write_folder_tree
+from conftest import cpu_devices_env, once_per_run, workdir_digest, write_folder_tree
 
 from mscm_jax import config as config_lib
 from mscm_jax import pipeline
@@ -44,13 +44,6 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 BASE = ("--config=configs/folder_oneclass.py:smoke", "--config.dataset.data_dir={tree}",
         "--config.dataset.image_size=16", "--config.dataset.normal_class=apple")
 TRUSTED_FILES = ("config.json", "results.json", "scores.npz", "run_summary.json")
-
-
-def _device_env(n: int) -> dict[str, str]:
-  """XLA_FLAGS of this process with `n` emulated host devices instead of conftest's 8."""
-  flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "",
-                 os.environ.get("XLA_FLAGS", ""))
-  return {"XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={n}".strip()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,9 +170,9 @@ DEVICE_ROWS = [
     CliRow("devices:train.num_devices=1000", ("--config.train.num_devices=1000",),
            ("train.num_devices",)),
     CliRow("devices:train.batch_size=16 on 3 devices", (), ("train.batch_size",),
-           env=_device_env(3)),
+           env=cpu_devices_env(3)),
     CliRow("devices:stage2.batch_size=16 on 3 devices", ("--config.train.batch_size=18",),
-           ("stage2.batch_size",), env=_device_env(3)),
+           ("stage2.batch_size",), env=cpu_devices_env(3)),
 ]
 
 FLAG_ROWS = [

@@ -22,6 +22,7 @@ def _ids(images):
   return images[:, 0, 0, 0].astype(int) + 256 * images[:, 0, 0, 1].astype(int)
 
 
+@pytest.mark.cpu_devices
 def test_eight_emulated_devices_are_visible():
   assert jax.device_count() == 8, "tests/conftest.py should emulate 8 CPU devices"
 
@@ -37,6 +38,7 @@ def test_every_epoch_is_a_permutation(size, batch):
   assert not np.array_equal(idx[:size], idx[size:2 * size])  # epochs reshuffle
 
 
+@pytest.mark.cpu_devices
 def test_put_stacked_pads_and_shards():
   mesh = sharding.make_model_mesh(2)  # 2 groups of 4 devices
   images = [_images(50), _images(50)[::-1], _images(50)]  # 3 members pad to 4
@@ -50,11 +52,13 @@ def test_put_stacked_pads_and_shards():
     device.put_stacked([_images(50), _images(40)], [np.zeros(50, bool)] * 2, mesh)
 
 
+@pytest.mark.cpu_devices
 def test_mesh_size_errors():
   with pytest.raises(ConfigError, match="only 8"):
     sharding.make_mesh(16)
 
 
+@pytest.mark.cpu_devices
 def test_map_members_runs_each_member_on_its_rows_as_one_program():
   from mscm_jax.runtime import sharding  # pylint: disable=g-import-not-at-top
 
@@ -100,6 +104,7 @@ def test_map_batches_keeps_order_counts_each_row_once_and_compiles_one_shape(n, 
     device.map_batches(fn, images, 0)
 
 
+@pytest.mark.cpu_devices
 def test_one_member_of_a_stacked_run_is_read_as_one_group_without_padding():
   """A member's state, unstacked from a 2 x 4 (model, data) mesh, reads as K = 1 on all 8
   devices: no padding copy of it is computed alongside."""

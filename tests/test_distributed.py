@@ -13,6 +13,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import cpu_devices_env
 
 from mscm_jax.runtime import distributed
 from mscm_jax.errors import ConfigError
@@ -38,12 +39,7 @@ def _cli_args(config) -> list[str]:
 
 
 def _env(devices: int) -> dict[str, str]:
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={devices} "
-                      "--xla_backend_optimization_level=0 "
-                      "--xla_llvm_disable_expensive_passes=true")
-  env["JAX_PLATFORMS"] = "cpu"
-  return env
+  return {**os.environ, **cpu_devices_env(devices)}
 
 
 def _losses(workdir, stage: str) -> dict[int, float]:

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import cpu_devices_env
 
 from mscm_jax.losses import feature_alignment, memory_usage_entropy, nt_xent, variance_hinge
 
@@ -167,12 +168,8 @@ print(float(loss), float(nt_xent(z1, z2, 0.5, anomaly)))
 def test_nt_xent_global_batch_when_sharded() -> None:
   """Batch split over 2 (fake CPU) devices: negatives still come from the whole batch."""
   root = pathlib.Path(__file__).resolve().parents[1]
-  env = dict(
-    os.environ,
-    XLA_FLAGS="--xla_force_host_platform_device_count=2",
-    JAX_PLATFORMS="cpu",
-    PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
-  )
+  env = {**os.environ, **cpu_devices_env(2),
+         "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
   result = subprocess.run(
     [sys.executable, "-c", _SHARDED_SCRIPT],
     env=env,

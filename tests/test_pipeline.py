@@ -171,6 +171,7 @@ def test_validation_is_scored_apart_from_the_test_split(finished_run):
       assert metrics.evaluate(saved[name], labels) == pytest.approx(m), name
 
 
+@pytest.mark.cpu_devices
 def test_rotation_scores_on_both_splits(tmp_path):
   """shift.rotations=4 with the rotation head: `knn_rot` and `rotation` are scored on
   the test and validation splits, and the head's score separates oriented normals
@@ -259,6 +260,7 @@ def test_a_signal_in_any_phase_reaches_main_and_the_rerun_keeps_what_finished(
     assert results["resumed_from"] == {"stage1": results["stage1"]["steps"], "stage2": 0}
 
 
+@pytest.mark.cpu_devices
 def test_bfloat16_run_is_finite_and_follows_float32(finished_run, tmp_path):
   """The accelerators' dtype through both stages (CPU here), against the float32 run of the
   same config: every logged loss finite; stage 1's losses each within 3 % of float32's and

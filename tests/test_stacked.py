@@ -57,6 +57,7 @@ def _losses(workdir) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
 
 
+@pytest.mark.cpu_devices
 def test_three_classes_as_one_program_match_three_runs(tmp_path):
   train, test = _data()
   normals = (0, 1, 2)
@@ -92,6 +93,7 @@ def test_three_classes_as_one_program_match_three_runs(tmp_path):
              for x, y in zip(jax.tree.leaves(p0), jax.tree.leaves(p1))) > 1e-2
 
 
+@pytest.mark.cpu_devices
 def test_stacked_resume_equals_uninterrupted(tmp_path):
   train, test = _data()
   configs = [_config(k) for k in (0, 3)]
@@ -116,6 +118,7 @@ def test_stacked_resume_equals_uninterrupted(tmp_path):
                                rtol=1e-5)
 
 
+@pytest.mark.cpu_devices
 def test_a_member_trained_ahead_alone_is_not_rolled_back(tmp_path):
   train, test = _data()
   configs = [_config(k, **{"train.checkpoint_every_steps": 1}) for k in (0, 3)]
@@ -128,6 +131,7 @@ def test_a_member_trained_ahead_alone_is_not_rolled_back(tmp_path):
   assert "3" in os.listdir(os.path.join(dirs[0], "stage1"))  # its checkpoint is still there
 
 
+@pytest.mark.cpu_devices
 def test_stacked_refuses_what_cannot_share_a_program(tmp_path):
   train, test = _data()
   mesh = sharding.make_model_mesh(2)
@@ -199,6 +203,7 @@ def _assert_norms_close(a, b, rel: float) -> None:
                                  err_msg=f"{score} {name}")
 
 
+@pytest.mark.cpu_devices
 def test_stage2_and_evaluation_as_one_program_match_separate_ones(tmp_path):
   from mscm_jax import evaluate, scoring, stage2  # pylint: disable=g-import-not-at-top
 
@@ -266,6 +271,7 @@ def test_stage2_and_evaluation_as_one_program_match_separate_ones(tmp_path):
   assert _worst(stacked[0].state.params, stacked[1].state.params) > 1e-2
 
 
+@pytest.mark.cpu_devices
 def test_stage2_members_resume_and_load(tmp_path):
   from mscm_jax import stage2  # pylint: disable=g-import-not-at-top
 

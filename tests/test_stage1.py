@@ -63,6 +63,7 @@ def _tree_max_diff(a, b):
                                                                jax.tree.leaves(b)))
 
 
+@pytest.mark.cpu_devices
 @pytest.mark.parametrize("setting,rotations", [("oneclass", 1), ("unbalanced", 1),
                                                ("unbalanced", 4)])
 def test_sharded_step_equals_single_device(setting, rotations):
@@ -86,6 +87,7 @@ def test_sharded_step_equals_single_device(setting, rotations):
     np.testing.assert_allclose(m1[k], m8[k], rtol=3e-5, atol=1e-5, err_msg=k)
 
 
+@pytest.mark.cpu_devices
 def test_resume_equals_uninterrupted(tmp_path):
   split = _split()
   c = _config(**{"train.epochs": 2})  # 32 images / 16 per batch x 2 epochs = 4 steps
@@ -126,6 +128,7 @@ def test_update_fits_a_fixed_batch():
   assert losses[0] > 4.0 and np.mean(losses[-3:]) < losses[0] - 1.0, losses
 
 
+@pytest.mark.cpu_devices
 def test_train_logs_and_probe_separates(tmp_path):
   split = _split(n_train=64, validation=0.25)  # 48 train, 16 + 32 validate
   c = _config(**{"train.epochs": 10, "train.batch_size": 32, "optim.learning_rate": 0.2,
@@ -193,6 +196,7 @@ def _gradients(n: int, seed: int = 0) -> np.ndarray:
   return np.clip(ramp + rng.normal(0, 20, (n, SIZE, SIZE, 3)), 0, 255).astype(np.uint8)
 
 
+@pytest.mark.cpu_devices
 def test_rotations_train_the_rotation_head(tmp_path):
   """shift.rotations=4: four rotated instances per image in the batch, and the rotation
   head learns to tell them apart (chance: log 4 = 1.39)."""
@@ -209,6 +213,7 @@ def test_rotations_train_the_rotation_head(tmp_path):
   assert np.mean(rot[-3:]) < np.log(4) - 0.3, rot  # measured: 1.57 at step 1, 0.91 at 20
 
 
+@pytest.mark.cpu_devices
 def test_rotations_need_square_images(tmp_path):
   images = np.zeros((8, SIZE, SIZE + 4, 3), np.uint8)
   train = sources.from_arrays(images, [0] * 8, ("g",))
@@ -218,6 +223,7 @@ def test_rotations_need_square_images(tmp_path):
                  sharding.make_mesh(8))
 
 
+@pytest.mark.cpu_devices
 def test_learning_curve_survives_a_resume(tmp_path):
   """Curve points written before an interruption stay; none is written twice."""
   split = _split(n_train=64, validation=0.25)
@@ -252,6 +258,7 @@ def _three_steps(c, split, mesh):
   return jax.device_get(state.params), losses
 
 
+@pytest.mark.cpu_devices
 def test_the_accelerator_formulation_trains_as_the_cpu_one(monkeypatch):
   """What a GPU or TPU runs, forced on the CPU: XLA's own convolution gradients and no
   CPU compiler options. Three steps match the CPU formulation."""

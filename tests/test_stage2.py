@@ -151,6 +151,7 @@ def test_center_is_fixed_initial_mean_away_from_zero():
   np.testing.assert_array_equal(jax.device_get(state.centers)["res3"], centers0["res3"])
 
 
+@pytest.mark.cpu_devices
 def test_deep_svdd_separates_planted_patches():
   c = _config(**{"stage2.widths": (8, 16), "stage2.out_dim": 8, "stage2.batch_size": 32,
                  "stage2.learning_rate": 3e-3, "stage2.epochs": 40})
@@ -205,6 +206,7 @@ def test_classifier_head_learns_the_labelled_anomalies():
   assert metrics.auroc(logit["res3"], labels) > 0.95
 
 
+@pytest.mark.cpu_devices
 def test_sharded_step_equals_single_device():
   c = _config(**{"stage2.batch_size": 16})
   maps = _toy_maps(48, np.random.default_rng(3))
@@ -237,6 +239,7 @@ def _split(n=48, size=16, seed=0):
   return _one_class(normal, rng.integers(0, 256, (8, size, size, 3), dtype=np.uint8))
 
 
+@pytest.mark.cpu_devices
 def test_train_resume_equals_uninterrupted_and_reloads(tmp_path):
   c = _config(**{"stage2.epochs": 2, "stage2.batch_size": 8, "stage2.checkpoint_every_steps": 3})
   split = _split()
