@@ -64,6 +64,8 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, total: int,
   contrasts (per 256: images x shift.rotations)."""
   peak = config.optim.learning_rate * config.train.batch_size * config.shift.rotations / 256
   warmup = min(int(config.optim.warmup_epochs * per_epoch), total - 1)
+  if warmup <= 0:  # the same values; optax logs a line about an empty warm-up otherwise
+    return optax.cosine_decay_schedule(peak, total, alpha=0.0)
   return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, total, end_value=0.0)
 
 

@@ -246,6 +246,9 @@ def test_peak_learning_rate_counts_rotated_instances():
   for c in (plain, rotated):
     schedule = stage1.learning_rate_schedule(c, total=100, per_epoch=10)
     assert float(schedule(10)) == pytest.approx(0.6)
+  plain.optim.warmup_epochs = 0  # no warm-up: the cosine from the peak, to zero
+  schedule = stage1.learning_rate_schedule(plain, total=100, per_epoch=10)
+  assert float(schedule(0)) == pytest.approx(0.6) and float(schedule(100)) == 0.0
 
 
 def _three_steps(c, split, mesh):
