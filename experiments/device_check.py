@@ -21,6 +21,7 @@ is recorded with its error and the others still run:
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -58,13 +59,19 @@ def peak_flops(device_kind: str, dtype: str) -> float | None:
 
 
 def smoke(out: str, dtype: str) -> dict:
-  """The `:smoke` pipeline end to end on generated folders: two classes of coloured noise."""
+  """The `:smoke` pipeline end to end on generated folders: two classes of coloured noise.
+  Its data and workdir are temporary (a device returns all of `out`); its results.json is
+  kept as `out/smoke_<dtype>_results.json`."""
+  with tempfile.TemporaryDirectory(prefix="device_check_") as root:
+    return _smoke(root, out, dtype)
+
+
+def _smoke(root: str, out: str, dtype: str) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
 
   from mscm_jax import config as config_lib, pipeline  # pylint: disable=g-import-not-at-top
 
-  root = tempfile.mkdtemp(prefix="device_check_", dir=out)
   rng = np.random.default_rng(0)
   for split, n in (("train", 24), ("test", 8)):
     for k, name in enumerate(("a", "b")):
@@ -79,6 +86,8 @@ def smoke(out: str, dtype: str) -> dict:
   c.model.dtype, c.evaluate.report = dtype, False
   t = time.time()
   results = pipeline.run(config_lib.validate(c), os.path.join(root, "work"))
+  shutil.copy(os.path.join(root, "work", "results.json"),
+              os.path.join(out, f"smoke_{dtype}_results.json"))
   test = results["test_scores"]
   return {"seconds": round(time.time() - t, 1), "stage1_steps": results["stage1"]["steps"],
           **{f"auroc_{k}": round(test[k]["auroc"], 4) for k in ("mscm", "knn", "pixel_knn")}}
