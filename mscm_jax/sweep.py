@@ -146,6 +146,7 @@ class Cell:
   variant: str  # "" for none
   argv: tuple[str, ...]  # the main command's flags, --workdir excepted
   dataset_classes: tuple[str, ...]  # every class of the dataset: is the table complete?
+  ignored: tuple[str, ...] = ()  # `config.ignored_fields` of its config: said at the start
 
   @property
   def name(self) -> str:
@@ -189,6 +190,7 @@ def build_grid(config_arg: str, classes: Sequence[str], settings: Sequence[Setti
                seeds: Sequence[int], variants: dict[str, list[str]],
                common: Sequence[str]) -> tuple[list[Cell], tuple[str, ...]]:
   """Every cell, each config validated; also the dataset's class names."""
+  from mscm_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from mscm_jax.data import protocols, sources  # pylint: disable=g-import-not-at-top
   from mscm_jax.errors import UserError  # pylint: disable=g-import-not-at-top
 
@@ -221,7 +223,8 @@ def build_grid(config_arg: str, classes: Sequence[str], settings: Sequence[Setti
           except UserError as e:
             raise SweepError(f"{cls}, {setting.tag}: {e}") from None
           argv = (f"--config={config_arg}", *(f"--config.{o}" for o in overrides))
-          cells.append(Cell(cls, setting, seed, variant, argv, names))
+          cells.append(Cell(cls, setting, seed, variant, argv, names,
+                            tuple(config_lib.ignored_fields(config))))
   return cells, names
 
 
@@ -816,6 +819,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SweepError("two cells share a name: give each variant its own name")
       if args.stack:
         check_stacked(cells)
+      for line in dict.fromkeys(line for c in cells for line in c.ignored):  # once each
+        print(f"warning: {line} ({sum(line in c.ignored for c in cells)} of "
+              f"{len(cells)} cells)", file=sys.stderr, flush=True)
       if args.dry_run:
         for c in cells:
           state = ("done" if is_done(root, c) else

@@ -50,6 +50,13 @@ def test_grid_validates_every_cell_before_running(folder_tree, tmp_path):
   with pytest.raises(sweep.SweepError, match="no_such_field"):
     sweep.build_grid("configs/folder_oneclass.py:smoke", ["apple"],
                      [sweep.Setting.parse("oneclass")], [0], {}, [*common, "no_such_field=1"])
+  # A field a cell's setting ignores is named on that cell, to be said once at the start.
+  cells, _ = sweep.build_grid("configs/folder_oneclass.py:smoke", ["apple"],
+                              [sweep.Setting.parse("oneclass"),
+                               sweep.Setting.parse("unbalanced:0.2:cherry")],
+                              [0], {}, [*common, "stage2.eta=2.0"])
+  assert [len(c.ignored) for c in cells] == [1, 0]
+  assert cells[0].ignored[0].startswith("stage2.eta=2.0 has no effect here")
   # The unbalanced protocol's own check runs at grid time: too few labelled anomalies.
   with pytest.raises(sweep.SweepError):
     sweep.build_grid("configs/folder_oneclass.py:smoke", ["apple"],
