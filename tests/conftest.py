@@ -193,3 +193,12 @@ def finished_run(tmp_path_factory, worker_id):
   yield _finished_config(root), root / "w", made["results"]
   assert workdir_digest(root / "w") == {k: tuple(v) for k, v in made["digest"].items()}, (
       "a test wrote into finished_run's workdir: copy it first")
+
+
+@pytest.fixture
+def finished_copy(finished_run, tmp_path):
+  """`finished_run` with its workdir copied to tmp_path/w, for a test that runs in it, and
+  its config a copy to change."""
+  config, workdir, results = finished_run
+  shutil.copytree(workdir, tmp_path / "w")
+  return config.copy_and_resolve_references(), tmp_path / "w", results

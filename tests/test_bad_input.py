@@ -415,10 +415,8 @@ def _finished_argv(config, workdir: pathlib.Path, *extra: str) -> list[str]:
           "--config.stage2.epochs=4", *extra, f"--workdir={workdir}"]
 
 
-def test_cli_refuses_a_stale_workdir_in_one_line(finished_run, tmp_path):
-  config, src, _ = finished_run
-  workdir = tmp_path / "w"
-  shutil.copytree(src, workdir)
+def test_cli_refuses_a_stale_workdir_in_one_line(finished_copy):
+  config, workdir, _ = finished_copy
   before = workdir_digest(workdir)
   argv = _finished_argv(config, workdir, "--config.loss.temperature=0.3")
   r = subprocess.run([sys.executable, "-m", "mscm_jax.main", *argv], cwd=ROOT,
@@ -670,12 +668,9 @@ def test_row_count():
   assert n >= 30
 
 
-def test_load_trusts_intact_checkpoints_beside_a_garbled_checksum_file(finished_run,
-                                                                       loaded_detector,
-                                                                       tmp_path):
-  _, src, _ = finished_run
-  w = tmp_path / "w"
-  shutil.copytree(src, w)
+def test_load_trusts_intact_checkpoints_beside_a_garbled_checksum_file(finished_copy,
+                                                                       loaded_detector):
+  _, w, _ = finished_copy
   (w / "stage1" / "checksums.json").write_text("{not json")
   before = workdir_digest(w)
   images = np.random.default_rng(3).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
@@ -684,12 +679,10 @@ def test_load_trusts_intact_checkpoints_beside_a_garbled_checksum_file(finished_
   np.testing.assert_array_equal(det.score(images), loaded_detector.score(images))
 
 
-def test_an_interrupted_identity_write_is_not_a_stale_stage(finished_run, tmp_path):
+def test_an_interrupted_identity_write_is_not_a_stale_stage(finished_copy):
   """A kill (or a full disk) inside the first IDENTITY.json write of stage 2 leaves only
   IDENTITY.json.tmp: the rerun trains stage 2, and does not refuse it as unverifiable."""
-  config, src, results = finished_run
-  w = tmp_path / "w"
-  shutil.copytree(src, w)
+  config, w, results = finished_copy
   shutil.rmtree(w / "stage2")
   (w / "results.json").unlink()  # the run never got that far
   (w / "stage2").mkdir()

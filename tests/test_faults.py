@@ -259,13 +259,11 @@ def test_sigkill_at_any_moment_then_rerun_is_bitwise_equal(tmp_path):
   assert _comparable(results_b, b) == _comparable(results_a, a)
 
 
-def test_kill_after_the_probe_is_logged_logs_it_once(finished_run, tmp_path):
+def test_kill_after_the_probe_is_logged_logs_it_once(finished_copy):
   """A kill between the stage-1 probe's metrics line and FINISHED.json: a window of
   milliseconds that random kills seldom hit, so its leftovers are made from a finished
   workdir (checkpoints, the probe's line, no FINISHED.json, nothing of stage 2)."""
-  config, workdir, _ = finished_run
-  w = tmp_path / "w"
-  shutil.copytree(workdir, w)
+  config, w, _ = finished_copy
   (w / "stage1" / "FINISHED.json").unlink()
   for d in ("stage2", "tensorboard/stage2", "report"):
     shutil.rmtree(w / d, ignore_errors=True)

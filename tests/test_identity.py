@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -14,13 +13,6 @@ from mscm_jax.runtime import identity
 from mscm_jax.runtime import workdir as workdir_lib
 from mscm_jax.api import AnoMemDetector
 from mscm_jax.errors import StaleStageError, WorkdirError
-
-
-def _copy(finished_run, tmp_path):
-  config, workdir, results = finished_run
-  dst = tmp_path / "w"
-  shutil.copytree(workdir, dst)
-  return config.copy_and_resolve_references(), dst, results
 
 
 @pytest.mark.parametrize("field, value, stage", [
@@ -35,9 +27,9 @@ def _copy(finished_run, tmp_path):
     ("stage2.inputs", "difference", "stage2"),  # other shapes: no orbax traceback
     ("stage2.epochs", 5, "stage2"),
 ])
-def test_changed_field_is_refused_and_the_workdir_is_untouched(finished_run, tmp_path, field,
+def test_changed_field_is_refused_and_the_workdir_is_untouched(finished_copy, field,
                                                                value, stage):
-  c, w, _ = _copy(finished_run, tmp_path)
+  c, w, _ = finished_copy
   config_lib.set_fields(c, {field: value})
   before = workdir_digest(w)
   with pytest.raises(StaleStageError) as e:
@@ -49,15 +41,15 @@ def test_changed_field_is_refused_and_the_workdir_is_untouched(finished_run, tmp
   AnoMemDetector.load(str(w))
 
 
-def test_other_normal_class_is_refused_naming_the_data(finished_run, tmp_path):
-  c, w, _ = _copy(finished_run, tmp_path)
+def test_other_normal_class_is_refused_naming_the_data(finished_copy):
+  c, w, _ = finished_copy
   c.dataset.normal_class = "c1"
   with pytest.raises(StaleStageError, match=r"data.normal_classes: \["):
     pipeline.run(c, str(w))
 
 
-def test_operational_fields_do_not_make_a_stage_stale(finished_run, tmp_path):
-  c, w, results = _copy(finished_run, tmp_path)
+def test_operational_fields_do_not_make_a_stage_stale(finished_copy):
+  c, w, results = finished_copy
   c.train.log_every_steps = 7
   c.train.checkpoint_every_steps = 9
   c.frozen.batch_size = 13
@@ -66,8 +58,8 @@ def test_operational_fields_do_not_make_a_stage_stale(finished_run, tmp_path):
   assert again == json.loads(json.dumps(results))
 
 
-def test_discard_stale_retrains_the_stale_stage_and_keeps_the_rest(finished_run, tmp_path):
-  c, w, results = _copy(finished_run, tmp_path)
+def test_discard_stale_retrains_the_stale_stage_and_keeps_the_rest(finished_run, finished_copy):
+  c, w, results = finished_copy
   s1_sums = (w / "stage1" / "checksums.json").read_text()
   c.stage2.epochs = 2
   out = pipeline.run(c, str(w), discard_stale=True)
@@ -94,8 +86,8 @@ def test_stage1_from_refuses_a_stage1_of_another_config(finished_run, tmp_path):
     pipeline.run(config, str(tmp_path / "new"), stage1_from=str(tmp_path / "nothing"))
 
 
-def test_a_stage_without_identity_is_never_trusted(finished_run, tmp_path):
-  c, w, _ = _copy(finished_run, tmp_path)
+def test_a_stage_without_identity_is_never_trusted(finished_copy):
+  c, w, _ = finished_copy
   os.remove(w / "stage1" / "IDENTITY.json")
   with pytest.raises(StaleStageError, match="no IDENTITY.json"):
     pipeline.run(c, str(w))
@@ -104,8 +96,8 @@ def test_a_stage_without_identity_is_never_trusted(finished_run, tmp_path):
     pipeline.run(c, str(w))
 
 
-def test_load_refuses_a_config_json_that_does_not_match_the_stages(finished_run, tmp_path):
-  _, w, _ = _copy(finished_run, tmp_path)
+def test_load_refuses_a_config_json_that_does_not_match_the_stages(finished_copy):
+  _, w, _ = finished_copy
   saved = json.loads((w / "config.json").read_text())
   saved["loss"]["temperature"] = 0.3
   (w / "config.json").write_text(json.dumps(saved))
@@ -157,8 +149,8 @@ def test_workdir_that_cannot_hold_a_run(tmp_path):
     workdir_lib.prepare("")
 
 
-def test_stop_after_on_a_finished_workdir_keeps_its_results(finished_run, tmp_path):
-  c, w, _ = _copy(finished_run, tmp_path)
+def test_stop_after_on_a_finished_workdir_keeps_its_results(finished_copy):
+  c, w, _ = finished_copy
   saved = (w / "results.json").read_text()
   c.stop_after = "stage1"
   out = pipeline.run(c, str(w))
@@ -166,14 +158,12 @@ def test_stop_after_on_a_finished_workdir_keeps_its_results(finished_run, tmp_pa
   assert (w / "results.json").read_text() == saved  # still this identity's evaluation
 
 
-def test_a_workdir_in_use_is_refused_and_freed_when_its_holder_dies(finished_run, tmp_path):
+def test_a_workdir_in_use_is_refused_and_freed_when_its_holder_dies(finished_copy):
   import signal  # pylint: disable=g-import-not-at-top
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
 
-  config, src, _ = finished_run
-  w = tmp_path / "w"
-  shutil.copytree(src, w)
+  config, w, results = finished_copy
   before = workdir_digest(w)
   with workdir_lib.locked(str(w)):
     with pytest.raises(WorkdirError, match=r"in use by another run \(pid \d+ on .* since"):
@@ -192,4 +182,4 @@ def test_a_workdir_in_use_is_refused_and_freed_when_its_holder_dies(finished_run
     holder.send_signal(signal.SIGKILL)
     holder.wait()
   again = pipeline.run(config, str(w))  # finished: returns its results at once
-  assert again["identity"] == finished_run[2]["identity"]
+  assert again["identity"] == results["identity"]

@@ -221,7 +221,7 @@ _PHASES = {
 
 @pytest.mark.parametrize("phase", list(_PHASES))
 def test_a_signal_in_any_phase_reaches_main_and_the_rerun_keeps_what_finished(
-    finished_run, tmp_path, monkeypatch, phase):
+    finished_copy, monkeypatch, phase):
   """SIGTERM while data are read, stage 2 reads its features, the evaluation scores or the
   report draws: nothing on the way swallows main's handler (`_Signalled`), no results are
   written, the finished stages are kept, and a rerun trains only the stage that had begun."""
@@ -230,9 +230,7 @@ def test_a_signal_in_any_phase_reaches_main_and_the_rerun_keeps_what_finished(
 
   from mscm_jax import main, report  # pylint: disable=g-import-not-at-top
 
-  config, done, _ = finished_run
-  workdir = tmp_path / "w"
-  shutil.copytree(done, workdir)
+  config, workdir, _ = finished_copy
   module, name, kept = _PHASES[phase]
   module = report if module == "report" else module
   for stage in ("stage1", "stage2"):

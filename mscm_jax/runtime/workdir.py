@@ -142,7 +142,11 @@ def read_json(path: str) -> Any:
     with open(path) as f:
       return json.load(f)
   except (OSError, ValueError) as e:
-    raise WorkdirError(f"{path} is damaged ({type(e).__name__}: {e})") from None
+    raise damaged(path, e) from None
+
+
+def damaged(path: str, e: Exception) -> WorkdirError:
+  return WorkdirError(f"{path} is damaged ({type(e).__name__}: {e})")
 
 
 def stage_dir(workdir: str, stage: str) -> str:
@@ -183,7 +187,7 @@ def recorded_identity(workdir: str, stage: str) -> Identity | None:
                          "identities, or damaged), so it cannot be verified")
     return Identity.from_json(record)
   except (KeyError, TypeError) as e:
-    raise WorkdirError(f"{path} is damaged ({type(e).__name__}: {e})") from None
+    raise damaged(path, e) from None
 
 
 def record_identity(workdir: str, ident: Identity) -> None:
