@@ -48,12 +48,13 @@ def read(path: str) -> list[dict[str, Any]]:
     return []
   with open(path, "rb") as f:
     text = f.read()
-  whole, _, torn = text.rpartition(b"\n") if not text.endswith(b"\n") else (text, b"", b"")
-  if torn:
-    print(f"{path}: dropping its unfinished last line ({len(torn)} bytes)", flush=True)
+  whole = text.rfind(b"\n") + 1  # bytes up to the last complete line
+  if whole < len(text):
+    print(f"{path}: dropping its unfinished last line ({len(text) - whole} bytes)",
+          flush=True)
     with open(path, "r+b") as f:
-      f.truncate(len(whole) + 1 if whole else 0)
-  return [json.loads(line) for line in whole.decode().splitlines() if line.strip()]
+      f.truncate(whole)
+  return [json.loads(line) for line in text[:whole].decode().splitlines() if line.strip()]
 
 
 def emit(row: dict[str, Any], path: str, summary: str | None = None) -> None:

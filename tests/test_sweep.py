@@ -343,13 +343,14 @@ def test_a_stopped_or_killed_workers_run_stops_and_the_cell_is_recorded_once(tmp
   from mscm_jax.runtime.workdir import LOCK_FILE, lock_holder  # pylint: disable=g-import-not-at-top
 
   root = tmp_path / "sweep"
-  cmd = _sweep_cmd(tmp_path, "w0", classes="c0", epochs=40)  # stopped after a few of 40 steps
   cell = root / "c0.oneclass.s0"
 
+  def cmd(worker):  # one cell of 40 steps, stopped after a few
+    return _sweep_cmd(tmp_path, worker, classes="c0", epochs=40)
+
   def start_then_wait_for_a_checkpoint(worker, after):
-    proc = subprocess.Popen([a.replace("--worker=w0", f"--worker={worker}") for a in cmd],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = subprocess.Popen(cmd(worker), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
     while max(saved_steps(str(cell / "stage1")), default=0) <= after:  # a new checkpoint
       assert time.time() < deadline and proc.poll() is None, "the run never got going"
@@ -378,8 +379,8 @@ def test_a_stopped_or_killed_workers_run_stops_and_the_cell_is_recorded_once(tmp
        "print('held', flush=True); sys.stdin.readline()"],
       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
   assert holder.stdout.readline().strip() == "held"
-  third = subprocess.Popen([a.replace("--worker=w0", "--worker=w2") for a in cmd], cwd=ROOT,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  third = subprocess.Popen(cmd("w2"), cwd=ROOT, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
   seen = []
   for line in third.stdout:  # the worker waits for the holder instead of failing on it
     seen.append(line)
