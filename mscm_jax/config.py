@@ -99,6 +99,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.memory.shrink_threshold = 0.0  # MemAE hard shrinkage; 0 disables
   c.memory.retrieval_steps = 1
   c.memory.top_k = 0  # > 0: each read attends to its k best prototypes only; 0 = all
+  # replace/residual: the read-out enters the encoder's path over this many epochs (the next
+  # stage gets f + g r, or (1 - g) f + g r, g rising linearly 0 -> 1), so that a random
+  # memory is not a bottleneck at the start; 1 from then on and in every evaluation.
+  c.memory.path_warmup_epochs = 0.0
 
   c.loss = ml_collections.ConfigDict()
   c.loss.temperature = 0.5
@@ -115,6 +119,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.warmup_epochs = 10
   c.optim.weight_decay = 1e-6
   c.optim.momentum = 0.9
+  c.optim.clip_norm = 0.0  # > 0: gradients clipped to this global norm first; 0 = off
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 512  # global batch, in images (two views each)
@@ -407,6 +412,8 @@ _IGNORED_WHEN = (
     ("loss.scale_weight",
      lambda c: c.memory.mode != "branch" or c.memory.train != "contrastive",
      "the per-scale NT-Xent heads exist with memory.mode='branch', memory.train='contrastive'"),
+    ("memory.path_warmup_epochs", lambda c: c.memory.mode == "branch",
+     "only a memory in the encoder's path (memory.mode='replace' or 'residual') enters it"),
     ("optim.momentum", lambda c: c.optim.name == "adam",
      "optim.name='adam' keeps its own moments (momentum is for 'lars' and 'sgd')"),
     ("validation.anomalies", lambda c: c.validation.fraction == 0,
@@ -491,6 +498,10 @@ def validate(c: ml_collections.ConfigDict,
                       "(an attention weight; 0 disables)")
   _check_int("memory.retrieval_steps", mem.retrieval_steps, 1)
   _check_int("memory.top_k", mem.top_k, 0, mem.num_prototypes)
+  if not 0 <= mem.path_warmup_epochs < c.train.epochs:
+    raise ConfigError(f"memory.path_warmup_epochs={mem.path_warmup_epochs!r} must lie in "
+                      f"[0, train.epochs={c.train.epochs!r}) (the memory must end fully in "
+                      "the path)")
 
   lo = c.loss
   _check_positive("loss.temperature", lo.temperature,
@@ -507,7 +518,7 @@ def validate(c: ml_collections.ConfigDict,
   o = c.optim
   _check_choice("optim.name", o.name, OPTIMIZERS)
   _check_positive("optim.learning_rate", o.learning_rate)
-  for name in ("warmup_epochs", "weight_decay"):
+  for name in ("warmup_epochs", "weight_decay", "clip_norm"):
     if o[name] < 0:
       raise ConfigError(f"optim.{name}={o[name]!r} must be >= 0")
   _check_range("optim.momentum", o.momentum, 0.0, 0.999)

@@ -77,12 +77,24 @@ def _decay_mask(params: Any) -> Any:
 def build_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule):
   o = config.optim
   if o.name == "lars":
-    return optax.lars(schedule, weight_decay=o.weight_decay, weight_decay_mask=_decay_mask,
-                      trust_ratio_mask=_decay_mask, momentum=o.momentum)
-  if o.name == "sgd":
-    return optax.chain(optax.add_decayed_weights(o.weight_decay, _decay_mask),
-                       optax.sgd(schedule, momentum=o.momentum))
-  return optax.adamw(schedule, weight_decay=o.weight_decay, mask=_decay_mask)
+    tx = optax.lars(schedule, weight_decay=o.weight_decay, weight_decay_mask=_decay_mask,
+                    trust_ratio_mask=_decay_mask, momentum=o.momentum)
+  elif o.name == "sgd":
+    tx = optax.chain(optax.add_decayed_weights(o.weight_decay, _decay_mask),
+                     optax.sgd(schedule, momentum=o.momentum))
+  else:
+    tx = optax.adamw(schedule, weight_decay=o.weight_decay, mask=_decay_mask)
+  return optax.chain(optax.clip_by_global_norm(o.clip_norm), tx) if o.clip_norm else tx
+
+
+def memory_gate_schedule(config: ml_collections.ConfigDict,
+                         per_epoch: int) -> optax.Schedule | None:
+  """How far the memory has entered the encoder's path at a step (0 -> 1 over
+  memory.path_warmup_epochs); None where it is fully there from the start."""
+  steps = int(config.memory.path_warmup_epochs * per_epoch)
+  if config.memory.mode == "branch" or steps <= 0:
+    return None
+  return optax.linear_schedule(0.0, 1.0, steps)
 
 
 # ------------------------------------------------------------------------ train state
@@ -161,6 +173,10 @@ def total_loss(terms: dict[str, jax.Array], config: ml_collections.ConfigDict) -
 def nan_advice(config: ml_collections.ConfigDict) -> Callable[[list[str]], str]:
   """What to change when these logged terms became NaN/Inf (the loop's message ends so)."""
   lr = f"optim.learning_rate (now {config.optim.learning_rate})"
+  if not config.optim.clip_norm:
+    lr += " or set optim.clip_norm (e.g. 5)"
+  if config.memory.mode != "branch" and not config.memory.path_warmup_epochs:
+    lr += ", or let the memory enter the path gradually (memory.path_warmup_epochs)"
 
   def advice(terms: list[str]) -> str:
     if any(t.startswith("nt_xent") for t in terms):
@@ -177,22 +193,24 @@ def nan_advice(config: ml_collections.ConfigDict) -> Callable[[list[str]], str]:
 
 
 def make_update(config: ml_collections.ConfigDict, model: AnoMem, tx,
-                schedule: optax.Schedule) -> Callable:
+                schedule: optax.Schedule, gate: optax.Schedule | None = None) -> Callable:
   """The pure update on augmented views: (state, views [2B,H,W,3], flags [B]) -> (state, logged).
 
   Views 0..B-1 and B..2B-1 are the two views of the same B images. Separate from the
-  sampling and augmentation so that benchmarks time the model's step on its own.
+  sampling and augmentation so that benchmarks time the model's step on its own. `gate`:
+  the memory's path warm-up (`memory_gate_schedule`).
   """
   unbalanced = config.setting == "unbalanced"
 
   def update(state: TrainState, x: jax.Array, flags: jax.Array):
     chex.assert_shape(x, (2 * flags.shape[0],) + x.shape[1:])
     anomaly_mask = jnp.concatenate([flags, flags]) if unbalanced else None
+    memory_gate = None if gate is None else gate(state.step)
 
     def loss_fn(params):
       out, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, x,
                                  train=True, anomaly_mask=anomaly_mask,
-                                 mutable=["batch_stats"])
+                                 memory_gate=memory_gate, mutable=["batch_stats"])
       terms = loss_terms(out, params, flags, config)
       return total_loss(terms, config), (terms, out, updates["batch_stats"])
 
@@ -204,6 +222,8 @@ def make_update(config: ml_collections.ConfigDict, model: AnoMem, tx,
                               opt_state=opt_state)
     logged = {"loss": loss, **terms, "grad_norm": optax.global_norm(grads),
               "learning_rate": schedule(state.step)}
+    if memory_gate is not None:
+      logged["memory_gate"] = memory_gate
     for scale in config.memory.scales:
       protos = params[f"memory_{scale}"]["prototypes"]
       logged[f"proto_std_{scale}"] = jnp.mean(jnp.std(protos, axis=0))
@@ -221,7 +241,8 @@ def make_step_body(config: ml_collections.ConfigDict, model: AnoMem, tx,
   rotations = config.shift.rotations
   aug_params = augment.AugmentParams.from_config(config.augment)
   data_spec = sharding.data_sharding(mesh)
-  update = make_update(config, model, tx, schedule)
+  gate = memory_gate_schedule(config, num_steps(config, data_size)[1])
+  update = make_update(config, model, tx, schedule, gate)
 
   def step_fn(state: TrainState, images: jax.Array, is_anomaly: jax.Array):
     data_key = jax.random.fold_in(state.rng, 0)  # fixed: epochs are permutations of it

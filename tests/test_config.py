@@ -64,6 +64,8 @@ def test_presets_shrink_the_schedule():
     ("augment.jitter_prob", 1.5, "jitter_prob"),
     ("optim.name", "rmsprop", "optim.name"),
     ("train.batch_size", 1, "batch_size"),
+    ("memory.path_warmup_epochs", 500.0, "path_warmup_epochs"),  # = train.epochs
+    ("optim.clip_norm", -1.0, "clip_norm"),
     ("stage2.inputs", "cosine_distance+angle", "stage2.inputs entry"),
     ("stage2.inputs", "difference+difference", "twice"),
     ("stack.workdir_name", "runs", "stack.workdir_name"),  # every class in one workdir
@@ -110,6 +112,9 @@ def test_fields_the_config_ignores_are_named():
       "validation.fraction": 0.0, "validation.anomalies": 10, "stack.model_axis": 2})
   assert [line.split("=")[0] for line in config_lib.ignored_fields(c)] == [
       "loss.codebook_weight", "optim.momentum", "validation.anomalies", "stack.model_axis"]
+  c.memory.path_warmup_epochs = 1.0  # the branch memory is never in the path
+  assert config_lib.ignored_fields(c)[1].startswith("memory.path_warmup_epochs=1.0")
+  c.memory.path_warmup_epochs = 0.0
   c.memory.train, c.memory.mode = "codebook", "branch"  # now it is the codebook's weight...
   c.loss.alignment_weight = c.loss.scale_weight = 0.5  # ...and these have no effect
   assert [line.split("=")[0] for line in config_lib.ignored_fields(c)] == [

@@ -139,6 +139,13 @@ def test_identity_fields_and_fingerprints(finished_run):
       "loss.temperature: 0.5 -> 0.25"]
 
 
+def test_a_field_at_its_neutral_value_leaves_older_identities_valid():
+  c = config_lib.apply_preset(config_lib.base_config(), "smoke")
+  assert not set(identity.NEUTRAL) & set(identity.config_fields(c, "stage1"))
+  c.optim.clip_norm = 5.0
+  assert identity.config_fields(c, "stage1")["optim.clip_norm"] == 5.0
+
+
 def test_workdir_that_cannot_hold_a_run(tmp_path):
   (tmp_path / "file").write_text("x")
   with pytest.raises(WorkdirError, match="is a file"):

@@ -321,6 +321,26 @@ def test_replace_and_residual_feed_the_next_stage(mode: str) -> None:
   assert not np.allclose(out["features"]["res2"], out["readout"]["res2"], atol=1e-3)
 
 
+@pytest.mark.parametrize("mode", ["replace", "residual"])
+def test_the_memory_gate_lets_the_memory_into_the_path(mode: str) -> None:
+  """g = 0: the next stage gets f as if there were no memory; g = 1 is the ungated path."""
+  model, variables, _ = _tiny(mode)
+  x = _images(2, 8)
+
+  def run(gate: float | None, params: Any = variables["params"]) -> dict[str, Any]:
+    return model.apply({**variables, "params": params}, x, train=False, memory_gate=gate)
+
+  chex.assert_trees_all_close(run(1.0), run(None), rtol=1e-6, atol=1e-6)
+  closed = run(0.0)
+  np.testing.assert_array_equal(closed["embedding"], closed["features"]["pooled"])
+  moved = run(0.0, _perturb_memories(variables["params"]))
+  np.testing.assert_array_equal(moved["embedding"], closed["embedding"])
+  half = run(0.5)
+  f, r = half["features"]["pooled"], half["readout"]["pooled"]
+  np.testing.assert_allclose(half["embedding"], f + 0.5 * (r - f) if mode == "replace"
+                             else f + 0.5 * r, rtol=1e-6, atol=1e-6)
+
+
 def test_attention_is_a_distribution_and_deviation_in_range() -> None:
   out, _, _ = _tiny_run("replace")
   for s in TINY_SCALES:

@@ -3,9 +3,11 @@
 import json
 import os
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from mscm_jax import config as config_lib, errors, stage1
@@ -126,6 +128,36 @@ def test_update_fits_a_fixed_batch():
     state, logged = update(state, views, jnp.zeros(32, bool))
     losses.append(float(logged["nt_xent"]))
   assert losses[0] > 4.0 and np.mean(losses[-3:]) < losses[0] - 1.0, losses
+
+
+def test_the_memory_enters_the_path_over_its_warmup():
+  split = _split(n_train=32)  # 2 steps an epoch at batch 16
+  c = _config(**{"memory.mode": "residual", "memory.path_warmup_epochs": 2.0,
+                 "train.epochs": 3})
+  parts = stage1.components(c, split.n_train, split.train_images.shape[1:],
+                            sharding.make_mesh(1))
+  state, gates = parts.init_fn(jax.random.PRNGKey(0)), []
+  for _ in range(6):
+    state, logged = _steps(parts, state, split, sharding.make_mesh(1))
+    gates.append(float(logged["memory_gate"]))
+  assert gates == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+  assert np.isfinite(float(logged["loss"]))
+  for fields in ({"memory.mode": "residual"}, {"memory.path_warmup_epochs": 2.0}):
+    assert stage1.memory_gate_schedule(_config(**{"train.epochs": 3, **fields}), 2) is None
+
+
+def test_clip_norm_clips_the_gradient_before_the_optimiser():
+  params = {"w": jnp.ones((3, 3))}
+  grads = {"w": jnp.full((3, 3), 1e3)}
+
+  def update(clip, scale):
+    tx = stage1.build_optimizer(_config(**{"optim.clip_norm": clip}),
+                                optax.constant_schedule(0.1))
+    return tx.update(jax.tree.map(lambda g: g * scale, grads), tx.init(params), params)[0]
+
+  chex.assert_trees_all_close(update(1.0, 1.0), update(1.0, 100.0))
+  assert not np.allclose(update(0.0, 1.0)["w"], update(0.0, 100.0)["w"])
+  assert float(optax.global_norm(update(1.0, 1.0))) < 0.11  # lr x clip, plus the decay
 
 
 @pytest.mark.cpu_devices

@@ -9,6 +9,8 @@ the read-out r of a scale's feature f:
                read-out is pooled and projected by its own head (for its own NT-Xent
                term), with 'codebook' the memory reads stop_gradient(f) and learns only
                from a codebook loss (`losses.feature_alignment`), costing the encoder nothing.
+With a `memory_gate` g in [0, 1] (the memory entering the path during a warm-up),
+'residual' gives f + g r and 'replace' f + g (r - f); None is g = 1: exactly f + r and r.
 
 Unbalanced setting: rows flagged by `anomaly_mask` (labelled anomalies) get the read-out
 f + stop_gradient(r - f) instead of r (computed as stop_gradient(r) + (f - stop_gradient(f)),
@@ -70,7 +72,8 @@ def cosine_deviation(f: jax.Array, r: jax.Array, eps: float = 1e-8) -> jax.Array
 class AnoMem(nn.Module):
   """Encoder + per-scale Hopfield memories + projection heads (see the module docstring).
 
-  `__call__(x, train, anomaly_mask=None)` takes images [B,H,W,3] in [0,1] and returns
+  `__call__(x, train, anomaly_mask=None, memory_gate=None)` takes images [B,H,W,3] in [0,1]
+  and returns
     'features':  {scale: f_s} encoder feature before the memory ([B,h,w,C] or [B,C]),
     'readout':   {scale: r_s} same shapes (anomaly rows masked as described above),
     'attention': {scale: a_s} [B,h,w,N] or [B,N], float32,
@@ -117,7 +120,8 @@ class AnoMem(nn.Module):
     super().__post_init__()
 
   def _memory(
-    self, scale: str, f: jax.Array, anomaly_mask: jax.Array | None, out: dict[str, Any]
+    self, scale: str, f: jax.Array, anomaly_mask: jax.Array | None, out: dict[str, Any],
+    gate: jax.Array | None = None,
   ) -> jax.Array:
     """Reads the memory of `scale`, records f, r, a; returns what flows on."""
     codebook = self.memory_train == "codebook"
@@ -137,15 +141,17 @@ class AnoMem(nn.Module):
     out["features"][scale] = f
     out["readout"][scale] = r
     out["attention"][scale] = a
+    if self.memory_mode == "branch":
+      return f
+    g = None if gate is None else jnp.asarray(gate, jnp.float32).astype(r.dtype)
     if self.memory_mode == "replace":
-      return r
-    if self.memory_mode == "residual":
-      return f + r
-    return f
+      return r if g is None else f + g * (r - f)
+    return f + r if g is None else f + g * r
 
   @nn.compact
   def __call__(
-    self, x: jax.Array, train: bool, anomaly_mask: jax.Array | None = None
+    self, x: jax.Array, train: bool, anomaly_mask: jax.Array | None = None,
+    memory_gate: jax.Array | None = None,
   ) -> dict[str, Any]:
     out: dict[str, Any] = {"features": {}, "readout": {}, "attention": {}}
     h = Stem(self.widths[0], self.dtype, name="stem")(normalize_images(x, self.dtype), train)
@@ -154,10 +160,10 @@ class AnoMem(nn.Module):
         self.stage_sizes[i], self.widths[i], 1 if i == 0 else 2, self.dtype, name=scale
       )(h, train)
       if scale in self.memory_scales:
-        h = self._memory(scale, h, anomaly_mask, out)
+        h = self._memory(scale, h, anomaly_mask, out, memory_gate)
     emb = jnp.mean(h, axis=(1, 2))
     if "pooled" in self.memory_scales:
-      emb = self._memory("pooled", emb, anomaly_mask, out)
+      emb = self._memory("pooled", emb, anomaly_mask, out, memory_gate)
     out["embedding"] = emb
     out["projection"] = ProjectionHead(self.head_dims, self.dtype, name="head")(emb, train)
     if self.rotation_classes:

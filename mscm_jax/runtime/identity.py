@@ -44,6 +44,9 @@ OPERATIONAL = frozenset({
     "stage2.log_every_steps", "stage2.checkpoint_every_steps",
     "frozen.batch_size", "evaluate.report",
 })
+# Fields added after workdirs existed, at the value that leaves the computation as it was:
+# left out of the identity there, so that those workdirs stay valid.
+NEUTRAL = {"memory.path_warmup_epochs": 0.0, "optim.clip_norm": 0.0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +88,8 @@ def config_fields(config: ml_collections.ConfigDict, stage: str) -> dict[str, An
   """{dotted field: value} of the config fields `stage` reads, operational ones left out."""
   flat = _flat(json.loads(config.to_json_best_effort()))
   fields = {k: v for k, v in flat.items()
-            if k.split(".")[0] in _READS[stage] and k not in OPERATIONAL}
+            if k.split(".")[0] in _READS[stage] and k not in OPERATIONAL
+            and not (k in NEUTRAL and v == NEUTRAL[k])}
   if stage == "stage1" and config.setting != "unbalanced":
     fields.pop("anomaly_ratio", None)  # read only by the unbalanced protocol
   return dict(sorted(fields.items()))
