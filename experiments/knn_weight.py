@@ -24,9 +24,7 @@ import time
 
 import numpy as np
 
-from mscm_jax import config as config_lib
-from mscm_jax import evaluate, metrics, pipeline, scoring, stage1, stage2
-from mscm_jax.runtime import sharding
+from mscm_jax import evaluate, metrics
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import rows  # noqa: E402  (experiments/rows.py, beside this script)
@@ -37,17 +35,9 @@ REPORTED = (0.0, 1.0)  # test AUROC: the paper's score and the default
 
 def rescore(workdir: str) -> dict:
   t = time.time()
-  c = config_lib.load_json(os.path.join(workdir, "config.json"), old_names=True)
-  c.evaluate.report = False
-  mesh = sharding.make_mesh(c.train.num_devices)
-  split = pipeline.load_split(c)
-  s1, shape = stage1.load_finished(c, workdir, mesh, repair=False)
-  s2 = stage2.load_finished(c, workdir, shape, mesh, repair=False)
-  one = sharding.member_mesh(mesh)
-  stage2.complete_extras([c], [split], [s1], [s2], one)
-  scorer = scoring.Scorer(c, s1, s2)
-  out, = evaluate.compute_scores([c], [split], scoring.MemberScorers([scorer], one))
-  (mean, std), (d_mean, d_std) = scorer.knn_spread, s2.detector_spread
+  c, split, scorer = rows.finished(workdir)
+  out, = evaluate.compute_scores([c], [split], scorer.as_members)
+  (mean, std), (d_mean, d_std) = scorer.knn_spread, scorer.s2.detector_spread
   term = "knn_rot" if c.shift.rotations > 1 else "knn"
   with open(os.path.join(workdir, "results.json")) as f:
     saved = json.load(f)["validation_scores"]["mscm"]["auroc"]

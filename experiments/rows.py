@@ -1,5 +1,6 @@
 """What the scripts here share: a step timed past its compile, the stage-1 program of
-K models timed so, and the resumable JSON-lines file each writes a row at a time."""
+K models timed so, a finished run loaded for rescoring, and the resumable JSON-lines file
+each writes a row at a time."""
 
 import json
 import os
@@ -72,3 +73,22 @@ def known(names: list[str], choices: dict[str, Any], what: str = "variants") -> 
   if unknown:
     raise SystemExit(f"unknown {what} {unknown}; choose from {list(choices)}")
   return names
+
+
+def finished(workdir: str, **fields: Any):
+  """(config, split, Scorer) of a finished run, for rescoring without training: its stage 1
+  and stage 2 loaded (a config saved before the stage-2 renames of names.py read under the
+  new names), the k-NN bank and the detectors' spread made from them when the run predates
+  them (`stage2.complete_extras`). `fields`: config overrides, e.g. evaluate fields."""
+  # pylint: disable=g-import-not-at-top
+  from mscm_jax import config as config_lib, pipeline, scoring, stage1, stage2
+  from mscm_jax.runtime import sharding
+
+  c = config_lib.load_json(os.path.join(workdir, "config.json"), old_names=True)
+  c = config_lib.set_fields(c, {"evaluate.report": False, **fields})
+  mesh = sharding.make_mesh(c.train.num_devices)
+  split = pipeline.load_split(c)
+  s1, shape = stage1.load_finished(c, workdir, mesh, repair=False)
+  s2 = stage2.load_finished(c, workdir, shape, mesh, repair=False)
+  stage2.complete_extras([c], [split], [s1], [s2], sharding.member_mesh(mesh))
+  return c, split, scoring.Scorer(c, s1, s2)

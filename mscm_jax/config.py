@@ -167,6 +167,9 @@ def base_config() -> ml_collections.ConfigDict:
   # 1: validation AUROC 0.741 (0) -> 0.771 on the :cpu grid's 20 runs, 0.5 level with it,
   # 0.25-1.5 within 0.004 (experiments/results/mscm_knn.md).
   c.evaluate.knn_weight = 1.0
+  # True: every score is the mean of the image's and its mirror image's (a test-time
+  # ensemble over stage 1's horizontal flip); the k-NN bank stays unmirrored.
+  c.evaluate.flip_tta = False
   c.evaluate.report = True  # PNGs in workdir/report/
 
   # Images per forward pass of the frozen stage-1 model, wherever it is read: stage 2's
@@ -276,8 +279,8 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str | None) -> ml_collect
     c.train.log_every_steps = 10
     c.train.checkpoint_every_steps = 50
     if preset == "cpu_long":
-      # 7.5x `cpu`'s steps (2,700): the same design scaled; measured so far on automobile
-      # and cat, one seed (experiments/results/cpu_long.md).
+      # 7.5x `cpu`'s steps (2,700): the same design scaled, not chosen by a comparison
+      # (experiments/results/cpu_long.md).
       c.train.epochs = 38
       c.train.log_every_steps = 20
       c.train.checkpoint_every_steps = 200
@@ -570,6 +573,8 @@ def validate(c: ml_collections.ConfigDict,
   _check_int("evaluate.knn_k", e.knn_k, 1)
   if not isinstance(e.knn_weight, (int, float)) or e.knn_weight < 0:
     raise ConfigError(f"evaluate.knn_weight={e.knn_weight!r} must be a number >= 0")
+  if not isinstance(e.flip_tta, bool):
+    raise ConfigError(f"evaluate.flip_tta={e.flip_tta!r} must be True or False")
   _check_int("frozen.batch_size", c.frozen.batch_size, 1)
   _check_int("preview.num_images", c.preview.num_images, 1)
   _check_int("stack.model_axis", c.stack.model_axis, 0)

@@ -83,13 +83,14 @@ class Scorer:
     return {k: distributed.to_host(v).astype(np.float64) for k, v in head.items()}
 
   @functools.cached_property
-  def _as_member(self) -> MemberScorers:
-    # One code path: a scorer of its own is the stacked scorers' K = 1 case.
+  def as_members(self) -> MemberScorers:
+    """This scorer as the stacked scorers' K = 1 case (one code path), for
+    `evaluate.compute_scores`."""
     return MemberScorers([self], sharding.one_member_mesh(self.s1.state))
 
   def scores_and_read(self, images: np.ndarray) -> tuple[dict[str, np.ndarray], dict]:
     """(every score, the frozen read they came from: maps, detector inputs, embedding)."""
-    return self._as_member.scores_and_read(images)[0]
+    return self.as_members.scores_and_read(images)[0]
 
   def combine(self, per_detector: dict[str, np.ndarray], out: dict[str, Any],
               turned: list[np.ndarray], logits: dict[str, np.ndarray] | None = None
@@ -150,7 +151,18 @@ class MemberScorers:
 
   def scores_and_read(self, images: np.ndarray | list[np.ndarray]
                       ) -> list[tuple[dict[str, np.ndarray], dict]]:
-    """Each member's `scores_and_read`, on its own images (a list) or all on the same."""
+    """Each member's `scores_and_read`, on its own images (a list) or all on the same;
+    with evaluate.flip_tta every score averaged with the mirror images' (the read is the
+    images' own)."""
+    out = self._scores_and_read(images)
+    if not self.scorers[0].config.evaluate.flip_tta:
+      return out
+    mirror = [x[:, :, ::-1] for x in images] if isinstance(images, list) else images[:, :, ::-1]
+    return [({k: (v + m[k]) / 2 for k, v in scores.items()}, read)
+            for (scores, read), (m, _) in zip(out, self._scores_and_read(mirror), strict=True)]
+
+  def _scores_and_read(self, images: np.ndarray | list[np.ndarray]
+                       ) -> list[tuple[dict[str, np.ndarray], dict]]:
     first = self.scorers[0]
     c = first.config
     reads = frozen.read_members(first.model, self._variables, images, tuple(c.memory.scales),

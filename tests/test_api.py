@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from conftest import smoke_config
 
-from mscm_jax import pipeline
+from mscm_jax import config as config_lib, pipeline
 from mscm_jax.api import AnoMemDetector, InputError, NotFittedError
+from mscm_jax.scoring import Scorer
 from mscm_jax.errors import UserError
 
 
@@ -26,6 +27,24 @@ def test_loaded_detector_reproduces_the_run(loaded):
   # float input in [0, 1] is the same image
   np.testing.assert_allclose(det.score(test[:4] / 255.0), scores["mscm"][:4], rtol=1e-4,
                              atol=1e-5)
+
+
+def test_flip_tta_averages_every_score_with_the_mirror_images(loaded):
+  det, config, _ = loaded
+  test = pipeline.load_split(config).test_images[:6]
+  mirror = test[:, :, ::-1]
+  plain, mirrored = det.scores(test), det.scores(mirror)
+  tta = Scorer(config_lib.set_fields(config.copy_and_resolve_references(),
+                                     {"evaluate.flip_tta": True}), det._scorer.s1,
+               det._scorer.s2)
+  both = tta.scores(test)
+  assert set(both) == set(plain)
+  for name, v in plain.items():
+    np.testing.assert_allclose(both[name], (v + mirrored[name]) / 2, rtol=1e-6, atol=1e-9,
+                               err_msg=name)
+  assert not np.allclose(plain["mscm"], mirrored["mscm"])  # the mirror is another image
+  for name, v in tta.scores(mirror).items():  # and the ensemble does not see the mirror
+    np.testing.assert_allclose(v, both[name], rtol=1e-5, atol=1e-6, err_msg=name)
 
 
 def test_deviation_maps_per_scale(loaded):

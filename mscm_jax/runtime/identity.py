@@ -46,7 +46,8 @@ OPERATIONAL = frozenset({
 })
 # Fields added after workdirs existed, at the value that leaves the computation as it was:
 # left out of the identity there, so that those workdirs stay valid.
-NEUTRAL = {"memory.path_warmup_epochs": 0.0, "optim.clip_norm": 0.0}
+NEUTRAL = {"memory.path_warmup_epochs": 0.0, "optim.clip_norm": 0.0,
+           "evaluate.flip_tta": False}
 
 
 @dataclasses.dataclass(frozen=True)
