@@ -25,7 +25,7 @@ from mscm_jax import config as config_lib, metrics, scoring
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import rows  # noqa: E402  (experiments/rows.py, beside this script)
 
-SCORES = ("mscm", "detector", "deviation", "knn", "knn_rot", "csi", "rotation")
+SCORES = ("mscm", "detector", "deviation", "knn", "knn_rot", "rotation")
 
 
 def rescore(workdir: str, test: bool) -> dict:

@@ -113,7 +113,7 @@ class AnoMemDetector:
     return self.scores(images)["mscm"]
 
   def scores(self, images: Any) -> dict[str, np.ndarray]:
-    """{'mscm', 'detector', 'mscm_<detector>', 'deviation', 'deviation_<scale>', 'knn', 'csi',
+    """{'mscm', 'detector', 'mscm_<detector>', 'deviation', 'deviation_<scale>', 'knn',
     and with shift.rotations > 1 'knn_rot' (and 'rotation' with the rotation head): [N]}
     for every image (`scoring`'s docstring defines each; a detector is named by its scale,
     or scale_kind when stage2.inputs joins kinds)."""

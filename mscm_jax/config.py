@@ -168,7 +168,9 @@ def base_config() -> ml_collections.ConfigDict:
   # 0.25-1.5 within 0.004 (experiments/results/mscm_knn.md).
   c.evaluate.knn_weight = 1.0
   # True: every score is the mean of the image's and its mirror image's (a test-time
-  # ensemble over stage 1's horizontal flip); the k-NN bank stays unmirrored.
+  # ensemble over stage 1's horizontal flip); the k-NN bank stays unmirrored. Off: validation
+  # mscm +0.001 on the :cpu grid's 20 runs for twice the evaluation's cost
+  # (experiments/results/tta.md).
   c.evaluate.flip_tta = False
   c.evaluate.report = True  # PNGs in workdir/report/
 

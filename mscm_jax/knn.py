@@ -44,16 +44,6 @@ def knn_scores(train_features: np.ndarray, test_features: np.ndarray, k: int = 5
                             min(chunk, len(test))).astype(np.float64)
 
 
-def csi_scores(train_features: np.ndarray, test_features: np.ndarray) -> np.ndarray:
-  """CSI's contrastive score, negated so that higher = anomalous: the cosine similarity to
-  the nearest training feature times the feature's norm, the norm in units of the
-  training features' mean norm (CSI's lambda)."""
-  test = np.asarray(test_features, np.float64).reshape(len(test_features), -1)
-  train = np.asarray(train_features, np.float64).reshape(len(train_features), -1)
-  nearest = 1.0 - knn_scores(train_features, test_features, k=1)
-  return -nearest * np.linalg.norm(test, axis=1) / np.linalg.norm(train, axis=1).mean()
-
-
 def leave_one_out_scores(features: np.ndarray, k: int = 5) -> np.ndarray:
   """`knn_scores` of every row of `features` against all the other rows: what a held-out
   image of the same distribution would score, with no image held out. Sets the spread of a

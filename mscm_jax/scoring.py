@@ -14,9 +14,6 @@ big_vision's evaluators, the evaluation is handed a `Scorer`; it never touches t
                 the same way (each scale's spread on held-out normal data, equal weights)
   deviation_<s> one scale's mean deviation (1 - cos(f, r) averaged over positions)
   knn           k-NN cosine distance of the final embedding to the normal training set
-  csi           CSI's score on the embedding: minus the nearest training embedding's cosine
-                similarity times the embedding's norm (in units of the bank's mean norm),
-                averaged over the rotations when shift.rotations > 1
   knn_rot       with shift.rotations = R > 1: `knn` of each rotation of the image against
                 the same rotation of the training set, averaged over the R rotations (CSI)
   rotation      with the rotation head: its negative log-likelihood of each rotation's
@@ -108,8 +105,6 @@ class Scorer:
                                     stage2.deviation_weights(c)),
         "knn": knn.knn_scores(s2.bank[0], turned[0], k=self.knn_k),
     }
-    scores["csi"] = np.mean([knn.csi_scores(b, q) for b, q in zip(s2.bank, turned,
-                                                                     strict=True)], axis=0)
     term = scores["knn"]
     if self.rotations > 1:
       term = scores["knn_rot"] = np.mean(

@@ -34,18 +34,6 @@ def test_training_points_score_zero_and_outliers_high():
   assert scores[3:].min() > 1.5
 
 
-def test_csi_score_is_nearest_similarity_times_relative_norm():
-  rng = np.random.default_rng(3)
-  train = rng.normal(size=(40, 8)) + 3.0
-  mean_norm = np.linalg.norm(train, axis=1).mean()
-  queries = np.concatenate([train[:2], 0.5 * train[:2], -train[:2]])
-  scores = knn.csi_scores(train, queries)
-  norms = np.linalg.norm(queries, axis=1)
-  np.testing.assert_allclose(scores[:2], -norms[:2] / mean_norm, rtol=1e-5)
-  np.testing.assert_allclose(scores[2:4], scores[:2] / 2, rtol=1e-5)  # same direction, half norm
-  assert scores[4:].min() > scores[:4].max()  # away from every training feature
-
-
 def test_k_out_of_range():
   with pytest.raises(ValueError, match="k=11"):
     knn.knn_scores(np.ones((10, 2)), np.ones((2, 2)), k=11)
