@@ -503,10 +503,6 @@ def validate(c: ml_collections.ConfigDict,
                       "(an attention weight; 0 disables)")
   _check_int("memory.retrieval_steps", mem.retrieval_steps, 1)
   _check_int("memory.top_k", mem.top_k, 0, mem.num_prototypes)
-  if not 0 <= mem.path_warmup_epochs < c.train.epochs:
-    raise ConfigError(f"memory.path_warmup_epochs={mem.path_warmup_epochs!r} must lie in "
-                      f"[0, train.epochs={c.train.epochs!r}) (the memory must end fully in "
-                      "the path)")
 
   lo = c.loss
   _check_positive("loss.temperature", lo.temperature,
@@ -535,6 +531,9 @@ def validate(c: ml_collections.ConfigDict,
   _check_int("train.checkpoint_every_steps", t.checkpoint_every_steps, 1)
   _check_int("train.probe_every_steps", t.probe_every_steps, 0)
   _check_int("train.num_devices", t.num_devices, 0)
+  if not 0 <= mem.path_warmup_epochs < t.epochs:
+    raise ConfigError(f"memory.path_warmup_epochs={mem.path_warmup_epochs!r} must lie in "
+                      f"[0, train.epochs={t.epochs!r}) (the memory must end fully in the path)")
 
   s2 = c.stage2
   for field in ("scales", "deviation_scales"):

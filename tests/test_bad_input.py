@@ -107,6 +107,8 @@ CONFIG_ROWS = [
     cfg("memory.shrink_threshold=1.0"),
     cfg("memory.retrieval_steps=0"),
     cfg("memory.top_k=9"),  # the smoke preset has 8 prototypes
+    cfg("memory.path_warmup_epochs=1.0"),  # = the smoke preset's train.epochs
+    cfg("memory.path_warmup_epochs=-1.0"),
     cfg("loss.temperature=0"),
     cfg("loss.temperature=-0.5"),
     cfg("loss.scale_weight=-1.0"),
@@ -122,6 +124,7 @@ CONFIG_ROWS = [
     cfg("optim.warmup_epochs=-1"),
     cfg("optim.weight_decay=-1.0"),
     cfg("optim.momentum=1.5"),
+    cfg("optim.clip_norm=-1.0"),
     cfg("train.batch_size=1"),
     cfg("train.epochs=0"),
     cfg("train.epochs=-3"),
@@ -193,6 +196,8 @@ FLAG_ROWS = [
            ("--config.memory.learnable_beta=maybe",), ("memory.learnable_beta",), early=True),
     CliRow("flags:--config.stage2.classifier=maybe", ("--config.stage2.classifier=maybe",),
            ("stage2.classifier",), early=True),
+    CliRow("flags:--config.evaluate.flip_tta=maybe", ("--config.evaluate.flip_tta=maybe",),
+           ("evaluate.flip_tta",), early=True),
     CliRow("flags:unclosed tuple", ("--config.memory.scales=('res3',",), ("memory.scales",),
            early=True),
     CliRow("flags:missing --workdir", BASE, ("--workdir",), base=False, early=True,
