@@ -16,7 +16,6 @@ the validation split only.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -81,25 +80,19 @@ def table(records: list[dict]) -> str:
 
 
 def main() -> None:
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("workdirs", nargs="*")
-  p.add_argument("--out", required=True, help="JSON lines, one per run (appended)")
-  p.add_argument("--table", action="store_true", help="print the markdown table of --out")
-  args = p.parse_args()
+  args = rows.rescoring_parser(__doc__).parse_args()
   records = rows.read(args.out)
-  done = {r["run"] for r in records}
   if args.table:
     print(table(records))
     return
-  for w in args.workdirs:
-    if os.path.abspath(w) in done:
-      continue
-    record = rescore(os.path.abspath(w))
+
+  def summary(w: str, record: dict) -> str:
     v = record["validation"]
-    rows.emit(record, args.out,
-              f"{w}: validation detector {v['detector']:.3f} (saved mscm "
-              f"{record['saved_validation_mscm']:.3f}) {record['term']} "
-              f"{v[record['term']]:.3f} mscm@1 {v['mscm@1']:.3f} ({record['seconds']} s)")
+    return (f"{w}: validation detector {v['detector']:.3f} (saved mscm "
+            f"{record['saved_validation_mscm']:.3f}) {record['term']} "
+            f"{v[record['term']]:.3f} mscm@1 {v['mscm@1']:.3f} ({record['seconds']} s)")
+
+  rows.rescore_each(args.workdirs, args.out, {r["run"] for r in records}, rescore, summary)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
 """What the scripts here share: a step timed past its compile, the stage-1 program of
-K models timed so, a finished run loaded for rescoring, and the resumable JSON-lines file
-each writes a row at a time."""
+K models timed so, a finished run loaded for rescoring and the command line that rescores
+runs, and the resumable JSON-lines file each writes a row at a time."""
 
+import argparse
 import json
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 
@@ -75,20 +77,42 @@ def known(names: list[str], choices: dict[str, Any], what: str = "variants") -> 
   return names
 
 
-def finished(workdir: str, **fields: Any):
+def finished(workdir: str):
   """(config, split, Scorer) of a finished run, for rescoring without training: its stage 1
   and stage 2 loaded (a config saved before the stage-2 renames of names.py read under the
   new names), the k-NN bank and the detectors' spread made from them when the run predates
-  them (`stage2.complete_extras`). `fields`: config overrides, e.g. evaluate fields."""
+  them (`stage2.complete_extras`)."""
   # pylint: disable=g-import-not-at-top
   from mscm_jax import config as config_lib, pipeline, scoring, stage1, stage2
   from mscm_jax.runtime import sharding
 
   c = config_lib.load_json(os.path.join(workdir, "config.json"), old_names=True)
-  c = config_lib.set_fields(c, {"evaluate.report": False, **fields})
+  c.evaluate.report = False
   mesh = sharding.make_mesh(c.train.num_devices)
   split = pipeline.load_split(c)
   s1, shape = stage1.load_finished(c, workdir, mesh, repair=False)
   s2 = stage2.load_finished(c, workdir, shape, mesh, repair=False)
   stage2.complete_extras([c], [split], [s1], [s2], sharding.member_mesh(mesh))
   return c, split, scoring.Scorer(c, s1, s2)
+
+
+def rescoring_parser(doc: str) -> argparse.ArgumentParser:
+  """The command line of a script that rescores finished runs into a JSON-lines file:
+  WORKDIR ..., --out, --table (`doc`'s first line describes it)."""
+  p = argparse.ArgumentParser(description=doc.split("\n")[0])
+  p.add_argument("workdirs", nargs="*")
+  p.add_argument("--out", required=True, help="JSON lines, one per run (appended)")
+  p.add_argument("--table", action="store_true", help="print the markdown tables of --out")
+  return p
+
+
+def rescore_each(workdirs: list[str], out: str, done: set[str],
+                 rescore: Callable[[str], dict[str, Any]],
+                 summary: Callable[[str, dict[str, Any]], str]) -> None:
+  """`rescore(path)` of every workdir whose absolute path is not in `done`, each row
+  written to `out` as soon as it is made, with `summary(workdir, row)` printed."""
+  for w in workdirs:
+    path = os.path.abspath(w)
+    if path not in done:
+      record = rescore(path)
+      emit(record, out, summary(w, record))

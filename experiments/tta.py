@@ -13,7 +13,6 @@ line per run: validation AUROC of every score both ways; with --test the test sp
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -80,11 +79,8 @@ def table(records: list[dict], part: str = "validation") -> str:
 
 
 def main() -> None:
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("workdirs", nargs="*")
-  p.add_argument("--out", required=True, help="JSON lines, one per run (appended)")
+  p = rows.rescoring_parser(__doc__)
   p.add_argument("--test", action="store_true", help="also read the test split")
-  p.add_argument("--table", action="store_true", help="print the markdown tables of --out")
   args = p.parse_args()
   records = rows.read(args.out)
   if args.table:
@@ -92,14 +88,16 @@ def main() -> None:
     if any("test_plain" in r for r in records):
       print(table(records, "test"))
     return
-  done = {r["run"] for r in records if args.test <= ("test_plain" in r)}
-  for w in args.workdirs:
-    if os.path.abspath(w) in done:
-      continue
-    record = rescore(os.path.abspath(w), args.test)
+
+  def summary(w: str, record: dict) -> str:
     v, f = record["validation_plain"], record["validation_flip"]
-    rows.emit(record, args.out, f"{w}: validation mscm {v['mscm']:.3f} -> {f['mscm']:.3f}, "
-              f"knn {v['knn']:.3f} -> {f['knn']:.3f} ({record['seconds']} s)")
+    return (f"{w}: validation mscm {v['mscm']:.3f} -> {f['mscm']:.3f}, "
+            f"knn {v['knn']:.3f} -> {f['knn']:.3f} ({record['seconds']} s)")
+
+  # a run rescored without the test split is done unless --test asks for it
+  done = {r["run"] for r in records if "test_plain" in r or not args.test}
+  rows.rescore_each(args.workdirs, args.out, done,
+                    lambda w: rescore(w, args.test), summary)
 
 
 if __name__ == "__main__":

@@ -100,7 +100,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.memory.retrieval_steps = 1
   c.memory.top_k = 0  # > 0: each read attends to its k best prototypes only; 0 = all
   # replace/residual: the read-out enters the encoder's path over this many epochs (the next
-  # stage gets f + g r, or (1 - g) f + g r, g rising linearly 0 -> 1), so that a random
+  # stage gets f + g r, or f + g (r - f), g rising linearly 0 -> 1), so that a random
   # memory is not a bottleneck at the start; 1 from then on and in every evaluation.
   c.memory.path_warmup_epochs = 0.0
 
