@@ -46,7 +46,8 @@ def frozen_model(config: ml_collections.ConfigDict) -> AnoMem:
 
 
 def outputs(model: AnoMem, state: Any, images: np.ndarray,
-            select: Callable[[dict[str, Any]], Any], batch_size: int = 500) -> Any:
+            select: Callable[[dict[str, Any]], Any], batch_size: int = 500,
+            memory_gate: float | None = None) -> Any:
   """`select(outputs)` of the eval-mode model for every image, in padded batches: the
   stacked read (`member_outputs`) of one member.
 
@@ -54,10 +55,13 @@ def outputs(model: AnoMem, state: Any, images: np.ndarray,
   is replicated over a mesh of several devices (a trained or restored state), each batch
   is split over those devices and the outputs gathered: every device, of every process,
   reads its share of the images once, and every process gets all of the outputs.
+  `memory_gate` reads the network as a step of the memory's path warm-up trains it
+  (`AnoMem`); None is the network every evaluation reads.
   """
   variables, mesh = sharding.as_one_member(
       {"params": state.params, "batch_stats": state.batch_stats})
-  return member_outputs(model, variables, images, select, mesh, 1, batch_size)[0]
+  return member_outputs(model, variables, images, select, mesh, 1, batch_size,
+                        memory_gate)[0]
 
 
 def stack_variables(states: Sequence[Any], mesh: Mesh) -> dict[str, Any]:
@@ -68,34 +72,37 @@ def stack_variables(states: Sequence[Any], mesh: Mesh) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=64)
-def _program(model: AnoMem, select: Callable[[dict[str, Any]], Any]) -> Callable:
-  """One function per (model, select), so that jax.jit compiles the read once per batch
-  shape, whichever states it reads (the variables are an argument)."""
+def _program(model: AnoMem, select: Callable[[dict[str, Any]], Any],
+             memory_gate: float | None = None) -> Callable:
+  """One function per (model, select, gate), so that jax.jit compiles the read once per
+  batch shape, whichever states it reads (the variables are an argument)."""
 
   def apply(variables, batch):
-    return select(model.apply(variables, augment.to_float(batch), train=False))
+    return select(model.apply(variables, augment.to_float(batch), train=False,
+                              memory_gate=memory_gate))
 
   return apply
 
 
 def member_outputs(model: AnoMem, states: Any, images: np.ndarray | list[np.ndarray],
                    select: Callable[[dict[str, Any]], Any], mesh: Mesh, k: int,
-                   batch_size: int = 500) -> list[Any]:
+                   batch_size: int = 500, memory_gate: float | None = None) -> list[Any]:
   """`select(outputs)` of K stage-1 states stacked over `model` (`stack_variables`), as
   one program: each member on its own images (a list of K arrays) or all on the same ones
   (one array, e.g. the test split that every one-class protocol shares)."""
   n = len(images) if not isinstance(images, list) else max(len(x) for x in images)
-  return device.map_members(_program(model, select), states, images, min(batch_size, n),
-                            mesh, k)
+  return device.map_members(_program(model, select, memory_gate), states, images,
+                            min(batch_size, n), mesh, k)
 
 
 def _embedding(out: dict[str, Any]) -> jax.Array:
   return out["embedding"].astype(jnp.float32)
 
 
-def embed(model: AnoMem, state: Any, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
-  """The final embedding of every image, float32."""
-  return outputs(model, state, images, _embedding, batch_size)
+def embed(model: AnoMem, state: Any, images: np.ndarray, batch_size: int = 500,
+          memory_gate: float | None = None) -> np.ndarray:
+  """The final embedding of every image, float32 (`outputs`' `memory_gate`)."""
+  return outputs(model, state, images, _embedding, batch_size, memory_gate)
 
 
 def embed_members(model: AnoMem, states: Any, images: np.ndarray | list[np.ndarray],

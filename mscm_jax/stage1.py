@@ -279,28 +279,35 @@ def make_train_step(config: ml_collections.ConfigDict, model: AnoMem, tx,
 
 
 def knn_probe(model: AnoMem, state: TrainState, split: protocols.ADSplit,
-              k: int = 5) -> float:
+              k: int = 5, memory_gate: float | None = None) -> float:
   """k-NN AUROC of the final embedding on the validation split: a cheap sign that the
-  representation learned, read without the test split."""
+  representation learned, read without the test split (`memory_gate`: as `frozen.embed`)."""
   normal = ~split.train_is_anomaly
-  bank = frozen.embed(model, state, split.train_images[normal])
-  scores = knn.knn_scores(bank, frozen.embed(model, state, split.val_images),
+  bank = frozen.embed(model, state, split.train_images[normal], memory_gate=memory_gate)
+  scores = knn.knn_scores(bank, frozen.embed(model, state, split.val_images,
+                                             memory_gate=memory_gate),
                           k=min(k, len(bank)))
   return metrics.auroc(scores, split.val_is_anomaly.astype(int))
 
 
 def curve(config: ml_collections.ConfigDict, model: AnoMem,
-          splits: list[protocols.ADSplit], split_state: Callable[[Any], list[Any]]
-          ) -> dict[str, Any]:
+          splits: list[protocols.ADSplit], split_state: Callable[[Any], list[Any]],
+          per_epoch: int) -> dict[str, Any]:
   """The loop's learning-curve arguments: every `train.probe_every_steps`, each member's
-  `knn_probe` (as `validation_knn_auroc`); none without a validation split."""
+  `knn_probe` (as `validation_knn_auroc`); none without a validation split. During the
+  memory's path warm-up the probe reads the network at the gate its step trained with."""
   every = config.train.probe_every_steps
   if not every or not all(s.has_validation for s in splits):
     return {}
+  gate = memory_gate_schedule(config, per_epoch)
 
   def probe(state) -> list[dict[str, float]]:
-    return [{"validation_knn_auroc": knn_probe(model, s, split)}
-            for s, split in zip(split_state(state), splits, strict=True)]
+    out = []
+    for s, split in zip(split_state(state), splits, strict=True):
+      g = None if gate is None else float(gate(int(jax.device_get(s.step))))
+      out.append({"validation_knn_auroc": knn_probe(
+          model, s, split, memory_gate=None if g is None or g >= 1.0 else g)})
+    return out
 
   return {"probe": probe, "probe_every": every}
 
@@ -424,7 +431,7 @@ def train_members(configs: list[ml_collections.ConfigDict], splits: list[protoco
                          items_per_step=views_per_step(config) * len(configs),
                          steps_per_epoch=per_epoch, stop_after=stop_after, unit="views",
                          advice=nan_advice(config),
-                         **curve(config, model, splits, members.split))
+                         **curve(config, model, splits, members.split, per_epoch))
   data.clear()
   out = []
   for c, split, workdir, state, finished in zip(configs, splits, workdirs,

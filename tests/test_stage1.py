@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from mscm_jax import config as config_lib, errors, stage1
+from mscm_jax import config as config_lib, errors, frozen, stage1
 from mscm_jax.runtime import checkpoints, sharding
 from mscm_jax.data import augment, device, protocols, sources
 from mscm_jax.models import conv
@@ -144,6 +144,27 @@ def test_the_memory_enters_the_path_over_its_warmup():
   assert np.isfinite(float(logged["loss"]))
   for fields in ({"memory.mode": "residual"}, {"memory.path_warmup_epochs": 2.0}):
     assert stage1.memory_gate_schedule(_config(**{"train.epochs": 3, **fields}), 2) is None
+
+
+def test_the_learning_curve_reads_the_gate_its_step_trained_with():
+  """Mid-warm-up the curve's probe reads f + g r at the step's g, not the g = 1 network
+  that only the final probe and the evaluation read."""
+  split = _split(n_train=64, validation=0.25)  # 48 train: 3 steps an epoch at batch 16
+  c = _config(**{"memory.mode": "residual", "memory.path_warmup_epochs": 2.0,
+                 "train.epochs": 3, "train.probe_every_steps": 1})
+  mesh = sharding.make_mesh(1)
+  parts = stage1.components(c, split.n_train, split.train_images.shape[1:], mesh)
+  state, _ = _steps(parts, parts.init_fn(jax.random.PRNGKey(0)), split, mesh, n=2)
+  gate = float(stage1.memory_gate_schedule(c, 3)(2))
+  assert gate == pytest.approx(1 / 3)
+  probe = stage1.curve(c, parts.model, [split], lambda s: [s], per_epoch=3)["probe"]
+  assert probe(state) == [{"validation_knn_auroc": stage1.knn_probe(
+      parts.model, state, split, memory_gate=gate)}]
+  x = split.val_images[:8]
+  at_gate = frozen.embed(parts.model, state, x, memory_gate=gate)
+  assert not np.allclose(at_gate, frozen.embed(parts.model, state, x), atol=1e-4)
+  np.testing.assert_allclose(frozen.embed(parts.model, state, x, memory_gate=1.0),
+                             frozen.embed(parts.model, state, x), rtol=1e-5, atol=1e-6)
 
 
 def test_clip_norm_clips_the_gradient_before_the_optimiser():
