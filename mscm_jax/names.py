@@ -41,7 +41,8 @@ def test_scores(results: dict) -> dict:
 
 def split_scores(results: dict, split: str) -> dict:
   """One split's metrics of a results.json: `validation` (where choices are read; {} for a
-  run without a validation split) or `test` (the final numbers)."""
+  run without a validation split) or `test` (the final numbers; {} for a run stopped
+  before its evaluation)."""
   if split == "test":
-    return test_scores(results)
+    return test_scores(results) if {"test_scores", "scores"} & set(results) else {}
   return results.get("validation_scores") or {}

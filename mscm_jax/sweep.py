@@ -555,14 +555,28 @@ def _headline(root: str, cell: str) -> str:
 # ---------------------------------------------------------------------------- the table
 
 
+def _cell_results(root: str, cell: str) -> tuple[str, dict[str, Any]] | None:
+  """(file name, contents) of what a finished cell measured: results.json with scores, or
+  the run_summary.json of a cell stopped after stage 1 (`stop_after=stage1`: a cheap
+  screen whose only reading is the stage-1 probe); None for neither."""
+  results = _read(os.path.join(root, cell, "results.json"))
+  if results and {"scores", "test_scores"} & set(results):
+    return "results.json", results
+  summary = _read(os.path.join(root, cell, "run_summary.json"))
+  if summary and (summary.get("stage1") or {}).get(PROBE_KEYS[0]) is not None:
+    return "run_summary.json", summary
+  return None
+
+
 def finished_cells(root: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-  """(done.json, results.json) of every finished cell under ROOT that has scores."""
+  """(done.json, results) of every finished cell under ROOT that measured something
+  (`_cell_results`)."""
   out = []
   for done_path in sorted(glob.glob(os.path.join(root, META, "*", "done.json"))):
     done = _read(done_path)
-    results = done and _read(os.path.join(root, done["cell"], "results.json"))
-    if results and {"scores", "test_scores"} & set(results):
-      out.append((done, results))
+    found = done and _cell_results(root, done["cell"])
+    if found:
+      out.append((done, found[1]))
   return out
 
 
@@ -679,7 +693,9 @@ def _split_tables(groups, split: str, rows: list[dict[str, Any]]) -> list[str]:
     any_results = _any_results(by_class)
     dataset = any_results["dataset"]
     names = split_scores(any_results, split)
-    if not names:  # a grid evaluated before the validation split existed
+    probe_only = not names and split == "validation" and _values(any_results, "probe_gain",
+                                                                  split) is not None
+    if not names and not probe_only:  # evaluated before the validation split existed
       continue
     scores = [s for s in HEADLINE if s in names]
     scores += sorted(s for s in names if s not in HEADLINE)
@@ -693,6 +709,8 @@ def _split_tables(groups, split: str, rows: list[dict[str, Any]]) -> list[str]:
     if split == "validation":
       shown.append("probe_gain")
       gain = "; probe_gain = stage-1 k-NN probe minus the untrained network's"
+      if probe_only:
+        gain += " (stage 1 only: `stop_after=stage1`)"
     md += [f"### {title}", "", f"AUROC, mean ± spread (sample std) over seeds{gain}.", "",
            "| class | seeds | " + " | ".join(shown) + " |", "|" + "---|" * (len(shown) + 2)]
     class_means: dict[str, dict[str, float]] = {}
@@ -734,13 +752,15 @@ def _split_tables(groups, split: str, rows: list[dict[str, Any]]) -> list[str]:
 
 
 def export(root: str, dest: str) -> list[str]:
-  """Copies every finished cell's done.json and results.json (kilobytes; no checkpoints)
+  """Copies every finished cell's done.json and results.json (or a stage-1 cell's
+  run_summary.json; kilobytes, no checkpoints)
   to DEST in ROOT's layout, so `--table --root=DEST` rebuilds the table from them: what a
   results folder in a repository keeps of a grid whose workdirs are gone."""
   out = []
   for done, _ in finished_cells(root):
     cell = done["cell"]
-    for rel in (os.path.join(META, cell, "done.json"), os.path.join(cell, "results.json")):
+    name, _ = _cell_results(root, cell)
+    for rel in (os.path.join(META, cell, "done.json"), os.path.join(cell, name)):
       os.makedirs(os.path.dirname(os.path.join(dest, rel)), exist_ok=True)
       shutil.copyfile(os.path.join(root, rel), os.path.join(dest, rel))
     out.append(cell)

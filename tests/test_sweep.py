@@ -251,6 +251,29 @@ def test_export_keeps_what_rebuilds_the_table_and_adds_to_it(tmp_path):
       "error: --export: give a folder other than --root")
 
 
+def test_stage1_only_cells_table_their_probe_and_export(tmp_path):
+  """A `stop_after=stage1` screen: its run_summary.json's probe is the cell's reading."""
+  root, dest = tmp_path / "runs", tmp_path / "kept"
+  for seed, probe in ((0, 0.8), (1, 0.9)):
+    _fake_cell(root, "a", seed)
+    cell = root / f"a.oneclass.s{seed}"
+    (cell / "results.json").unlink()
+    (cell / "run_summary.json").write_text(json.dumps(
+        {"dataset": "cifar10", "stages_run": ["data", "stage1"],
+         "stage1": dict(zip(PROBE_KEYS, (probe, 0.6)))}))
+  _fake_cell(root, "b", 0)  # stopped before its probe: nothing to show
+  (root / "b.oneclass.s0" / "results.json").unlink()
+  (root / "b.oneclass.s0" / "run_summary.json").write_text(json.dumps(
+      {"dataset": "cifar10", "stages_run": ["data"]}))
+  md, table_csv = sweep.tables(str(root))
+  assert "stage 1 only" in md and "test split" not in md
+  assert "| a | 0,1 | 0.250 ± 0.071 |" in md and "| b |" not in md
+  assert "cifar10,oneclass,,validation,a,probe_gain,2,0.25," in table_csv
+  assert sweep.export(str(root), str(dest)) == ["a.oneclass.s0", "a.oneclass.s1"]
+  assert (dest / "a.oneclass.s1" / "run_summary.json").exists()
+  assert sweep.tables(str(dest)) == (md, table_csv)
+
+
 def _sweep_cmd(tmp_path, worker: str, classes: str = "c0,c1", epochs: int = 1) -> list[str]:
   """A smoke sweep (seed 0) into tmp_path/sweep over classes of the two-class tree it
   writes under tmp_path/tree the first time."""
