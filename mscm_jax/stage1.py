@@ -25,7 +25,7 @@ import optax
 from absl import logging
 
 from mscm_jax import frozen, knn, losses, metrics
-from mscm_jax.runtime import checkpoints, loop, monitoring, sharding
+from mscm_jax.runtime import checkpoints, distributed, loop, monitoring, sharding
 from mscm_jax import config as config_lib
 from mscm_jax.data import augment, device, protocols
 from mscm_jax.errors import UserError
@@ -304,7 +304,7 @@ def curve(config: ml_collections.ConfigDict, model: AnoMem,
   def probe(state) -> list[dict[str, float]]:
     out = []
     for s, split in zip(split_state(state), splits, strict=True):
-      g = None if gate is None else float(gate(int(jax.device_get(s.step))))
+      g = None if gate is None else float(gate(int(distributed.to_host(s.step))))
       out.append({"validation_knn_auroc": knn_probe(
           model, s, split, memory_gate=None if g is None or g >= 1.0 else g)})
     return out
