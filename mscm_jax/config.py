@@ -242,17 +242,17 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str | None) -> ml_collect
     # `cpu`: about 10 minutes for one CIFAR class on 2 CPU cores, the whole command;
     # `cpu_long`: the same model for 7.5x the steps (about 45 minutes of stage 1 alone on 2
     # cores), standing in for the full schedule on a machine without an accelerator
-    # (experiments/results/cpu_long.md). The choices below were made before
-    # the validation split existed, partly on test-split readings: they are provisional
-    # until re-read on the validation split (docs/method.md section 9).
+    # (experiments/results/cpu_long.md). A choice below without a cited table (the scales)
+    # was made before the validation split existed: provisional (docs/method.md section 9).
     c.model.stage_sizes = (1, 1, 1, 1)
     c.model.widths = (16, 32, 64, 128)
     c.model.head_dims = (128, 64)
     # res2 (16x16) is left out to keep the step cheap (experiments/results/bench_stage1.jsonl).
     c.memory.scales = ("res3", "res4", "pooled")
     # A memory that costs the encoder nothing (its encoder learns from NT-Xent and the
-    # rotation head alone); the memories trained with the encoder are being compared on
-    # this stage 1 (docs/method.md section 9).
+    # rotation head alone): memories trained with the encoder tie it (residual, with a path
+    # warm-up and clipping) or fall below it (replace, branch) on the validation split,
+    # automobile and cat x 2 seeds (experiments/results/memory_modes.md).
     c.memory.mode = "branch"
     c.memory.train = "codebook"
     c.stage2.deviation_scales = ("pooled",)
@@ -264,6 +264,8 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str | None) -> ml_collect
     c.stage2.rotated_anomalies = True
     c.memory.num_prototypes = 64
     c.memory.proto_dim = 64
+    # lr 0.6 and temperature 0.2: the best validation probe of lr 0.3 / 0.6 / 1.2 and
+    # temperature 0.2 / 0.5 on automobile and cat (experiments/results/lr_temperature.md).
     c.loss.temperature = 0.2
     # CSI's rotations: at the same views per run they raise the validation probe by
     # 0.27-0.30 on automobile and 0.03-0.05 on cat over the rotation-free recipe (two
