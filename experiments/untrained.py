@@ -92,13 +92,12 @@ def measure(args) -> None:
           f"{s} {n} {v:.3f}" for s in SPLITS for n, v in row.get(s, {}).items()))
 
 
-def _trained(roots: list[str]) -> dict[tuple[str, str, int], dict]:
-  """{(root, class, seed): results.json} of the finished runs under each root."""
+def _trained(root: str) -> dict[tuple[str, int], dict]:
+  """{(class, seed): results.json} of the finished runs under `root`."""
   out = {}
-  for root in roots:
-    for path in sorted(glob.glob(os.path.join(root, "*", "results.json"))):
-      r = json.load(open(path))
-      out[(root, r["normal_classes"][0], r["seed"])] = r
+  for path in sorted(glob.glob(os.path.join(root, "*", "results.json"))):
+    r = json.load(open(path))
+    out[(r["normal_classes"][0], r["seed"])] = r
   return out
 
 
@@ -108,7 +107,7 @@ def table(records: list[dict], root: str, split: str) -> str:
   detectors alone so; mscm_knn.md rescores them)."""
   untrained = {(r["class"], r["seed"]): r[split] for r in records if split in r}
   runs: dict[str, dict[int, dict]] = {}
-  for (_, cls, seed), r in _trained([root]).items():
+  for (cls, seed), r in _trained(root).items():
     if (cls, seed) in untrained:
       runs.setdefault(cls, {})[seed] = split_scores(r, split)
   cols = [f"{who} `{s}`" for who in ("untrained", "trained") for s in SCORES]
