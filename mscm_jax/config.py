@@ -242,12 +242,14 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str | None) -> ml_collect
     # `cpu`: about 10 minutes for one CIFAR class on 2 CPU cores, the whole command;
     # `cpu_long`: the same model for 7.5x the steps (about 45 minutes of stage 1 alone on 2
     # cores), standing in for the full schedule on a machine without an accelerator
-    # (experiments/results/cpu_long.md). A choice below without a cited table (the scales)
-    # was made before the validation split existed: provisional (docs/method.md section 9).
+    # (experiments/results/cpu_long.md). Each choice below cites the validation-split table
+    # it was read from (docs/method.md section 9).
     c.model.stage_sizes = (1, 1, 1, 1)
     c.model.widths = (16, 32, 64, 128)
     c.model.head_dims = (128, 64)
     # res2 (16x16) is left out to keep the step cheap (experiments/results/bench_stage1.jsonl).
+    # The three scales' detectors together are above the best one alone in 17 of 20 `cpu`
+    # runs; res4 + pooled ties them (experiments/results/scales.md).
     c.memory.scales = ("res3", "res4", "pooled")
     # A memory that costs the encoder nothing (its encoder learns from NT-Xent and the
     # rotation head alone): memories trained with the encoder tie it (residual, with a path
@@ -255,6 +257,8 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str | None) -> ml_collect
     # automobile and cat x 2 seeds (experiments/results/memory_modes.md).
     c.memory.mode = "branch"
     c.memory.train = "codebook"
+    # The training-free deviation on the pooled scale: level with res4 at `cpu`, above it at
+    # `cpu_long`, above res3 at both (experiments/results/scales.md).
     c.stage2.deviation_scales = ("pooled",)
     # One f - r detector per scale, trained with CSI's turned normals as its labelled
     # anomalies: validation mscm higher than the cos-map + f - r detectors before it on
