@@ -61,11 +61,10 @@ def untrained_scores(config, split: protocols.ADSplit) -> dict[str, dict[str, fl
                                ("test", split.test_images, split.test_is_anomaly)):
     if images is None or not len(images):
       continue
-    q = embed(images)
-    per_turn = [knn.knn_scores(b, t, k=k) for b, t in zip(bank, q, strict=True)]
+    per_turn = knn.turned_scores(bank, embed(images), k=k)
     out[name] = {"knn": metrics.auroc(per_turn[0], labels)}
     if len(per_turn) > 1:
-      out[name]["knn_rot"] = metrics.auroc(np.mean(per_turn, axis=0), labels)
+      out[name]["knn_rot"] = metrics.auroc(per_turn.mean(axis=0), labels)
   return out
 
 

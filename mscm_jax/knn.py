@@ -44,6 +44,15 @@ def knn_scores(train_features: np.ndarray, test_features: np.ndarray, k: int = 5
                             min(chunk, len(test))).astype(np.float64)
 
 
+def turned_scores(banks: np.ndarray, queries, k: int = 5) -> np.ndarray:
+  """[R, M]: `knn_scores` of the queries under each of R quarter-turns against the bank
+  under the same turn (banks [R, N, D], queries [R, M, D] or R arrays). Row 0 is `knn`;
+  the mean over the rows is CSI's `knn_rot`."""
+  if len(banks) != len(queries):
+    raise ValueError(f"{len(queries)} turns of queries against {len(banks)} of the bank")
+  return np.stack([knn_scores(b, q, k=k) for b, q in zip(banks, queries)])
+
+
 def leave_one_out_scores(features: np.ndarray, k: int = 5) -> np.ndarray:
   """`knn_scores` of every row of `features` against all the other rows: what a held-out
   image of the same distribution would score, with no image held out. Sets the spread of a

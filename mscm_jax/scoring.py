@@ -103,13 +103,11 @@ class Scorer:
         "detector": stage2.combine(per_detector, s2.norm["mscm"], stage2.detector_weights(c)),
         "deviation": stage2.combine(out["deviation"], s2.norm["deviation"],
                                     stage2.deviation_weights(c)),
-        "knn": knn.knn_scores(s2.bank[0], turned[0], k=self.knn_k),
     }
-    term = scores["knn"]
+    per_turn = knn.turned_scores(s2.bank, turned, k=self.knn_k)
+    term = scores["knn"] = per_turn[0]
     if self.rotations > 1:
-      term = scores["knn_rot"] = np.mean(
-          [knn.knn_scores(b, q, k=self.knn_k) for b, q in zip(s2.bank, turned, strict=True)],
-          axis=0)
+      term = scores["knn_rot"] = per_turn.mean(axis=0)
       if self.rotation_head is not None:
         scores["rotation"] = np.mean(
             [_rotation_nll(q, self.rotation_head, r) for r, q in enumerate(turned)], axis=0)

@@ -52,3 +52,21 @@ def test_leave_one_out_scores_each_row_against_the_others(k):
 def test_leave_one_out_needs_k_below_the_rows():
   with pytest.raises(ValueError, match="k=3"):
     knn.leave_one_out_scores(np.ones((3, 2)), k=3)
+
+
+def test_turned_scores_read_each_turn_against_its_own_bank():
+  rng = np.random.default_rng(3)
+  banks, queries = rng.normal(size=(3, 20, 5)), rng.normal(size=(3, 9, 5))
+  got = knn.turned_scores(banks, list(queries), k=2)
+  assert got.shape == (3, 9)
+  for r in range(3):
+    np.testing.assert_allclose(got[r], _reference(banks[r], queries[r], 2), atol=1e-5)
+  # a query that is bank row 0 under turn 1 only: near under its turn, not under another
+  queries[1, 0], queries[2, 0] = banks[1, 0], banks[1, 0]
+  got = knn.turned_scores(banks, queries, k=1)
+  assert got[1, 0] < 1e-5 < got[2, 0]
+
+
+def test_turned_scores_need_as_many_turns_of_queries_as_of_the_bank():
+  with pytest.raises(ValueError, match="2 turns of queries against 3"):
+    knn.turned_scores(np.ones((3, 4, 2)), np.ones((2, 1, 2)))
