@@ -9,6 +9,11 @@ beside it as a check), `knn`, `knn_rot` and `mscm` at every weight; test AUROC o
 weights the table reports (0: the paper's score, and the default). Choices are read on
 the validation split only.
 
+With a rotation head the record also holds `mscm` plus v x `rotation` in units of its
+spread on the normal training images (`evaluate.rotation_weight` = v), at the default k-NN
+weight and without the k-NN term. --validation_only skips the test split (a screen at a
+fifth of the cost; such records hold no test AUROC).
+
   TFDS_DATA_DIR=../shared/tfds python experiments/knn_weight.py \
       --out=experiments/results/mscm_knn.jsonl WORKDIR [WORKDIR ...]
   python experiments/knn_weight.py --out=experiments/results/mscm_knn.jsonl --table
@@ -30,27 +35,43 @@ import rows  # noqa: E402  (experiments/rows.py, beside this script)
 
 WEIGHTS = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
 REPORTED = (0.0, 1.0)  # test AUROC: the paper's score and the default
+ROTATION = (0.25, 0.5, 1.0, 2.0)  # evaluate.rotation_weight, beside knn_weight 1
+ROTATION_COLUMNS = ["detector", "knn_rot", "rotation", "mscm@1"] + [
+    f"mscm@1+rot@{v:g}" for v in ROTATION] + ["mscm@0+rot@1"]
 
 
-def rescore(workdir: str) -> dict:
+def rescore(workdir: str, validation_only: bool = False) -> dict:
   t = time.time()
   c, split, scorer = rows.finished(workdir)
-  out, = evaluate.compute_scores([c], [split], scorer.as_members)
+  if validation_only:
+    parts = [("validation", scorer.as_members.scores_and_read([split.val_images])[0][0],
+              split.val_is_anomaly)]
+  else:
+    out, = evaluate.compute_scores([c], [split], scorer.as_members)
+    parts = [("validation", out["validation"], split.val_is_anomaly),
+             ("test", out["scores"], split.test_is_anomaly)]
   (mean, std), (d_mean, d_std) = scorer.knn_spread, scorer.s2.detector_spread
   term = "knn_rot" if c.shift.rotations > 1 else "knn"
   with open(os.path.join(workdir, "results.json")) as f:
-    saved = json.load(f)["validation_scores"]["mscm"]["auroc"]
+    saved = json.load(f)["validation_scores"]
   record = {"run": workdir, "class": c.dataset.normal_class, "seed": c.seed,
             "epochs": c.train.epochs, "term": term,
             "knn_spread": [mean, std], "detector_spread": [d_mean, d_std],
-            "saved_validation_mscm": saved}
-  for part, scores, labels in (("validation", out["validation"], split.val_is_anomaly),
-                               ("test", out["scores"], split.test_is_anomaly)):
+            "rotation_spread": scorer.rotation_spread,
+            "saved_validation_mscm": saved.get("detector", saved["mscm"])["auroc"]}
+  for part, scores, labels in parts:
     aurocs = {n: metrics.auroc(scores[n], labels)
               for n in ("detector", "knn", "knn_rot", "rotation", "pixel_knn") if n in scores}
+    z_detector = (scores["detector"] - d_mean) / d_std
     for w in WEIGHTS if part == "validation" else REPORTED:
-      aurocs[f"mscm@{w:g}"] = metrics.auroc(
-          (scores["detector"] - d_mean) / d_std + w * (scores[term] - mean) / std, labels)
+      aurocs[f"mscm@{w:g}"] = metrics.auroc(z_detector + w * (scores[term] - mean) / std,
+                                            labels)
+    if scorer.rotation_spread is not None:
+      r_mean, r_std = scorer.rotation_spread
+      z_rotation = (scores["rotation"] - r_mean) / r_std
+      for w, v in [(1.0, v) for v in ROTATION] + [(0.0, 1.0)]:
+        aurocs[f"mscm@{w:g}+rot@{v:g}"] = metrics.auroc(
+            z_detector + w * (scores[term] - mean) / std + v * z_rotation, labels)
     record[part] = aurocs
   record["seconds"] = round(time.time() - t, 1)
   return record
@@ -70,17 +91,34 @@ def table(records: list[dict]) -> str:
       lines += [f"{part.capitalize()} split AUROC" + (
           " (read once, for the table: nothing was chosen on it)" if part == "test" else "")
                 + ":", "", "| run | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
-      lines += [f"| {r['class']} s{r['seed']} | "
-                + " | ".join(f"{r[part][h]:.3f}" for h in head) + " |" for r in runs]
-      if len(runs) > 1:
-        lines.append(f"| **mean of {len(runs)}** | " + " | ".join(
-            f"**{np.mean([r[part][h] for r in runs]):.3f}**" for h in head) + " |")
-      lines.append("")
+      lines += _rows([r for r in runs if part in r], part, head)
+    with_rotation = [r for r in runs if "mscm@1+rot@1" in r["validation"]]
+    if with_rotation:
+      lines += ["With the rotation head's score (`evaluate.rotation_weight` = v at "
+                "`knn_weight` w: `mscm@w+rot@v`), validation split AUROC:", "",
+                "| run | " + " | ".join(ROTATION_COLUMNS) + " |",
+                "|---" * (len(ROTATION_COLUMNS) + 1) + "|"]
+      lines += _rows(with_rotation, "validation", ROTATION_COLUMNS)
   return "\n".join(lines)
 
 
+def _rows(runs: list[dict], part: str, head: list[str]) -> list[str]:
+  """One markdown row per run of `part`'s AUROCs in `head` (- for a score the run lacks:
+  `knn_rot` without rotations), then their mean where every run has the score."""
+  lines = [f"| {r['class']} s{r['seed']} | " + " | ".join(
+      f"{r[part][h]:.3f}" if h in r[part] else "-" for h in head) + " |" for r in runs]
+  if len(runs) > 1:
+    lines.append(f"| **mean of {len(runs)}** | " + " | ".join(
+        f"**{np.mean([r[part][h] for r in runs]):.3f}**"
+        if all(h in r[part] for r in runs) else "-" for h in head) + " |")
+  return lines + [""]
+
+
 def main() -> None:
-  args = rows.rescoring_parser(__doc__).parse_args()
+  parser = rows.rescoring_parser(__doc__)
+  parser.add_argument("--validation_only", action="store_true",
+                      help="score the validation split only (a screen)")
+  args = parser.parse_args()
   records = rows.read(args.out)
   if args.table:
     print(table(records))
@@ -92,7 +130,8 @@ def main() -> None:
             f"{record['saved_validation_mscm']:.3f}) {record['term']} "
             f"{v[record['term']]:.3f} mscm@1 {v['mscm@1']:.3f} ({record['seconds']} s)")
 
-  rows.rescore_each(args.workdirs, args.out, {r["run"] for r in records}, rescore, summary)
+  rows.rescore_each(args.workdirs, args.out, {r["run"] for r in records},
+                    lambda w: rescore(w, args.validation_only), summary)
 
 
 if __name__ == "__main__":

@@ -167,6 +167,10 @@ def base_config() -> ml_collections.ConfigDict:
   # 1: validation AUROC 0.741 (0) -> 0.771 on the :cpu grid's 20 runs, 0.5 level with it,
   # 0.25-1.5 within 0.004 (experiments/results/mscm_knn.md).
   c.evaluate.knn_weight = 1.0
+  # > 0: `mscm` also adds this times the rotation head's score (`rotation`, CSI's shift
+  # score) in units of its spread on the normal training images; needs the head
+  # (loss.rotation_weight > 0). 0 = off.
+  c.evaluate.rotation_weight = 0.0
   # True: every score is the mean of the image's and its mirror image's (a test-time
   # ensemble over stage 1's horizontal flip); the k-NN bank stays unmirrored. Off: validation
   # mscm +0.001 on the :cpu grid's 20 runs for twice the evaluation's cost
@@ -581,6 +585,11 @@ def validate(c: ml_collections.ConfigDict,
   _check_int("evaluate.knn_k", e.knn_k, 1)
   if not isinstance(e.knn_weight, (int, float)) or e.knn_weight < 0:
     raise ConfigError(f"evaluate.knn_weight={e.knn_weight!r} must be a number >= 0")
+  if not isinstance(e.rotation_weight, (int, float)) or e.rotation_weight < 0:
+    raise ConfigError(f"evaluate.rotation_weight={e.rotation_weight!r} must be a number >= 0")
+  if e.rotation_weight > 0 and c.loss.rotation_weight <= 0:
+    raise ConfigError(f"evaluate.rotation_weight={e.rotation_weight!r} adds the rotation "
+                      "head's score to `mscm`: it needs the head (loss.rotation_weight > 0)")
   if not isinstance(e.flip_tta, bool):
     raise ConfigError(f"evaluate.flip_tta={e.flip_tta!r} must be True or False")
   _check_int("frozen.batch_size", c.frozen.batch_size, 1)

@@ -5,9 +5,10 @@ One object, shared by the evaluation and the Python API, so that both compute `m
 big_vision's evaluators, the evaluation is handed a `Scorer`; it never touches the trainers.
 
   mscm          `detector` + evaluate.knn_weight x the k-NN score (`knn_rot` when
-                shift.rotations > 1, else `knn`), each in units of its spread on normal
-                training images: `detector`'s on stage 2's holdout, the k-NN score's over
-                the bank, each image against the others (method.md section 3)
+                shift.rotations > 1, else `knn`) + evaluate.rotation_weight x `rotation`,
+                each in units of its spread on normal training images: `detector`'s on
+                stage 2's holdout, the k-NN score's over the bank, each image against the
+                others, `rotation`'s over the bank (method.md section 3)
   detector      the stage-2 detectors, sum_d w_d (dist_d - mean_d) / std_d: the paper's score
   mscm_<d>      one detector's distance ||phi - c||^2 (d: its scale, or scale_kind)
   deviation     training-free: the mean deviation maps of stage2.deviation_scales, combined
@@ -75,6 +76,16 @@ class Scorer:
     return tuple(stage2.spread({"k": term})["k"])
 
   @functools.cached_property
+  def rotation_spread(self) -> tuple[float, float] | None:
+    """(mean, std) of `rotation` on the normal training images (the bank's turns); None
+    without a rotation head."""
+    if self.rotation_head is None:
+      return None
+    term = np.mean([_rotation_nll(b, self.rotation_head, r) for r, b in enumerate(self.s2.bank)],
+                   axis=0)
+    return tuple(stage2.spread({"r": term})["r"])
+
+  @functools.cached_property
   def rotation_head(self) -> dict[str, np.ndarray] | None:
     """The rotation head's kernel and bias on the host, float64; None without one."""
     head = self.s1.state.params.get("rotation_head")
@@ -117,6 +128,10 @@ class Scorer:
     weight = c.evaluate.knn_weight
     scores["mscm"] = ((scores["detector"] - d_mean) / d_std
                       + (weight * (term - k_mean) / k_std if weight else 0.0))
+    if c.evaluate.rotation_weight:
+      r_mean, r_std = self.rotation_spread
+      scores["mscm"] = scores["mscm"] + (c.evaluate.rotation_weight
+                                         * (scores["rotation"] - r_mean) / r_std)
     scores.update({f"mscm_{name}": v for name, v in per_detector.items()})
     scores.update({f"deviation_{s}": v for s, v in out["deviation"].items()})
     return scores

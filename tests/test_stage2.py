@@ -351,6 +351,26 @@ def test_mscm_adds_the_knn_score_to_the_detectors_each_in_units_of_its_spread(tm
                              (scores["detector"] - d_mean) / d_std, rtol=1e-6, atol=1e-9)
 
 
+def test_mscm_adds_the_rotation_score_in_units_of_its_spread_on_the_normals(tmp_path):
+  c = _config(**{"stage2.epochs": 1, "stage2.batch_size": 8, "shift.rotations": 2,
+                 "loss.rotation_weight": 1.0, "evaluate.knn_weight": 0.0,
+                 "evaluate.rotation_weight": 0.5})
+  split, _, s1, s2 = _on_untrained_stage1(c, tmp_path)
+  scorer = Scorer(c, s1, s2)
+  # the spread: the `rotation` score of the normal training images themselves
+  on_normals = scorer.scores(split.train_images[~split.train_is_anomaly])["rotation"]
+  np.testing.assert_allclose(scorer.rotation_spread, (on_normals.mean(), on_normals.std()),
+                             rtol=1e-5)
+  scores = scorer.scores(split.test_images)
+  (d_mean, d_std), (r_mean, r_std) = s2.detector_spread, scorer.rotation_spread
+  np.testing.assert_allclose(scores["mscm"], (scores["detector"] - d_mean) / d_std
+                             + 0.5 * (scores["rotation"] - r_mean) / r_std, rtol=1e-5,
+                             atol=1e-5)
+  c.evaluate.rotation_weight = 0.0
+  np.testing.assert_allclose(Scorer(c, s1, s2).scores(split.test_images)["mscm"],
+                             (scores["detector"] - d_mean) / d_std, rtol=1e-6, atol=1e-9)
+
+
 # ------------------------------------------------- the shifted distribution as anomalies
 
 
