@@ -105,13 +105,26 @@ def table(records: list[dict]) -> str:
 def _rows(runs: list[dict], part: str, head: list[str]) -> list[str]:
   """One markdown row per run of `part`'s AUROCs in `head` (- for a score the run lacks:
   `knn_rot` without rotations), then their mean where every run has the score."""
-  lines = [f"| {r['class']} s{r['seed']} | " + " | ".join(
-      f"{r[part][h]:.3f}" if h in r[part] else "-" for h in head) + " |" for r in runs]
+  labels = [f"{r['class']} s{r['seed']}" for r in runs]
+  labels = [f"{x} ({_variant(r)})" if labels.count(x) > 1 and _variant(r) else x
+            for x, r in zip(labels, runs)]
+  lines = [f"| {x} | " + " | ".join(
+      f"{r[part][h]:.3f}" if h in r[part] else "-" for h in head) + " |"
+           for x, r in zip(labels, runs)]
   if len(runs) > 1:
     lines.append(f"| **mean of {len(runs)}** | " + " | ".join(
         f"**{np.mean([r[part][h] for r in runs]):.3f}**"
         if all(h in r[part] for r in runs) else "-" for h in head) + " |")
   return lines + [""]
+
+
+def _variant(record: dict) -> str:
+  """The sweep variant in a run's cell name (`cat.oneclass.s0.hue0` -> `hue0`), or ''."""
+  for part in record["run"].split(os.sep):
+    cell = part.split(".")
+    if cell[0] == record["class"] and len(cell) > 3:
+      return ".".join(cell[3:])
+  return ""
 
 
 def main() -> None:

@@ -47,3 +47,12 @@ def test_the_rotation_terms_are_the_librarys_rotation_weight(tmp_path):
         metrics.auroc(library, split.val_is_anomaly), abs=1e-6)
   assert np.isfinite(record["rotation_spread"]).all()
   assert "With the rotation head's score" in knn_weight.table([record])
+
+
+def test_runs_of_one_class_and_seed_are_told_apart_by_their_variant():
+  assert knn_weight._variant({"run": "/r/cat.oneclass.s0.hue0/eval/x", "class": "cat"}) == "hue0"
+  assert knn_weight._variant({"run": "/r/cat.oneclass.s0", "class": "cat"}) == ""
+  runs = [{"run": f"/r/cat.oneclass.s0.{v}", "class": "cat", "seed": 0,
+           "validation": {"detector": 0.5}} for v in ("a", "b")]
+  assert knn_weight._rows(runs, "validation", ["detector"])[:2] == [
+      "| cat s0 (a) | 0.500 |", "| cat s0 (b) | 0.500 |"]
