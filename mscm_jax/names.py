@@ -35,8 +35,18 @@ PROBE_KEYS: tuple[str, str] = ("validation_probe_knn_auroc",
 
 def test_scores(results: dict) -> dict:
   """The test split's metrics of a results.json (named `scores` before the validation
-  split existed; `validation_scores` holds the validation split's)."""
-  return results["test_scores"] if "test_scores" in results else results["scores"]
+  split existed; `validation_scores` holds the validation split's), under today's names."""
+  return current_names(results["test_scores"] if "test_scores" in results
+                       else results["scores"])
+
+
+def current_names(scores: dict) -> dict:
+  """One split's metrics under today's score names. A run scored before `detector` existed
+  called the detectors' sum `mscm` (today's `mscm` adds the k-NN term to it): its `mscm` is
+  today's `detector`, and it has no `mscm`, so that no table averages the two."""
+  if "mscm" in scores and "detector" not in scores:
+    return {("detector" if k == "mscm" else k): v for k, v in scores.items()}
+  return scores
 
 
 def split_scores(results: dict, split: str) -> dict:
@@ -45,4 +55,4 @@ def split_scores(results: dict, split: str) -> dict:
   before its evaluation)."""
   if split == "test":
     return test_scores(results) if {"test_scores", "scores"} & set(results) else {}
-  return results.get("validation_scores") or {}
+  return current_names(results.get("validation_scores") or {})

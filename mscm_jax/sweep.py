@@ -692,7 +692,10 @@ def _split_tables(groups, split: str, rows: list[dict[str, Any]]) -> list[str]:
   for (setting, variant), (all_names, by_class) in sorted(groups.items()):
     any_results = _any_results(by_class)
     dataset = any_results["dataset"]
-    names = split_scores(any_results, split)
+    names: dict[str, Any] = {}  # every cell's: one scored before a score existed lacks it
+    for runs in by_class.values():
+      for r in runs.values():
+        names.update(split_scores(r, split))
     probe_only = not names and split == "validation" and _values(any_results, "probe_gain",
                                                                   split) is not None
     if not names and not probe_only:  # evaluated before the validation split existed
@@ -718,7 +721,8 @@ def _split_tables(groups, split: str, rows: list[dict[str, Any]]) -> list[str]:
       seeds = sorted(by_class[c])
       cells = []
       for s in scores:
-        vals = [v for v in (_values(by_class[c][k], s, split) for k in seeds) if v is not None]
+        have = {k: v for k in seeds if (v := _values(by_class[c][k], s, split)) is not None}
+        vals = list(have.values())
         if not vals:
           if s in shown:
             cells.append("-")
@@ -729,8 +733,10 @@ def _split_tables(groups, split: str, rows: list[dict[str, Any]]) -> list[str]:
                      "split": split, "class": c, "score": s, "n": len(vals),
                      "mean": round(mean, 6), "std": round(std, 6) if np.isfinite(std) else "",
                      "seeds": " ".join(map(str, seeds))})
-        if s in shown:
-          cells.append(_fmt(mean, std))
+        if s in shown:  # a score some seeds lack (scored before it existed) says whose
+          cells.append(_fmt(mean, std) + ("" if len(have) == len(seeds) else
+                                          f" (seed{'s' * (len(have) > 1)} "
+                                          f"{','.join(map(str, have))})"))
       md.append(f"| {c} | {','.join(map(str, seeds))} | " + " | ".join(cells) + " |")
     complete = bool(all_names) and set(all_names) <= set(by_class)
     if complete:

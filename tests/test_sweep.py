@@ -178,6 +178,8 @@ def _fake_cell(root, cls, seed, setting="oneclass", aurocs=None, classes=("a", "
        "argv": [], "dataset_classes": list(classes)}))
   (root / name).mkdir()
   aurocs = aurocs or {}
+  if "mscm" in aurocs:  # today's results: `detector` beside `mscm`
+    aurocs = {"detector": aurocs["mscm"] - 0.05, **aurocs}
   val = {k: v - 0.1 for k, v in aurocs.items()} if val is None else val
   (root / name / "results.json").write_text(json.dumps(
       {"dataset": "cifar10", "test_scores": {k: {"auroc": v} for k, v in aurocs.items()},
@@ -192,8 +194,9 @@ def test_table_means_spreads_and_class_set_mean_only_when_complete(tmp_path):
   val_part, test_part = md.split("### cifar10, oneclass: test split")
   assert "### cifar10, oneclass: validation split" in val_part
   # validation first, with the stage-1 probe's gain; the test split without it
-  assert "| a | 0,1 | 0.600 ± 0.141 | 0.700 ± 0.000 | 0.100 ± 0.000 |" in val_part
-  assert "| a | 0,1 | 0.700 ± 0.141 | 0.800 ± 0.000 |\n" in test_part
+  assert ("| a | 0,1 | 0.600 ± 0.141 | 0.550 ± 0.141 | 0.700 ± 0.000 | 0.100 ± 0.000 |"
+          in val_part)
+  assert "| a | 0,1 | 0.700 ± 0.141 | 0.650 ± 0.141 | 0.800 ± 0.000 |\n" in test_part
   assert "No class-set mean" in md and "(b)" in md
   assert "CSI 0.943" in test_part and "CSI" not in val_part  # references: test split only
   assert "cifar10,oneclass,,test,a,mscm,2,0.7," in table_csv
@@ -201,11 +204,26 @@ def test_table_means_spreads_and_class_set_mean_only_when_complete(tmp_path):
   assert "cifar10,oneclass,,validation,a,probe_gain,2,0.1," in table_csv
   _fake_cell(tmp_path, "b", 0, aurocs={"mscm": 0.5, "knn": 0.6})
   md, _ = sweep.tables(str(tmp_path))
-  assert "| **mean of all 2 classes** | | 0.600 | 0.700 |\n" in md
-  assert "| **mean of all 2 classes** | | 0.500 | 0.600 | 0.100 |" in md
+  assert "| **mean of all 2 classes** | | 0.600 | 0.550 | 0.700 |\n" in md
+  assert "| **mean of all 2 classes** | | 0.500 | 0.450 | 0.600 | 0.100 |" in md
   _fake_cell(tmp_path, "a", 0, setting="unb0.05", aurocs={"mscm": 0.9})
   md, _ = sweep.tables(str(tmp_path))
   assert "### cifar10, unb0.05" in md and md.count("CSI") == 1  # references: one-class only
+
+
+def test_a_cell_scored_before_detector_existed_gives_detector_not_mscm(tmp_path):
+  """Its `mscm` was the detectors' sum (today's `detector`): a class whose seeds were
+  scored under both names averages `detector` over both, `mscm` over the new one only."""
+  _fake_cell(tmp_path, "a", 0, aurocs={"knn": 0.8})
+  results = tmp_path / "a.oneclass.s0" / "results.json"
+  old = json.loads(results.read_text())
+  for part in ("test_scores", "validation_scores"):
+    old[part]["mscm"] = {"auroc": 0.7}  # no `detector` beside it
+  results.write_text(json.dumps(old))
+  _fake_cell(tmp_path, "a", 1, aurocs={"mscm": 0.9, "knn": 0.8})  # detector 0.85
+  test_part = sweep.tables(str(tmp_path))[0].split("test split")[1]
+  assert "| a | 0,1 | 0.900 (seed 1) | 0.775 ± 0.106 | 0.800 ± 0.000 |" in test_part
+  assert sweep._headline(str(tmp_path), "a.oneclass.s0") == ": test detector 0.700, knn 0.800"
 
 
 def test_side_by_side_sets_each_setting_beside_one_class(tmp_path):
@@ -221,8 +239,8 @@ def test_side_by_side_sets_each_setting_beside_one_class(tmp_path):
   side = md[md.index("### cifar10: the settings side by side"):]
   header = "| class | oneclass | unb0.05 | unb0.05-from-b | unb0.1 |"
   # one table per headline score that a cell has: none of dashes for the others
-  assert side.count(header) == 2 and "`deviation`" not in side
-  mscm = side[side.index("`mscm`"):side.index("`knn`")]
+  assert side.count(header) == 3 and "`deviation`" not in side
+  mscm = side[side.index("`mscm`"):side.index("`detector`")]
   assert "| a | 0.700 ± 0.141 | 0.910 | 0.950 | 0.930 |" in mscm
   assert "| b | — | 0.900 | — | — |" in mscm and mscm.index("| b |") < mscm.index("| a |")
   knn = side[side.index("`knn`"):]
