@@ -88,6 +88,8 @@ def table(records: list[dict]) -> str:
                         + [f"mscm@{w:g}" for w in WEIGHTS]),
                        ("test", ["detector", "knn", "knn_rot", "pixel_knn"]
                         + [f"mscm@{w:g}" for w in REPORTED])):
+      if not any(part in r for r in runs):  # screens (--validation_only) hold no test split
+        continue
       lines += [f"{part.capitalize()} split AUROC" + (
           " (read once, for the table: nothing was chosen on it)" if part == "test" else "")
                 + ":", "", "| run | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]

@@ -28,6 +28,7 @@ def test_its_default_weight_is_the_runs_own_mscm(finished_run, tmp_path):
   assert "test" not in screen and screen["validation"] == full  # no pixel_knn: a screen
   text = knn_weight.table([record, {**screen, "seed": 9}])
   assert text.count("| c0 s9 |") == 1  # the screen has a validation row, no test row
+  assert "Test split" not in knn_weight.table([screen])  # no empty test table
 
 
 def test_the_rotation_terms_are_the_librarys_rotation_weight(tmp_path):
