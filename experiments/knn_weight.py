@@ -29,6 +29,7 @@ import time
 import numpy as np
 
 from mscm_jax import evaluate, metrics
+from mscm_jax.names import split_scores
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import rows  # noqa: E402  (experiments/rows.py, beside this script)
@@ -53,12 +54,12 @@ def rescore(workdir: str, validation_only: bool = False) -> dict:
   (mean, std), (d_mean, d_std) = scorer.knn_spread, scorer.s2.detector_spread
   term = "knn_rot" if c.shift.rotations > 1 else "knn"
   with open(os.path.join(workdir, "results.json")) as f:
-    saved = json.load(f)["validation_scores"]
+    saved = split_scores(json.load(f), "validation")  # an old run's `mscm` as `detector`
   record = {"run": workdir, "class": c.dataset.normal_class, "seed": c.seed,
             "epochs": c.train.epochs, "term": term,
             "knn_spread": [mean, std], "detector_spread": [d_mean, d_std],
             "rotation_spread": scorer.rotation_spread,
-            "saved_validation_mscm": saved.get("detector", saved["mscm"])["auroc"]}
+            "saved_validation_mscm": saved["detector"]["auroc"]}
   for part, scores, labels in parts:
     aurocs = {n: metrics.auroc(scores[n], labels)
               for n in ("detector", "knn", "knn_rot", "rotation", "pixel_knn") if n in scores}

@@ -27,13 +27,12 @@ def scale_aurocs(results: dict[str, Any], split: str = "validation"
                  ) -> dict[str, tuple[float, str]]:
   """{row: (AUROC, the row it is read against)} of one run: the detectors together and
   each alone (against them together), the deviation over its scales and each scale's alone
-  (against that). Runs made before `detector` existed named the detectors' sum `mscm`."""
+  (against that). `split_scores` reads an old run's `mscm` as `detector`."""
   scores = split_scores(results, split)
   s2 = results["stage2"]
-  together = "detector" if "detector" in scores else "mscm"
   detectors = f"detectors: {' + '.join(s2['detectors'])}"
   deviation = f"deviation: {' + '.join(s2['deviation_scales'])}"
-  out = {detectors: (scores[together]["auroc"], "")}
+  out = {detectors: (scores["detector"]["auroc"], "")}
   out.update({f"detector: {d} alone": (scores[f"mscm_{d}"]["auroc"], detectors)
               for d in s2["detectors"]})
   out[deviation] = (scores["deviation"]["auroc"], "")

@@ -732,7 +732,7 @@ def _split_tables(groups, split: str, rows: list[dict[str, Any]]) -> list[str]:
         rows.append({"dataset": dataset, "setting": setting, "variant": variant,
                      "split": split, "class": c, "score": s, "n": len(vals),
                      "mean": round(mean, 6), "std": round(std, 6) if np.isfinite(std) else "",
-                     "seeds": " ".join(map(str, seeds))})
+                     "seeds": " ".join(map(str, have))})
         if s in shown:  # a score some seeds lack (scored before it existed) says whose
           cells.append(_fmt(mean, std) + ("" if len(have) == len(seeds) else
                                           f" (seed{'s' * (len(have) > 1)} "
