@@ -29,7 +29,8 @@ with this grid's command) are skipped without starting anything.
 The table (ROOT/results.md, ROOT/results.csv) aggregates every finished cell under ROOT:
 per group (setting, variant) and class, each score's AUROC as mean and spread over seeds,
 method.md section 5's reference numbers beside the one-class class-set mean, which is given
-only when every class of the dataset is present.
+only when every class of the dataset is present (a partial grid's row is the mean of the
+classes run, named so).
 """
 
 from __future__ import annotations
@@ -568,16 +569,21 @@ def _cell_results(root: str, cell: str) -> tuple[str, dict[str, Any]] | None:
   return None
 
 
-def finished_cells(root: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-  """(done.json, results) of every finished cell under ROOT that measured something
-  (`_cell_results`)."""
+def _finished(root: str) -> list[tuple[dict[str, Any], str, dict[str, Any]]]:
+  """(done.json, results file name, results) of every finished cell under ROOT that
+  measured something (`_cell_results`)."""
   out = []
   for done_path in sorted(glob.glob(os.path.join(root, META, "*", "done.json"))):
     done = _read(done_path)
     found = done and _cell_results(root, done["cell"])
     if found:
-      out.append((done, found[1]))
+      out.append((done, *found))
   return out
+
+
+def finished_cells(root: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+  """(done.json, results) of every finished cell under ROOT that measured something."""
+  return [(done, results) for done, _, results in _finished(root)]
 
 
 def _groups(root: str) -> dict[tuple[str, str], tuple[list[str], dict[str, dict[int, Any]]]]:
@@ -739,12 +745,15 @@ def _split_tables(groups, split: str, rows: list[dict[str, Any]]) -> list[str]:
                                           f"{','.join(map(str, have))})"))
       md.append(f"| {c} | {','.join(map(str, seeds))} | " + " | ".join(cells) + " |")
     complete = bool(all_names) and set(all_names) <= set(by_class)
-    if complete:
-      means = [_stats([class_means[c][s] for c in all_names if s in class_means[c]])
-               for s in shown]
-      md.append(f"| **mean of all {len(all_names)} classes** | | "
-                + " | ".join(_fmt(m, float("nan")) for m, _ in means) + " |")
-    else:
+    if complete or len(classes) > 1:
+      # a mean over the classes run is what a partial grid's target reads; a score some
+      # class lacks has none (a mean over fewer classes would not compare)
+      means = [_fmt(np.mean([class_means[c][s] for c in classes]), float("nan"))
+               if all(s in class_means.get(c, {}) for c in classes) else "-" for s in shown]
+      label = (f"mean of all {len(all_names)} classes" if complete
+               else f"mean of the {len(classes)} classes run")
+      md.append(f"| **{label}** | | " + " | ".join(means) + " |")
+    if not complete:
       missing = [c for c in (all_names or []) if c not in by_class]
       md.append("")
       md.append(f"No class-set mean: {len(missing)} of the dataset's classes have no finished "
@@ -763,9 +772,8 @@ def export(root: str, dest: str) -> list[str]:
   to DEST in ROOT's layout, so `--table --root=DEST` rebuilds the table from them: what a
   results folder in a repository keeps of a grid whose workdirs are gone."""
   out = []
-  for done, _ in finished_cells(root):
+  for done, name, _ in _finished(root):
     cell = done["cell"]
-    name, _ = _cell_results(root, cell)
     for rel in (os.path.join(META, cell, "done.json"), os.path.join(cell, name)):
       os.makedirs(os.path.dirname(os.path.join(dest, rel)), exist_ok=True)
       shutil.copyfile(os.path.join(root, rel), os.path.join(dest, rel))
